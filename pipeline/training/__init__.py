@@ -1,0 +1,1 @@
+"""Training the siamese encoder (`teaprint train`)."""
