@@ -1,0 +1,423 @@
+"""The catalog index: registered photos' descriptors in HDF5, crash-safe.
+
+Layout of the index directory::
+
+    MANIFEST.json        which segments are live, the model id, the generation
+    seg-00000001.h5      immutable HDF5 segments: entries added and removed
+    seg-00000002.h5      by one commit each
+    .lock                serialises writers (daemon, CLI, server)
+
+Why segments and not one growing HDF5 file: HDF5 has no journal, so a writer
+killed while it updates a file in place can leave it unopenable. Here every
+file is written once to a temporary name, fsynced and renamed into place; the
+manifest is replaced the same way last. A kill at any instant therefore leaves
+the previous manifest or the new one, each naming only complete segments, so
+the index always opens and holds every commit made before the kill. Readers
+never lock: they read the manifest, then the immutable segments it names.
+Segments are merged into one when there are more than `max_segments`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+from filelock import FileLock
+
+FORMAT = "teaprint-catalog/1"
+MANIFEST = "MANIFEST.json"
+_STR = h5py.string_dtype("utf-8")
+
+
+class CatalogError(RuntimeError):
+    """The index cannot be used as asked; the message says why."""
+
+
+class ModelMismatchError(CatalogError):
+    """The index was built with another encoder than the one loaded."""
+
+    def __init__(self, index_model: str, current_model: str, directory: Path) -> None:
+        super().__init__(
+            f"index {directory} was built with model {index_model}, but model {current_model} is loaded; "
+            f"run `teaprint reembed` to re-embed the catalog with the loaded model"
+        )
+        self.index_model = index_model
+        self.current_model = current_model
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """One photo to register: its descriptors and where it came from."""
+
+    sha256: str
+    path: str
+    label: str
+    embedding: np.ndarray  # (D,) float32, unit norm
+    lbp: np.ndarray  # (B,) float32
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One registered photo as stored."""
+
+    sha256: str
+    path: str
+    label: str
+    embedding: np.ndarray
+    lbp: np.ndarray
+    added_at: float
+    model_id: str
+
+    @property
+    def id(self) -> str:
+        """Short stable id: the first 16 hex digits of the file's sha256."""
+        return self.sha256[:16]
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    added: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Arrays of one segment file, loaded once (segments never change)."""
+
+    sha256: np.ndarray
+    path: list[str]
+    label: list[str]
+    embedding: np.ndarray
+    lbp: np.ndarray
+    added_at: np.ndarray
+    model_id: list[str]
+    removed: frozenset[str]
+
+
+@dataclass
+class _State:
+    generation: int = 0
+    model_id: str | None = None
+    segments: list[str] = field(default_factory=list)
+    entries: dict[str, CatalogEntry] = field(default_factory=dict)
+
+
+def label_from_path(path: Path, catalog_root: Path | None = None) -> str:
+    """Label of a catalog photo.
+
+    `catalog/<label>/<file>` gives the subfolder's name; otherwise the file
+    name's text before the first '-' (`a-000001.jpg` -> `a`), or the whole stem
+    when it has no '-'. Labels are NFC-normalised so that the same name typed
+    on two systems is one label.
+    """
+    path = Path(path)
+    if catalog_root is not None:
+        try:
+            rel = path.resolve().relative_to(Path(catalog_root).resolve())
+        except ValueError:
+            rel = None
+        if rel is not None and len(rel.parts) > 1:
+            return unicodedata.normalize("NFC", rel.parts[0])
+    stem = path.stem
+    return unicodedata.normalize("NFC", stem.split("-", 1)[0] if "-" in stem else stem)
+
+
+class CatalogIndex:
+    """Registered photos, their labels and descriptors.
+
+    Parameters
+    ----------
+    directory : Path
+        The index directory; created on the first commit.
+    model_id : str or None
+        The loaded encoder's id. Opening an index built with another model
+        raises `ModelMismatchError`; None accepts any (for `status`).
+    max_segments : int
+        Merge all segments into one when a commit leaves more than this.
+    """
+
+    def __init__(self, directory: Path, model_id: str | None = None, max_segments: int = 16) -> None:
+        self.directory = Path(directory)
+        self.model_id = model_id
+        self.max_segments = max_segments
+        self._cache: dict[str, _Segment] = {}
+        self._state = _State()
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self.refresh()
+
+    # ----------------------------------------------------------------- reading
+    def refresh(self) -> bool:
+        """Reload if another writer committed since; True when it changed."""
+        for attempt in range(5):
+            try:
+                manifest = self._read_manifest()
+                if manifest["generation"] == self._state.generation and self._state.segments == manifest["segments"]:
+                    self._check_model(manifest.get("model_id"))
+                    return False
+                self._state = self._load(manifest)
+                self._arrays = None
+                self._check_model(self._state.model_id)
+                return True
+            except FileNotFoundError:
+                # A compaction removed a segment between our manifest read and the
+                # segment read; the new manifest names its replacement.
+                time.sleep(0.01 * (attempt + 1))
+        raise CatalogError(f"index {self.directory} kept changing while being read")
+
+    def _check_model(self, index_model: str | None) -> None:
+        if self.model_id and index_model and index_model != self.model_id and self._state.entries:
+            raise ModelMismatchError(index_model, self.model_id, self.directory)
+
+    def __len__(self) -> int:
+        return len(self._state.entries)
+
+    @property
+    def generation(self) -> int:
+        return self._state.generation
+
+    @property
+    def index_model_id(self) -> str | None:
+        return self._state.model_id
+
+    def entries(self) -> list[CatalogEntry]:
+        """All entries, oldest first."""
+        return list(self._state.entries.values())
+
+    def get(self, sha256: str) -> CatalogEntry | None:
+        return self._state.entries.get(sha256)
+
+    def find(self, key: str) -> list[CatalogEntry]:
+        """Entries whose sha256 starts with `key` (an id) or whose path is `key`."""
+        key_path = os.path.abspath(key)
+        return [
+            e for e in self._state.entries.values() if (len(key) >= 6 and e.sha256.startswith(key.lower())) or e.path == key_path or e.path == key
+        ]
+
+    def by_path(self, path: str) -> CatalogEntry | None:
+        for entry in self._state.entries.values():
+            if entry.path == path:
+                return entry
+        return None
+
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (N, D) float32, lbp (N, B) float32) in `entries()` order."""
+        if self._arrays is None:
+            entries = self.entries()
+            if entries:
+                self._arrays = (np.stack([e.embedding for e in entries]), np.stack([e.lbp for e in entries]))
+            else:
+                self._arrays = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
+        return self._arrays
+
+    def labels(self) -> list[str]:
+        return [e.label for e in self._state.entries.values()]
+
+    def size_bytes(self) -> int:
+        if not self.directory.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    # ----------------------------------------------------------------- writing
+    def commit(self, adds: Sequence[NewEntry] = (), removes: Iterable[str] = (), model_id: str | None = None) -> CommitResult:
+        """Add and remove entries in one durable step.
+
+        Removals apply before additions, so removing and re-adding one sha256
+        (a renamed file) updates its path. Adding bytes already registered is
+        a no-op reported in `duplicates`.
+        """
+        model_id = model_id or self.model_id
+        if adds and not model_id:
+            raise CatalogError("cannot add entries without a model id")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.directory / ".lock")):
+            self.refresh()
+            if adds and self._state.entries and self._state.model_id not in (None, model_id):
+                raise ModelMismatchError(str(self._state.model_id), str(model_id), self.directory)
+            current = self._state.entries
+            removed = tuple(dict.fromkeys(s for s in removes if s in current))
+            fresh: dict[str, NewEntry] = {}
+            duplicates = []
+            for entry in adds:
+                if (entry.sha256 in current and entry.sha256 not in removed) or entry.sha256 in fresh:
+                    duplicates.append(entry.sha256)
+                else:
+                    fresh[entry.sha256] = entry
+            if not fresh and not removed:
+                return CommitResult(duplicates=tuple(duplicates), generation=self._state.generation)
+            generation = self._state.generation + 1
+            name = f"seg-{generation:08d}.h5"
+            _write_segment(self.directory / name, list(fresh.values()), removed, str(model_id or self._state.model_id))
+            segments = [*self._state.segments, name]
+            self._write_manifest(generation, model_id or self._state.model_id, segments)
+            self.refresh()
+            if len(segments) > self.max_segments:
+                self._compact_locked()
+            return CommitResult(tuple(fresh), tuple(duplicates), removed, self._state.generation)
+
+    def compact(self) -> None:
+        """Merge all segments into one (readers are never blocked)."""
+        with FileLock(str(self.directory / ".lock")):
+            self.refresh()
+            self._compact_locked()
+
+    def replace_all(self, entries: Sequence[NewEntry], model_id: str) -> None:
+        """Swap the whole index for `entries` built with `model_id` in one step (re-embedding)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.directory / ".lock")):
+            self.refresh_unchecked()
+            generation = self._state.generation + 1
+            name = f"seg-{generation:08d}.h5"
+            _write_segment(self.directory / name, list(entries), (), model_id)
+            old = self._state.segments
+            self._write_manifest(generation, model_id, [name])
+            self.model_id = model_id
+            self.refresh()
+            self._remove_files(old)
+
+    def refresh_unchecked(self) -> None:
+        """Load the index whatever model built it."""
+        saved, self.model_id = self.model_id, None
+        try:
+            self.refresh()
+        finally:
+            self.model_id = saved
+
+    def _compact_locked(self) -> None:
+        state = self._state
+        if len(state.segments) <= 1:
+            return
+        generation = state.generation + 1
+        name = f"seg-{generation:08d}.h5"
+        keep = [
+            NewEntry(e.sha256, e.path, e.label, e.embedding, e.lbp) for e in state.entries.values()
+        ]
+        added_at = np.array([e.added_at for e in state.entries.values()], dtype=np.float64)
+        _write_segment(self.directory / name, keep, (), str(state.model_id), added_at=added_at)
+        self._write_manifest(generation, state.model_id, [name])
+        self.refresh()
+        self._remove_files(state.segments)
+
+    def _remove_files(self, names: Iterable[str]) -> None:
+        for old in names:
+            self._cache.pop(old, None)
+            try:
+                (self.directory / old).unlink()
+            except FileNotFoundError:
+                pass
+
+    def _read_manifest(self) -> dict:
+        path = self.directory / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"format": FORMAT, "generation": 0, "model_id": None, "segments": []}
+        except ValueError as exc:  # only possible if someone edited it by hand
+            raise CatalogError(f"{path}: corrupt manifest: {exc}") from None
+        if data.get("format") != FORMAT:
+            raise CatalogError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
+        return data
+
+    def _write_manifest(self, generation: int, model_id: str | None, segments: list[str]) -> None:
+        data = {"format": FORMAT, "generation": generation, "model_id": model_id, "segments": segments}
+        _atomic_write(self.directory / MANIFEST, json.dumps(data, indent=1).encode())
+        self._cleanup_orphans(set(segments))
+
+    def _cleanup_orphans(self, live: set[str]) -> None:
+        # Segments left by a writer killed before its manifest swap hold nothing
+        # committed; they are removed only under the writer lock.
+        for p in self.directory.glob("seg-*.h5*"):
+            if p.name not in live and p.name not in self._state.segments:
+                p.unlink(missing_ok=True)
+
+    def _load(self, manifest: dict) -> _State:
+        entries: dict[str, CatalogEntry] = {}
+        for name in manifest["segments"]:
+            seg = self._cache.get(name)
+            if seg is None:
+                seg = _read_segment(self.directory / name)
+                self._cache[name] = seg
+            for sha in seg.removed:
+                entries.pop(sha, None)
+            for i, sha in enumerate(seg.sha256):
+                entries[sha] = CatalogEntry(
+                    sha, seg.path[i], seg.label[i], seg.embedding[i], seg.lbp[i], float(seg.added_at[i]), seg.model_id[i]
+                )
+        live = set(manifest["segments"])
+        for name in list(self._cache):
+            if name not in live:
+                del self._cache[name]
+        return _State(manifest["generation"], manifest.get("model_id"), list(manifest["segments"]), entries)
+
+
+def _write_segment(
+    path: Path, entries: Sequence[NewEntry], removed: Sequence[str], model_id: str, added_at: np.ndarray | None = None
+) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    n = len(entries)
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["model_id"] = model_id
+        g = f.create_group("entries")
+        g.create_dataset("sha256", data=np.array([e.sha256 for e in entries], dtype="S64").reshape(n))
+        g.create_dataset("path", data=[e.path for e in entries], dtype=_STR, shape=(n,))
+        g.create_dataset("label", data=[e.label for e in entries], dtype=_STR, shape=(n,))
+        emb = np.stack([e.embedding for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
+        lbp = np.stack([e.lbp for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
+        g.create_dataset("embedding", data=emb)
+        g.create_dataset("lbp", data=lbp)
+        g.create_dataset("added_at", data=added_at if added_at is not None else np.full(n, time.time()))
+        g.create_dataset("model_id", data=[model_id] * n, dtype=_STR, shape=(n,))
+        f.create_dataset("removed", data=np.array(list(removed), dtype="S64").reshape(len(removed)))
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_segment(path: Path) -> _Segment:
+    with h5py.File(path, "r") as f:
+        g = f["entries"]
+        return _Segment(
+            sha256=np.array([s.decode() for s in g["sha256"][()]], dtype=object),
+            path=[s.decode() if isinstance(s, bytes) else s for s in g["path"][()]],
+            label=[s.decode() if isinstance(s, bytes) else s for s in g["label"][()]],
+            embedding=g["embedding"][()],
+            lbp=g["lbp"][()],
+            added_at=g["added_at"][()],
+            model_id=[s.decode() if isinstance(s, bytes) else s for s in g["model_id"][()]],
+            removed=frozenset(s.decode() for s in f["removed"][()]),
+        )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

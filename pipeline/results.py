@@ -1,0 +1,93 @@
+"""Match results: the JSON object written to `outbox/` and printed by `match --json`.
+
+The published contract is `schema/result.schema.json`; tests validate real
+outputs against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.config import REPO_ROOT
+
+SCHEMA_PATH = REPO_ROOT / "schema" / "result.schema.json"
+SCHEMA_VERSION = "teaprint-result/1"
+
+Status = Literal["matched", "no_match", "rejected"]
+
+
+@dataclass(frozen=True)
+class MatchEvidence:
+    """One catalog entry offered as a match, with each stage's evidence."""
+
+    image: str
+    id: str
+    label: str
+    similarity: float
+    svc_label: str | None
+    lbp_distance: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    threshold: float
+    threshold_source: Literal["config", "model", "fallback"]
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    query: str
+    status: Status
+    label: str | None
+    confidence: float
+    matches: tuple[MatchEvidence, ...] = ()
+    stages: dict[str, Any] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    model: ModelInfo | None = None
+    error: str | None = None
+    error_code: str | None = None
+    sha256: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema"] = SCHEMA_VERSION
+        data["matches"] = list(data["matches"])
+        return data
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent, sort_keys=indent is not None)
+
+
+def rejected(query: str, reason: str, code: str, sha256: str | None = None, model: ModelInfo | None = None) -> MatchResult:
+    """The result for a query file that could not be read."""
+    return MatchResult(query=query, status="rejected", label=None, confidence=0.0, error=reason, error_code=code, sha256=sha256, model=model)
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, text: str) -> None:
+    """Write `text` so that a reader sees the old file, or the whole new one.
+
+    Temp file in the same folder, fsync, rename, fsync the folder.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a real tiny Keras encoder on disk and real photo files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, untrained, tiny encoder saved as .keras + .json (32 px, 16-d)."""
+    from pipeline.training.model import build_encoder, save_encoder
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model = build_encoder(input_size=32, channels=3, embedding_dim=16, width=4, seed=1)
+    save_encoder(model, path, {"threshold": 0.5, "rotation_pool": 1})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A user config pointing at the tiny model with small LBP work."""
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(
+        f"model:\n  path: {tiny_model}\n  batch_size: 8\n"
+        "lbp:\n  size: 96\n"
+        "intake:\n  work_side: 256\n"
+    )
+    return path
+
+
+def source_photos() -> dict[str, np.ndarray]:
+    """Distinct real RGB photos bundled with scikit-image, keyed by name."""
+    from skimage import data
+
+    photos = {
+        "astronaut": data.astronaut(),
+        "coffee": data.coffee(),
+        "chelsea": data.chelsea(),
+        "rocket": data.rocket(),
+        "camera": np.repeat(data.camera()[..., None], 3, axis=2),
+        "brick": np.repeat(data.brick()[..., None], 3, axis=2),
+        "grass": np.repeat(data.grass()[..., None], 3, axis=2),
+        "gravel": np.repeat(data.gravel()[..., None], 3, axis=2),
+    }
+    return {k: np.ascontiguousarray(v) for k, v in photos.items()}
+
+
+def write_rgb(path: Path, rgb: np.ndarray, quality: int = 92) -> Path:
+    """Write an RGB uint8 image with OpenCV (format from the suffix)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def rotated_view(rgb: np.ndarray, angle: float, gain: float = 1.0) -> np.ndarray:
+    """The same photo rotated about its centre with a brightness change."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    out = cv2.warpAffine(rgb, m, (w, h), borderMode=cv2.BORDER_REFLECT_101).astype(np.float32) * gain
+    return np.clip(out, 0, 255).astype(np.uint8)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.catalog import CatalogIndex, ModelMismatchError, NewEntry, label_from_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def entry(n: int, label: str = "a", path: str | None = None) -> NewEntry:
+    rng = np.random.default_rng(n)
+    sha = hashlib.sha256(f"bytes-{n}".encode()).hexdigest()
+    vec = rng.normal(size=8).astype(np.float32)
+    return NewEntry(sha, path or f"/x/{label}-{n}.jpg", label, vec / np.linalg.norm(vec), rng.random(10).astype(np.float32))
+
+
+def test_commit_round_trips_every_field(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    e = entry(1, label="普洱", path="/x/普洱-1.jpg")
+    index.commit([e])
+    reopened = CatalogIndex(tmp_path / "idx", model_id="m1")
+    (got,) = reopened.entries()
+    assert (got.sha256, got.path, got.label, got.model_id) == (e.sha256, e.path, "普洱", "m1")
+    np.testing.assert_array_equal(got.embedding, e.embedding)
+    np.testing.assert_array_equal(got.lbp, e.lbp)
+    assert abs(got.added_at - time.time()) < 60
+    assert got.id == e.sha256[:16]
+
+
+def test_same_bytes_twice_is_a_no_op(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    first = index.commit([entry(1)])
+    second = index.commit([entry(1, path="/elsewhere/a-1.jpg")])
+    assert first.added and not second.added and second.duplicates == (entry(1).sha256,)
+    assert len(index) == 1
+
+
+def test_remove_and_rename(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    index.commit([entry(1), entry(2)])
+    index.commit(removes=[entry(1).sha256])
+    assert [e.sha256 for e in index.entries()] == [entry(2).sha256]
+    moved = entry(2, path="/new/place.jpg")
+    index.commit([moved], removes=[moved.sha256])
+    assert index.get(moved.sha256).path == "/new/place.jpg"
+    assert len(CatalogIndex(tmp_path / "idx", model_id="m1")) == 1
+
+
+def test_compaction_keeps_entries_and_drops_old_segments(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=3)
+    for n in range(10):
+        index.commit([entry(n)])
+    assert len(index) == 10
+    assert len(list((tmp_path / "idx").glob("seg-*.h5"))) <= 3
+    assert len(CatalogIndex(tmp_path / "idx", model_id="m1")) == 10
+
+
+def test_other_model_is_refused(tmp_path: Path) -> None:
+    CatalogIndex(tmp_path / "idx", model_id="m1").commit([entry(1)])
+    with pytest.raises(ModelMismatchError, match="reembed"):
+        CatalogIndex(tmp_path / "idx", model_id="m2")
+
+
+def test_second_reader_sees_commits(tmp_path: Path) -> None:
+    writer = CatalogIndex(tmp_path / "idx", model_id="m1")
+    reader = CatalogIndex(tmp_path / "idx", model_id="m1")
+    writer.commit([entry(1)])
+    assert reader.refresh() and len(reader) == 1
+
+
+def test_labels_from_name_and_folder(tmp_path: Path) -> None:
+    assert label_from_path(Path("a-000001.jpg")) == "a"
+    assert label_from_path(Path("cake7-side-2.png")) == "cake7"
+    assert label_from_path(Path("plain.jpg")) == "plain"
+    assert label_from_path(tmp_path / "cat" / "menghai" / "x-1.jpg", tmp_path / "cat") == "menghai"
+    assert label_from_path(tmp_path / "cat" / "b-1.jpg", tmp_path / "cat") == "b"
+
+
+def test_writer_killed_at_random_moments_leaves_a_readable_complete_index(tmp_path: Path) -> None:
+    directory = tmp_path / "idx"
+    confirmed: set[str] = set()
+    removed: set[str] = set()
+    maybe_removed: set[str] = set()
+    rng = random.Random(7)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    kills = 25
+    for round_ in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "catalog_writer.py"), str(directory), str(round_ * 10_000)],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+        time.sleep(rng.uniform(0.4, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        for line in out.splitlines():
+            kind, sha = line.split()
+            if kind == "added":
+                confirmed.add(sha)
+            elif kind == "removing":
+                maybe_removed.add(sha)
+            else:
+                removed.add(sha)
+                confirmed.discard(sha)
+        index = CatalogIndex(directory, model_id="m1")
+        present = {e.sha256 for e in index.entries()}
+        missing = confirmed - present - maybe_removed
+        assert not missing, f"round {round_}: {len(missing)} committed entries lost"
+        assert not (removed & present), f"round {round_}: removed entries came back"
+    assert len(confirmed) > kills  # the writer really committed between kills
