@@ -1,7 +1,7 @@
 """The identification engine: photo in, descriptors, catalog, matcher, result out.
 
-`prepare` is a pure function of a file (decode, LBP, encoder input), safe to
-run in a worker process; `Engine` holds the loaded model and the catalog and
+`pipeline.prepare.prepare` does the model-free work of a file (decode, LBP,
+encoder input) and can run in a worker process; `Engine` holds the loaded model and the catalog and
 does what needs them (embedding, committing, matching). The daemon, the CLI,
 the evaluation and the server all go through here.
 """
@@ -9,7 +9,7 @@ the evaluation and the server all go through here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -17,60 +17,11 @@ import numpy as np
 
 from pipeline.catalog import CatalogIndex, NewEntry, label_from_path
 from pipeline.config import REPO_ROOT, Config
-from pipeline.features.embedding import Encoder, prepare_input
-from pipeline.features.lbp import lbp_histogram
-from pipeline.intake import IntakeError, read_photo
+from pipeline.features.embedding import Encoder
+from pipeline.intake import IntakeError
 from pipeline.matcher import decide, refine, shortlist
+from pipeline.prepare import EncoderInput, Prepared, prepare
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
-
-
-@dataclass(frozen=True)
-class EncoderInput:
-    """How to shape a photo for the loaded encoder (picklable, for workers)."""
-
-    size: int
-    channels: int
-    disc_mask: bool
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A decoded photo's model-independent work, done once.
-
-    Attributes
-    ----------
-    path : Path
-    sha256 : str
-    lbp : ndarray, shape (B,), dtype float32
-    encoder_input : ndarray, shape (S, S, C), dtype float32, values 0-255
-    timings_ms : dict
-        `decode` and `lbp` stage times.
-    """
-
-    path: Path
-    sha256: str
-    lbp: np.ndarray
-    encoder_input: np.ndarray
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None = None) -> Prepared:
-    """Decode `path` and compute everything that needs no model.
-
-    Raises
-    ------
-    IntakeError
-        When the file cannot be taken (see `pipeline.intake`).
-    """
-    t0 = time.perf_counter()
-    photo = read_photo(Path(path), config.intake, root=root)
-    t1 = time.perf_counter()
-    lbp = lbp_histogram(photo.pixels, config.lbp.points_radii, config.lbp.size)
-    t2 = time.perf_counter()
-    encoder_input = prepare_input(photo.pixels, shape.size, shape.channels, shape.disc_mask)
-    t3 = time.perf_counter()
-    timings = {"decode": (t1 - t0) * 1e3, "lbp": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3}
-    return Prepared(photo.path, photo.sha256, lbp, encoder_input, timings)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,371 @@
+"""The daemon loop: index catalog photos in batches, answer queries first.
+
+One thread owns the model and the catalog; decode and LBP of catalog photos
+run in a process pool so both cores work. Queries jump the line: the loop
+answers every ready query before it looks at catalog work again, and at most
+`2 x workers` catalog photos are in the pool at once, so a query waits for at
+most one embedding batch.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pipeline.catalog import NewEntry, label_from_path
+from pipeline.config import Config
+from pipeline.daemon.events import DaemonEvent, FileReady, FileRemoved, FileRenamed
+from pipeline.daemon.journal import Intent, Journal, move_aside, unique_path
+from pipeline.daemon.readiness import ReadinessTracker
+from pipeline.daemon.state import AlreadyRunning, acquire_lock, state_dir, write_status
+from pipeline.daemon.watcher import DropFolderHandler, make_observer, scan
+from pipeline.engine import Engine
+from pipeline.intake import file_sha256, is_candidate
+from pipeline.prepare import Prepared, prepare_or_error
+from pipeline.results import rejected, write_json_atomic
+
+log = structlog.get_logger("teaprint.daemon")
+
+
+@dataclass(frozen=True)
+class _Failure:
+    code: str
+    reason: str
+
+
+class Daemon:
+    """Watches `inbox/catalog` and `inbox/query` under `root` until stopped."""
+
+    def __init__(self, root: Path, config: Config, engine: Engine) -> None:
+        self.root = Path(root).resolve()
+        self.config = config
+        self.engine = engine
+        paths = config.paths
+        self.catalog_dir = self.root / paths.inbox_catalog
+        self.query_dir = self.root / paths.inbox_query
+        self.outbox = self.root / paths.outbox
+        self.processed = self.root / paths.processed
+        self.failed = self.root / paths.failed
+        for folder in (self.catalog_dir, self.query_dir, self.outbox, self.processed, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+        watch = config.daemon.watch
+        self.events: queue.Queue[DaemonEvent] = queue.Queue()
+        self.tracker = ReadinessTracker(self.events.put, watch.ignore_patterns, stable_s=watch.stable_after_s)
+        self.journal = Journal(state_dir(self.root, config) / "journal")
+        self.stop_requested = threading.Event()
+        self.queries: deque[FileReady] = deque()
+        self.catalog_waiting: deque[FileReady] = deque()
+        self.inflight: deque[tuple[FileReady, Future]] = deque()
+        self.batch: list[tuple[FileReady, Prepared]] = []
+        self.batch_started = 0.0
+        self.counts = {"indexed": 0, "duplicates": 0, "answered": 0, "failed": 0, "removed": 0}
+        self.last_error: dict[str, Any] | None = None
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # ------------------------------------------------------------- lifecycle
+    def run(self) -> None:
+        """Recover, watch, scan, then loop until `stop_requested` is set."""
+        for intent in self.journal.recover():
+            log.info("recovered", file=intent.photo, result=intent.result)
+        cfg = self.config
+        log.info("start", root=str(self.root), model=self.engine.encoder.info.model_id, entries=len(self.engine.catalog),
+                 watch_mode=cfg.daemon.watch.mode, config={"daemon": _plain(cfg.daemon), "matcher": _plain(cfg.matcher)})
+        observer = make_observer(cfg.daemon.watch.mode, cfg.daemon.watch.poll_interval_s)
+        wanted = lambda p: is_candidate(p, cfg.intake)  # noqa: E731
+        for folder, kind, recursive in ((self.catalog_dir, "catalog", True), (self.query_dir, "query", False)):
+            handler = DropFolderHandler(folder, kind, self.tracker, self.events.put, wanted, cfg.daemon.watch.ignore_patterns)
+            observer.schedule(handler, str(folder), recursive=recursive)
+        # Observer first, then the scan: a file dropped in between is seen by
+        # one or the other, and the tracker deduplicates the overlap.
+        observer.start()
+        context = multiprocessing.get_context("spawn")  # TensorFlow's threads don't survive fork
+        self.pool = ProcessPoolExecutor(max_workers=max(1, cfg.daemon.workers), mp_context=context)
+        try:
+            self.warm_up()
+            self.reconcile()
+            log.info("ready", pending=self.tracker.pending_count() + self.events.qsize())
+            next_reconcile = time.monotonic() + cfg.daemon.watch.reconcile_interval_s
+            next_status = 0.0
+            while not self.stop_requested.is_set():
+                self.step()
+                now = time.monotonic()
+                if now >= next_reconcile:
+                    self.reconcile()
+                    next_reconcile = now + cfg.daemon.watch.reconcile_interval_s
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + 2.0
+        finally:
+            observer.stop()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            observer.join(timeout=5)
+            self.write_status(running=False)
+            log.info("stop", **self.counts)
+
+    def warm_up(self) -> None:
+        """Start the workers and trace the model now, not on the first photo.
+
+        Without this the first query pays for process spawn and TensorFlow's
+        graph tracing (hundreds of ms).
+        """
+        import numpy as np
+
+        futures = [self.pool.submit(_worker_ready) for _ in range(max(1, self.config.daemon.workers))]
+        shape = self.engine.shape
+        self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+        for future in futures:
+            future.result()
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested.set()
+
+    # ------------------------------------------------------------- the loop
+    def step(self) -> None:
+        """One turn: take events, answer queries, move catalog work along."""
+        self.tracker.poll()
+        self.drain_events(timeout=0.05 if not (self.queries or self.inflight or self.batch) else 0.0)
+        if self.queries:
+            self.answer(self.queries.popleft())
+            return
+        self.feed_pool()
+        self.collect_prepared()
+        self.maybe_commit()
+
+    def drain_events(self, timeout: float) -> None:
+        removes: list[FileRemoved] = []
+        try:
+            event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(event, FileReady):
+                (self.queries if event.folder == "query" else self.catalog_waiting).append(event)
+            elif isinstance(event, FileRemoved):
+                removes.append(event)
+            elif isinstance(event, FileRenamed):
+                self.renamed(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+        if removes:
+            self.removed(removes)
+
+    def feed_pool(self) -> None:
+        limit = 2 * max(1, self.config.daemon.workers)
+        shape = self.engine.shape
+        while self.catalog_waiting and len(self.inflight) < limit:
+            ready = self.catalog_waiting.popleft()
+            future = self.pool.submit(prepare_or_error, ready.path, self.config, shape, self.catalog_dir)
+            self.inflight.append((ready, future))
+
+    def collect_prepared(self) -> None:
+        while self.inflight and self.inflight[0][1].done():
+            ready, future = self.inflight.popleft()
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a worker died (e.g. out of memory): the file is not lost
+                outcome = ("worker_failed", f"processing failed: {exc}")
+            if isinstance(outcome, tuple):
+                self.fail_catalog(ready, _Failure(*outcome))
+                continue
+            if not self.batch:
+                self.batch_started = time.monotonic()
+            self.batch.append((ready, outcome))
+
+    def maybe_commit(self) -> None:
+        if not self.batch:
+            return
+        full = len(self.batch) >= self.config.daemon.catalog_batch_size
+        idle = not self.inflight and not self.catalog_waiting
+        waited = time.monotonic() - self.batch_started >= self.config.daemon.catalog_batch_wait_s
+        if full or idle or waited:
+            self.commit_batch()
+
+    def commit_batch(self) -> None:
+        batch, self.batch = self.batch, []
+        t0 = time.perf_counter()
+        entries = self.engine.new_entries([p for _, p in batch], catalog_root=self.catalog_dir)
+        t1 = time.perf_counter()
+        result = self.engine.catalog.commit(entries)
+        t2 = time.perf_counter()
+        added = set(result.added)
+        for (ready, prepared), entry in zip(batch, entries):
+            outcome = "indexed" if entry.sha256 in added else "duplicate"
+            self.counts["indexed" if outcome == "indexed" else "duplicates"] += 1
+            log.info("catalog", file=str(ready.path), sha256=prepared.sha256, label=entry.label, outcome=outcome,
+                     ready=ready.reason, timings_ms={**_round(prepared.timings_ms), "embed_batch": round((t1 - t0) * 1e3, 1),
+                                                     "commit_batch": round((t2 - t1) * 1e3, 1)}, batch=len(batch))
+
+    # ------------------------------------------------------------- queries
+    def answer(self, ready: FileReady) -> None:
+        """Match one query, publish exactly one result, move the photo out."""
+        path = ready.path
+        if not (path.exists() or path.is_symlink()):
+            self.tracker.forget(path)
+            return
+        t0 = time.perf_counter()
+        prepared = prepare_or_error(path, self.config, self.engine.shape, self.query_dir)
+        if isinstance(prepared, tuple):
+            code, reason = prepared
+            sha = _sha_or_none(path)
+            result = rejected(path.name, reason, code, sha256=sha, model=self.engine.model_info)
+            destination = unique_path(self.failed, path.stem, path.suffix)
+            error_file = self.failed / f"{destination.name}.error.json"
+            error_text = json.dumps({"file": path.name, "folder": "query", "code": code, "reason": reason,
+                                     "sha256": sha, "at": _now()}, indent=1)
+        else:
+            result = self.engine.match_prepared(prepared, path.name)
+            destination = unique_path(self.processed, path.stem, path.suffix)
+            error_file = error_text = None
+        result_path = unique_path(self.outbox, path.stem, ".json", taken=self.journal.reserved())
+        intent = Intent(str(path), result.sha256 or "", str(result_path), str(destination), str(error_file) if error_file else None, error_text)
+        record = self.journal.begin(intent)
+        write_json_atomic(result_path, result.to_json(indent=2))
+        if error_file and error_text:
+            write_json_atomic(error_file, error_text)
+        move_aside(path, destination)
+        self.journal.finish(record)
+        self.tracker.forget(path)
+        self.counts["answered"] += 1
+        if result.status == "rejected":
+            self.counts["failed"] += 1
+            self.note_error(path, result.error_code or "", result.error or "")
+        log.info("query", file=path.name, sha256=result.sha256, outcome=result.status, label=result.label,
+                 confidence=result.confidence, result=result_path.name, ready=ready.reason,
+                 timings_ms={**result.timings_ms, "wall": round((time.perf_counter() - t0) * 1e3, 1)})
+
+    # ------------------------------------------------------------- catalog
+    def fail_catalog(self, ready: FileReady, failure: _Failure) -> None:
+        path = ready.path
+        if not (path.exists() or path.is_symlink()):
+            return
+        destination = move_aside(path, unique_path(self.failed, path.stem, path.suffix))
+        error = {"file": str(path.relative_to(self.catalog_dir)), "folder": "catalog", "code": failure.code,
+                 "reason": failure.reason, "at": _now()}
+        write_json_atomic(self.failed / f"{destination.name}.error.json", json.dumps(error, indent=1))
+        self.tracker.forget(path)
+        self.counts["failed"] += 1
+        self.note_error(path, failure.code, failure.reason)
+        log.warning("catalog", file=str(path), outcome="failed", code=failure.code, reason=failure.reason, moved_to=str(destination))
+
+    def removed(self, events: list[FileRemoved]) -> None:
+        catalog = self.engine.catalog
+        catalog.refresh()
+        shas = [e.sha256 for ev in events if (e := catalog.by_path(str(ev.path))) is not None]
+        if shas:
+            result = catalog.commit(removes=shas)
+            self.counts["removed"] += len(result.removed)
+            log.info("catalog_removed", files=[str(ev.path) for ev in events], removed=len(result.removed))
+
+    def renamed(self, event: FileRenamed) -> None:
+        catalog = self.engine.catalog
+        catalog.refresh()
+        entry = catalog.by_path(str(event.src))
+        if entry is None:
+            self.tracker.observe("moved_in", event.dest, "catalog")
+            return
+        label = label_from_path(event.dest, self.catalog_dir)
+        moved = NewEntry(entry.sha256, str(event.dest), label, entry.embedding, entry.lbp)
+        catalog.commit([moved], removes=[entry.sha256])
+        log.info("catalog_renamed", src=str(event.src), dest=str(event.dest), label=label, sha256=entry.sha256)
+
+    def reconcile(self) -> None:
+        """Make the index agree with the catalog folder; pick up missed files."""
+        cfg = self.config
+        wanted = lambda p: is_candidate(p, cfg.intake)  # noqa: E731
+        patterns = cfg.daemon.watch.ignore_patterns
+        catalog = self.engine.catalog
+        catalog.refresh()
+        indexed = {e.path for e in catalog.entries()}
+        busy = {r.path for r in self.catalog_waiting} | {r.path for r, _ in self.inflight} | {r.path for r, _ in self.batch}
+        present = set()
+        for path in scan(self.catalog_dir, True, wanted, patterns):
+            present.add(str(path))
+            if str(path) not in indexed and path not in busy:
+                self.tracker.observe("scan", path, "catalog")
+        gone = [FileRemoved(Path(p)) for p in indexed if _inside(Path(p), self.catalog_dir) and p not in present]
+        if gone:
+            self.removed(gone)
+        queued = {r.path for r in self.queries}
+        for path in scan(self.query_dir, False, wanted, patterns):
+            if path not in queued:
+                self.tracker.observe("scan", path, "query")
+
+    # ------------------------------------------------------------- status
+    def note_error(self, path: Path, code: str, reason: str) -> None:
+        self.last_error = {"file": str(path), "code": code, "reason": reason, "at": _now()}
+
+    def write_status(self, running: bool = True) -> None:
+        write_status(self.root, self.config, {
+            "pid": __import__("os").getpid(), "running": running, "started_at": self.started_at, "updated_at": _now(),
+            "processed": self.counts, "last_error": self.last_error,
+            "queue": {"query": len(self.queries), "catalog": len(self.catalog_waiting) + len(self.inflight) + len(self.batch),
+                      "unsettled": self.tracker.pending_count()},
+        })
+
+
+def run_daemon(root: Path, config: Config) -> int:
+    """`teaprint run`: lock the root, load the engine, serve until SIGTERM/SIGINT."""
+    try:
+        lock = acquire_lock(root, config)
+    except AlreadyRunning as err:
+        log.error("refused", reason=str(err))
+        print(f"teaprint: {err}", file=__import__("sys").stderr)
+        return 1
+    try:
+        engine = Engine.load(config, Path(root))
+        daemon = Daemon(root, config, engine)
+        signal.signal(signal.SIGTERM, daemon.request_stop)
+        signal.signal(signal.SIGINT, daemon.request_stop)
+        daemon.run()
+    finally:
+        lock.release()
+    return 0
+
+
+def _worker_ready() -> bool:
+    import pipeline.prepare  # noqa: F401  (the import is the warm-up)
+
+    return True
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _sha_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except Exception:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _round(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 1) for k, v in timings.items()}
+
+
+def _plain(obj: Any) -> Any:
+    from dataclasses import asdict
+
+    return asdict(obj)

@@ -1,0 +1,99 @@
+"""The watchdog observer over both drop folders, feeding readiness and removals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.api import BaseObserver
+
+from pipeline.daemon.events import DaemonEvent, FileRemoved, FileRenamed, Folder
+from pipeline.daemon.readiness import ReadinessTracker, ignored
+
+
+def make_observer(mode: str, poll_interval_s: float) -> BaseObserver:
+    """One observer API over inotify and polling (for shares without inotify)."""
+    if mode == "polling":
+        from watchdog.observers.polling import PollingObserver
+
+        return PollingObserver(timeout=poll_interval_s)
+    if mode == "inotify":
+        from watchdog.observers.inotify import InotifyObserver
+
+        return InotifyObserver()
+    from watchdog.observers import Observer
+
+    return Observer()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+class DropFolderHandler(FileSystemEventHandler):
+    """Routes raw events of one drop folder to the tracker and the daemon.
+
+    Readiness goes to `tracker`; deletions and renames in the catalog folder
+    go straight to `notify` (they need no waiting).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        kind: Folder,
+        tracker: ReadinessTracker,
+        notify: Callable[[DaemonEvent], None],
+        is_candidate: Callable[[Path], bool],
+        ignore_patterns: tuple[str, ...],
+    ) -> None:
+        self.folder = folder
+        self.kind = kind
+        self.tracker = tracker
+        self.notify = notify
+        self.is_candidate = is_candidate
+        self.patterns = ignore_patterns
+
+    def _wanted(self, path: Path) -> bool:
+        return _inside(path, self.folder) and self.is_candidate(path) and not ignored(path.name, self.patterns)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        src = Path(os.fsdecode(event.src_path))
+        kind = event.event_type
+        if kind == "moved":
+            self._moved(src, Path(os.fsdecode(event.dest_path)))
+        elif kind == "deleted":
+            self.tracker.forget(src)
+            if self.kind == "catalog" and self._wanted(src):
+                self.notify(FileRemoved(src))
+        elif kind in ("created", "modified", "closed") and self._wanted(src):
+            self.tracker.observe(kind, src, self.kind)
+
+    def _moved(self, src: Path, dest: Path) -> None:
+        self.tracker.forget(src)
+        src_in, dest_in = self._wanted(src), self._wanted(dest)
+        if self.kind == "catalog" and src_in and dest_in:
+            self.notify(FileRenamed(src, dest))
+        elif self.kind == "catalog" and src_in:
+            self.notify(FileRemoved(src))
+        elif dest_in:
+            self.tracker.observe("moved_in", dest, self.kind)
+
+
+def scan(folder: Path, recursive: bool, is_candidate: Callable[[Path], bool], patterns: tuple[str, ...]) -> Iterator[Path]:
+    """Candidate files now in `folder` (sorted, so processing order is stable)."""
+    if not folder.is_dir():
+        return
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    for path in sorted(found):
+        if recursive and any(ignored(part, patterns) for part in path.relative_to(folder).parts[:-1]):
+            continue
+        if is_candidate(path) and not ignored(path.name, patterns) and (path.is_file() or path.is_symlink()):
+            yield path

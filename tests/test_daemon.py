@@ -1,0 +1,172 @@
+"""The real daemon, as a subprocess, with a real observer on temp folders."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from daemon_support import QUIET, DaemonProcess, distinct_photos, jpeg_bytes, results, wait_until, write_slowly
+from pipeline.catalog import CatalogIndex
+from pipeline.results import load_schema
+
+SCHEMA = load_schema()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "root"
+    (r / "inbox" / "catalog").mkdir(parents=True)
+    (r / "inbox" / "query").mkdir(parents=True)
+    return r
+
+
+def drop_burst(root: Path, staging: Path, n_catalog: int, n_query: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Drop catalog photos and queries at once: copied, moved in, renamed from .part, written slowly."""
+    rng = random.Random(seed)
+    photos = distinct_photos(n_catalog + 5, seed=seed)
+    staging.mkdir(parents=True, exist_ok=True)
+    catalog_names = [f"c{i:04d}-1.jpg" for i in range(n_catalog)]
+    query_names = [f"q{i:04d}.jpg" for i in range(n_query)]
+    jobs: list[tuple[Path, bytes]] = [(root / "inbox/catalog" / n, jpeg_bytes(photos[i])) for i, n in enumerate(catalog_names)]
+    for i, name in enumerate(query_names):
+        source = photos[i % (n_catalog + 5)] if i % 10 else photos[n_catalog + (i // 10) % 5]
+        jobs.append((root / "inbox/query" / name, jpeg_bytes(source[::-1].copy(), quality=80)))
+    rng.shuffle(jobs)
+    writers = []
+    for k, (dest, data) in enumerate(jobs):
+        how = k % 4
+        if how == 0:  # copied in place
+            dest.write_bytes(data)
+        elif how == 1:  # moved in from another folder
+            tmp = staging / dest.name
+            tmp.write_bytes(data)
+            shutil.move(str(tmp), str(dest))
+        elif how == 2:  # downloaded as .part then renamed
+            part = dest.with_name(dest.name + ".part")
+            part.write_bytes(data)
+            part.rename(dest)
+        elif len(writers) < 8:  # written slowly over ~2 s, held open
+            writers.append(write_slowly(dest, data, seconds=2.0))
+        else:
+            dest.write_bytes(data)
+    for w in writers:
+        w.join()
+    return catalog_names, query_names
+
+
+def assert_all_answered_once(root: Path, query_names: list[str]) -> None:
+    got = results(root / "outbox")
+    for r in got:
+        jsonschema.validate(r, SCHEMA)
+    answered = sorted(r["query"] for r in got)
+    assert answered == sorted(query_names), "every query exactly one JSON"
+    assert not list((root / "inbox/query").glob("*.jpg"))
+    assert sorted(p.name for p in (root / "outbox/processed").glob("*.jpg")) == sorted(query_names)
+
+
+def test_burst_every_query_answered_once(root: Path, tmp_path: Path, tiny_config_file: Path) -> None:
+    daemon = DaemonProcess(root, tiny_config_file).start()
+    try:
+        catalog_names, query_names = drop_burst(root, tmp_path / "staging", n_catalog=200, n_query=50)
+        wait_until(lambda: len(list((root / "outbox").glob("*.json"))) >= 50, 240, "50 results")
+        wait_until(lambda: len(CatalogIndex(root / "index")) >= 200, 120, "200 catalog entries")
+        time.sleep(1.5)  # room for any duplicate answer to show up
+        assert_all_answered_once(root, query_names)
+        assert {Path(e.path).name for e in CatalogIndex(root / "index").entries()} == set(catalog_names)
+        kinds = {e.get("ready") for e in daemon.events() if e.get("event") == "query"}
+        assert {"closed", "moved_in"} <= kinds
+    finally:
+        assert daemon.signal(signal.SIGTERM) == 0
+
+
+def test_sigkill_mid_burst_then_restart_loses_nothing(root: Path, tmp_path: Path, tiny_config_file: Path) -> None:
+    daemon = DaemonProcess(root, tiny_config_file).start()
+    catalog_names, query_names = drop_burst(root, tmp_path / "staging", n_catalog=120, n_query=40, seed=3)
+    wait_until(lambda: len(list((root / "outbox").glob("*.json"))) >= 8, 120, "some answers")
+    daemon.signal(signal.SIGKILL)
+    mid = len(list((root / "outbox").glob("*.json")))
+    assert mid < 40, "the kill should land mid-burst"
+    restarted = DaemonProcess(root, tiny_config_file).start()
+    try:
+        wait_until(lambda: len(list((root / "outbox").glob("*.json"))) >= 40, 240, "40 results")
+        wait_until(lambda: len(CatalogIndex(root / "index")) >= 120, 120, "120 catalog entries")
+        time.sleep(1.5)
+        assert_all_answered_once(root, query_names)
+        assert sorted(p.name for p in (root / "inbox/catalog").iterdir()) == sorted(catalog_names)
+        assert {Path(e.path).name for e in CatalogIndex(root / "index").entries()} == set(catalog_names)
+    finally:
+        assert restarted.signal(signal.SIGTERM) == 0
+
+
+def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, tiny_config_file: Path) -> None:
+    photos = distinct_photos(4, seed=5)
+    for i, p in enumerate(photos):
+        (root / "inbox/catalog" / f"k{i}-1.jpg").write_bytes(jpeg_bytes(p))
+    daemon = DaemonProcess(root, tiny_config_file).start()
+    try:
+        wait_until(lambda: len(CatalogIndex(root / "index")) == 4, 60, "4 entries")
+        # A second daemon on the same root refuses, clearly.
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--config", str(tiny_config_file), "--root", str(root), "run"],
+            capture_output=True, text=True, env={**__import__("os").environ, **QUIET}, timeout=120,
+        )
+        assert second.returncode == 1 and "already running" in second.stderr
+        # Bad files move aside with a reason; the daemon keeps answering.
+        q = root / "inbox/query"
+        (q / "empty.jpg").write_bytes(b"")
+        (q / "text.jpg").write_text("not an image at all")
+        (q / "broken.jpg").write_bytes(jpeg_bytes(photos[0])[:700])
+        (root / "inbox/catalog" / "bad-1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        (q / "k0.jpg").write_bytes(jpeg_bytes(photos[0]))
+        (q / "k0.png").write_bytes((root / "inbox/catalog/k0-1.jpg").read_bytes())  # same stem, other file
+        wait_until(lambda: len(results(root / "outbox")) == 5, 60, "5 results")
+        failed = root / "inbox/failed"
+        for name in ("empty.jpg", "text.jpg", "broken.jpg", "bad-1.png"):
+            assert (failed / name).exists(), name
+            reason = json.loads((failed / f"{name}.error.json").read_text())
+            assert reason["code"] and reason["reason"]
+        by_query = {r["query"]: r for r in results(root / "outbox")}
+        assert {by_query[n]["status"] for n in ("empty.jpg", "text.jpg", "broken.jpg")} == {"rejected"}
+        assert by_query["k0.jpg"]["matches"][0]["label"] == "k0"
+        assert {p.name for p in (root / "outbox").glob("k0*.json")} == {"k0.json", "k0-1.json"}
+        # Deleting a catalog photo takes it out of later matches.
+        (root / "inbox/catalog/k0-1.jpg").unlink()
+        wait_until(lambda: len(CatalogIndex(root / "index")) == 3, 30, "entry removed")
+        (q / "again.jpg").write_bytes(jpeg_bytes(photos[0]))
+        wait_until(lambda: (root / "outbox/again.json").exists(), 30, "answer after deletion")
+        again = json.loads((root / "outbox/again.json").read_text())
+        assert all(m["label"] != "k0" for m in again["matches"])
+    finally:
+        code = daemon.signal(signal.SIGTERM)
+    assert code == 0
+    assert any(e.get("event") == "stop" for e in daemon.events())
+    assert not [p for p in (root / "outbox").iterdir() if p.name.endswith(".tmp")]
+    assert not list((root / ".teaprint" / "journal").glob("*.intent"))
+
+
+def test_polling_mode_and_catalog_rename(root: Path, tmp_path: Path, tiny_config_file: Path) -> None:
+    config = tmp_path / "polling.yaml"
+    config.write_text(tiny_config_file.read_text() + "daemon:\n  watch:\n    mode: polling\n    poll_interval_s: 0.2\n")
+    photos = distinct_photos(3, seed=9)
+    for i, p in enumerate(photos):
+        (root / "inbox/catalog" / f"p{i}-1.jpg").write_bytes(jpeg_bytes(p))
+    daemon = DaemonProcess(root, config).start()
+    try:
+        wait_until(lambda: len(CatalogIndex(root / "index")) == 3, 60, "3 entries")
+        (root / "inbox/catalog/p1-1.jpg").rename(root / "inbox/catalog/renamed-1.jpg")
+        wait_until(lambda: "renamed" in CatalogIndex(root / "index").labels(), 30, "rename applied")
+        assert len(CatalogIndex(root / "index")) == 3
+        (root / "inbox/query/x.jpg").write_bytes(jpeg_bytes(photos[1]))
+        wait_until(lambda: (root / "outbox/x.json").exists(), 30, "polling answer")
+        assert json.loads((root / "outbox/x.json").read_text())["matches"][0]["label"] == "renamed"
+    finally:
+        assert daemon.signal(signal.SIGTERM) == 0
