@@ -26,11 +26,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
-    """A user config pointing at the tiny model with small LBP work."""
+    """A user config pointing at the tiny model, with smaller decode work."""
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
     path.write_text(
         f"model:\n  path: {tiny_model}\n  batch_size: 8\n"
-        "lbp:\n  size: 96\n"
         "intake:\n  work_side: 256\n"
     )
     return path
@@ -58,7 +57,8 @@ def write_rgb(path: Path, rgb: np.ndarray, quality: int = 92) -> Path:
     import cv2
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     assert ok
     path.write_bytes(buf.tobytes())
     return path

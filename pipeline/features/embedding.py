@@ -211,7 +211,7 @@ class Encoder:
         """Embed inputs already made by `prepare_input`: (N, S, S, C) -> (N, D)."""
         views = rotations(batch, self.info.rotation_pool)
         flat = views.reshape(-1, *batch.shape[1:])
-        vectors = np.asarray(self._model(flat, training=False), dtype=np.float32)
+        vectors = self._model(flat, training=False).numpy().astype(np.float32, copy=False)
         pooled = vectors.reshape(views.shape[0], batch.shape[0], -1).mean(axis=0)
         return l2_normalise(pooled)
 
