@@ -152,6 +152,7 @@ class CatalogIndex:
         self._cache: dict[str, _Segment] = {}
         self._state = _State()
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._list: list[CatalogEntry] | None = None
         self.refresh()
 
     # ----------------------------------------------------------------- reading
@@ -165,6 +166,7 @@ class CatalogIndex:
                     return False
                 self._state = self._load(manifest)
                 self._arrays = None
+                self._list = None
                 self._check_model(self._state.model_id)
                 return True
             except FileNotFoundError:
@@ -189,8 +191,10 @@ class CatalogIndex:
         return self._state.model_id
 
     def entries(self) -> list[CatalogEntry]:
-        """All entries, oldest first."""
-        return list(self._state.entries.values())
+        """All entries, oldest first (cached until the index changes: do not mutate)."""
+        if self._list is None:
+            self._list = list(self._state.entries.values())
+        return self._list
 
     def get(self, sha256: str) -> CatalogEntry | None:
         return self._state.entries.get(sha256)
