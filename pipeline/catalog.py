@@ -31,6 +31,8 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
+from pipeline.features.local import LocalFeatures
+
 FORMAT = "teaprint-catalog/1"
 MANIFEST = "MANIFEST.json"
 _STR = h5py.string_dtype("utf-8")
@@ -61,6 +63,7 @@ class NewEntry:
     label: str
     embedding: np.ndarray  # (D,) float32, unit norm
     lbp: np.ndarray  # (B,) float32
+    local: LocalFeatures | None = None  # keypoints for geometric verification
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class CatalogEntry:
     lbp: np.ndarray
     added_at: float
     model_id: str
+    local: LocalFeatures | None = None
 
     @property
     def id(self) -> str:
@@ -101,6 +105,7 @@ class _Segment:
     added_at: np.ndarray
     model_id: list[str]
     removed: frozenset[str]
+    local: list[LocalFeatures | None]
 
 
 @dataclass
@@ -302,7 +307,7 @@ class CatalogIndex:
         generation = state.generation + 1
         name = f"seg-{generation:08d}.h5"
         keep = [
-            NewEntry(e.sha256, e.path, e.label, e.embedding, e.lbp) for e in state.entries.values()
+            NewEntry(e.sha256, e.path, e.label, e.embedding, e.lbp, e.local) for e in state.entries.values()
         ]
         added_at = np.array([e.added_at for e in state.entries.values()], dtype=np.float64)
         _write_segment(self.directory / name, keep, (), str(state.model_id), added_at=added_at)
@@ -353,7 +358,7 @@ class CatalogIndex:
                 entries.pop(sha, None)
             for i, sha in enumerate(seg.sha256):
                 entries[sha] = CatalogEntry(
-                    sha, seg.path[i], seg.label[i], seg.embedding[i], seg.lbp[i], float(seg.added_at[i]), seg.model_id[i]
+                    sha, seg.path[i], seg.label[i], seg.embedding[i], seg.lbp[i], float(seg.added_at[i]), seg.model_id[i], seg.local[i]
                 )
         live = set(manifest["segments"])
         for name in list(self._cache):
@@ -381,6 +386,7 @@ def _write_segment(
         g.create_dataset("added_at", data=added_at if added_at is not None else np.full(n, time.time()))
         g.create_dataset("model_id", data=[model_id] * n, dtype=_STR, shape=(n,))
         f.create_dataset("removed", data=np.array(list(removed), dtype="S64").reshape(len(removed)))
+        _write_local(f, entries)
     _fsync_file(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -398,7 +404,38 @@ def _read_segment(path: Path) -> _Segment:
             added_at=g["added_at"][()],
             model_id=[s.decode() if isinstance(s, bytes) else s for s in g["model_id"][()]],
             removed=frozenset(s.decode() for s in f["removed"][()]),
+            local=_read_local(f, len(g["sha256"])),
         )
+
+
+def _write_local(f: h5py.File, entries: Sequence[NewEntry]) -> None:
+    """Keypoints of all entries, concatenated, with offsets (HDF5 has no ragged arrays).
+
+    An entry without local features stores side -1; one with zero keypoints, side >= 0.
+    """
+    feats = [e.local for e in entries]
+    present = [x for x in feats if x is not None]
+    if not present:
+        return
+    width = present[0].descriptors.shape[1]
+    counts = [len(x) if x is not None else 0 for x in feats]
+    g = f.create_group("local")
+    g.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    g.create_dataset("side", data=np.array([x.side if x is not None else -1 for x in feats], dtype=np.int32))
+    g.create_dataset("points", data=np.concatenate([x.points for x in present]).astype(np.float32).reshape(-1, 2))
+    g.create_dataset("descriptors", data=np.concatenate([x.descriptors for x in present]).astype(np.uint8).reshape(-1, width))
+
+
+def _read_local(f: h5py.File, n: int) -> list[LocalFeatures | None]:
+    if "local" not in f:
+        return [None] * n
+    g = f["local"]
+    offsets, sides = g["offsets"][()], g["side"][()]
+    points, descriptors = g["points"][()], g["descriptors"][()]
+    return [
+        LocalFeatures(points[offsets[i] : offsets[i + 1]], descriptors[offsets[i] : offsets[i + 1]], int(sides[i])) if sides[i] >= 0 else None
+        for i in range(n)
+    ]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -57,10 +57,19 @@ class LbpConfig:
 
 
 @dataclass(frozen=True)
+class LocalConfig:
+    enabled: bool = True
+    method: Literal["sift", "orb"] = "sift"
+    max_keypoints: int = 400
+    side: int = 640
+
+
+@dataclass(frozen=True)
 class ShortlistConfig:
     top_k: int = 10
     threshold: float | None = None
     fallback_threshold: float = 0.9
+    lbp_top_k: int = 5
 
 
 @dataclass(frozen=True)
@@ -71,14 +80,34 @@ class RefineConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    enabled: bool = True
+    max_candidates: int = 6
+    ratio: float = 0.8
+    ransac_px: float = 8.0
+    min_matches: int = 8
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    bias: float = -4.0
+    similarity: float = 4.0
+    svc_vote: float = 1.0
+    inliers: float = 1.5
+    lbp_distance: float = -2.0
+
+
+@dataclass(frozen=True)
 class DecideConfig:
     accept_confidence: float = 0.5
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 @dataclass(frozen=True)
 class MatcherConfig:
     shortlist: ShortlistConfig = field(default_factory=ShortlistConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
 
 
@@ -106,14 +135,27 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_upload_mb: float = 50.0
+    max_files: int = 32
+    page_size: int = 50
+    thumbnail_px: int = 480
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     lbp: LbpConfig = field(default_factory=LbpConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 def load_config(path: Path | None = None) -> Config:

@@ -19,7 +19,7 @@ from pipeline.catalog import CatalogIndex, NewEntry, label_from_path
 from pipeline.config import REPO_ROOT, Config
 from pipeline.features.embedding import Encoder
 from pipeline.intake import IntakeError
-from pipeline.matcher import decide, refine, shortlist
+from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
 from pipeline.prepare import EncoderInput, Prepared, prepare
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
 
@@ -85,7 +85,7 @@ class Engine:
     def new_entries(self, prepared: Sequence[Prepared], catalog_root: Path | None = None) -> list[NewEntry]:
         vectors = self.embed(prepared)
         return [
-            NewEntry(p.sha256, str(Path(p.path).absolute()), label_from_path(p.path, catalog_root), v, p.lbp)
+            NewEntry(p.sha256, str(Path(p.path).absolute()), label_from_path(p.path, catalog_root), v, p.lbp, p.local)
             for p, v in zip(prepared, vectors)
         ]
 
@@ -132,53 +132,56 @@ class Engine:
         return self.match_prepared(prepared, name)
 
     def match_prepared(self, prepared: Prepared, query_name: str, embedding: np.ndarray | None = None) -> MatchResult:
-        """Run shortlist -> refine -> decide for one prepared photo."""
-        timings = dict(prepared.timings_ms)
-        t0 = time.perf_counter()
+        """Run shortlist -> refine -> verify -> decide for one prepared photo."""
+        clock = _Clock(prepared.timings_ms)
         query = self.embed([prepared])[0] if embedding is None else embedding
-        t1 = time.perf_counter()
+        clock.lap("embed")
         self.catalog.refresh()
         entries = self.catalog.entries()
         embeddings, lbps = self.catalog.matrices()
         cfg = self.config.matcher
         info = self.model_info
         short = shortlist(query, embeddings, cfg.shortlist.top_k, info.threshold)
-        t2 = time.perf_counter()
-        labels = [entries[i].label for i in short.indices]
+        candidates = widen(short, lbp_nearest(prepared.lbp, lbps, cfg.shortlist.lbp_top_k), query, embeddings)
+        clock.lap("shortlist")
+        rows = candidates.indices
+        labels = [entries[i].label for i in rows]
         refined = refine(
             prepared.lbp,
-            lbps[short.indices] if len(short) else np.zeros((0, prepared.lbp.size), np.float32),
+            lbps[rows] if len(rows) else np.zeros((0, prepared.lbp.size), np.float32),
             labels,
             c=cfg.refine.svc_c,
             kernel=cfg.refine.kernel,
             enabled=cfg.refine.enabled,
         )
-        t3 = time.perf_counter()
-        decision = decide(short, refined, labels, cfg.decide.accept_confidence)
-        t4 = time.perf_counter()
-        matches = tuple(
-            MatchEvidence(
-                image=entries[short.indices[i]].path,
-                id=entries[short.indices[i]].id,
-                label=labels[i],
-                similarity=round(float(short.similarities[i]), 6),
-                svc_label=refined.label,
-                lbp_distance=round(float(refined.lbp_distances[i]), 6),
-            )
-            for i in decision.order
-        )
-        timings.update(embed=(t1 - t0) * 1e3, shortlist=(t2 - t1) * 1e3, refine=(t3 - t2) * 1e3, decide=(t4 - t3) * 1e3)
-        timings["total"] = sum(timings.values())
+        clock.lap("refine")
+        verified = None
+        if cfg.verify.enabled:
+            v = cfg.verify
+            verified = verify(prepared.local, [entries[i].local for i in rows], v.max_candidates, v.ratio, v.ransac_px, v.min_matches)
+            clock.lap("verify")
+        decision, scores = self._decide(candidates, refined, labels, verified)
+        clock.lap("decide")
+        matches = tuple(self._evidence(entries[rows[i]], i, candidates, refined, verified, scores) for i in decision.order)
         stages = {
             "shortlist": {
                 "candidates": len(self.catalog),
                 "kept": len(short),
+                "widened_to": len(candidates),
                 "threshold": info.threshold,
                 "top_k": cfg.shortlist.top_k,
+                "lbp_top_k": cfg.shortlist.lbp_top_k,
                 "best_rejected_similarity": short.best_rejected,
             },
             "refine": {"mode": refined.mode, "svc_label": refined.label, "votes": refined.votes, "kept": int(refined.kept.size)},
-            "decide": {"agreed": list(decision.agreed), "accept_confidence": cfg.decide.accept_confidence},
+            "verify": {
+                "enabled": verified is not None,
+                "query_keypoints": verified.query_keypoints if verified else 0,
+                "verified": len(verified.positions) if verified else 0,
+                "max_inliers": max((r.inliers for r in verified.results), default=0) if verified else 0,
+            },
+            "decide": {"agreed": list(decision.agreed), "accept_confidence": cfg.decide.accept_confidence,
+                       "method": "fusion" if verified is not None else "similarity"},
         }
         return MatchResult(
             query=query_name,
@@ -187,7 +190,57 @@ class Engine:
             confidence=round(decision.confidence, 6),
             matches=matches,
             stages=stages,
-            timings_ms={k: round(v, 3) for k, v in timings.items()},
+            timings_ms=clock.totals(),
             model=info,
             sha256=prepared.sha256,
         )
+
+    def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, float]]:
+        cfg = self.config.matcher.decide
+        if verified is None:
+            return decide(candidates, refined, labels, cfg.accept_confidence), {}
+        inliers = [verified.inliers_at(i) for i in range(len(labels))]
+        evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
+        embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] != "lbp" else None
+        best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
+        first_choices = {
+            "shortlist": embedding_first,
+            "refine": refined.label if refined.mode == "svc" else None,
+            "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
+        }
+        return fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices)
+
+    @staticmethod
+    def _evidence(entry, position: int, candidates: Shortlist, refined: Refinement, verified: Verified | None, scores: dict[str, float]) -> MatchEvidence:
+        check = verified.result_at(position) if verified else None
+        return MatchEvidence(
+            image=entry.path,
+            id=entry.id,
+            label=entry.label,
+            similarity=round(float(candidates.similarities[position]), 6),
+            svc_label=refined.label,
+            lbp_distance=round(float(refined.lbp_distances[position]), 6),
+            source=candidates.sources[position] if candidates.sources else "embedding",
+            inliers=check.inliers if check else None,
+            rotation_deg=round(check.rotation_deg, 2) if check and check.rotation_deg is not None and check.inliers else None,
+            scale=round(check.scale, 4) if check and check.scale is not None and check.inliers else None,
+            score=round(scores[entry.label], 6) if entry.label in scores else None,
+        )
+
+
+class _Clock:
+    """Stage timings in ms, lap by lap, on top of the preparation's."""
+
+    def __init__(self, start: dict[str, float]) -> None:
+        self.timings = dict(start)
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = (now - self.last) * 1e3
+        self.last = now
+
+    def totals(self) -> dict[str, float]:
+        out = {k: round(v, 3) for k, v in self.timings.items()}
+        out["total"] = round(sum(self.timings.values()), 3)
+        return out

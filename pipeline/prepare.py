@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
+from pipeline.features.local import LocalFeatures, extract_local
 from pipeline.intake import IntakeError, read_photo
 
 
@@ -37,14 +38,17 @@ class Prepared:
     sha256 : str
     lbp : ndarray, shape (B,), dtype float32
     encoder_input : ndarray, shape (S, S, C), dtype float32, values 0-255
+    local : LocalFeatures or None
+        Keypoints for verification; None when `local.enabled` is off.
     timings_ms : dict
-        `decode` and `lbp` stage times.
+        `decode`, `lbp`, `prepare` and `local` stage times.
     """
 
     path: Path
     sha256: str
     lbp: np.ndarray
     encoder_input: np.ndarray
+    local: LocalFeatures | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -63,8 +67,13 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
     t2 = time.perf_counter()
     encoder_input = prepare_input(photo.pixels, shape.size, shape.channels, shape.disc_mask)
     t3 = time.perf_counter()
+    local_cfg = config.local
+    local = extract_local(photo.pixels, local_cfg.method, local_cfg.max_keypoints, local_cfg.side) if local_cfg.enabled else None
+    t4 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "lbp": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3}
-    return Prepared(photo.path, photo.sha256, lbp, encoder_input, timings)
+    if local is not None:
+        timings["local"] = (t4 - t3) * 1e3
+    return Prepared(photo.path, photo.sha256, lbp, encoder_input, local, timings)
 
 
 def prepare_or_error(path: Path, config: Config, shape: EncoderInput, root: Path | None = None) -> Prepared | tuple[str, str]:

@@ -31,6 +31,11 @@ class MatchEvidence:
     similarity: float
     svc_label: str | None
     lbp_distance: float
+    source: str = "embedding"
+    inliers: int | None = None
+    rotation_deg: float | None = None
+    scale: float | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)

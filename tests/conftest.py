@@ -31,6 +31,7 @@ def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path)
     path.write_text(
         f"model:\n  path: {tiny_model}\n  batch_size: 8\n"
         "intake:\n  work_side: 256\n"
+        "local:\n  side: 320\n  max_keypoints: 150\n"
     )
     return path
 

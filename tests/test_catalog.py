@@ -99,10 +99,11 @@ def test_writer_killed_at_random_moments_leaves_a_readable_complete_index(tmp_pa
             [sys.executable, str(REPO / "tests" / "catalog_writer.py"), str(directory), str(round_ * 10_000)],
             stdout=subprocess.PIPE, text=True, env=env,
         )
-        time.sleep(rng.uniform(0.4, 1.2))
+        first = proc.stdout.readline()  # the writer is up and committing; now kill it at a random moment
+        time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        for line in out.splitlines():
+        for line in (first + out).splitlines():
             kind, sha = line.split()
             if kind == "added":
                 confirmed.add(sha)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from pipeline.features.lbp import chi2_distance
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,15 @@ class Shortlist:
     threshold : float
     best_rejected : float or None
         Highest similarity that fell below the threshold (how close a miss was).
+    sources : tuple of str
+        Per entry: "embedding", "lbp" or "both" (which source proposed it).
     """
 
     indices: np.ndarray
     similarities: np.ndarray
     threshold: float
     best_rejected: float | None
+    sources: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -49,4 +54,49 @@ def shortlist(query: np.ndarray, embeddings: np.ndarray, top_k: int, threshold: 
     passing = order[sims[order] >= threshold][:top_k]
     failing = order[sims[order] < threshold]
     best_rejected = float(sims[failing[0]]) if failing.size else None
-    return Shortlist(passing.astype(np.int64), sims[passing], threshold, best_rejected)
+    return Shortlist(passing.astype(np.int64), sims[passing], threshold, best_rejected, ("embedding",) * int(passing.size))
+
+
+def lbp_nearest(query_lbp: np.ndarray, lbps: np.ndarray, top_k: int) -> np.ndarray:
+    """Rows of the `top_k` LBP histograms nearest the query's (chi-square), nearest first.
+
+    Parameters
+    ----------
+    query_lbp : ndarray, shape (B,), dtype float32
+    lbps : ndarray, shape (N, B), dtype float32
+
+    Returns
+    -------
+    ndarray, shape (min(top_k, N),), dtype int64
+    """
+    if top_k <= 0 or lbps.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    distances = chi2_distance(query_lbp, lbps)
+    return np.argsort(distances, kind="stable")[:top_k].astype(np.int64)
+
+
+def widen(short: Shortlist, extra: np.ndarray, query: np.ndarray, embeddings: np.ndarray) -> Shortlist:
+    """Merge a second source's rows into the shortlist, alternating the two sources.
+
+    The embedding can miss the right entry (bare textures, heavy tilt), and the
+    later stages only see what the shortlist passes on; alternating keeps the
+    best of each source near the front, where verification looks.
+    """
+    if extra.size == 0:
+        return short
+    rows: list[int] = []
+    sources: dict[int, str] = {}
+    emb_rows = short.indices.tolist()
+    for k in range(max(len(emb_rows), extra.size)):
+        for row, source in ((emb_rows[k] if k < len(emb_rows) else None, "embedding"), (int(extra[k]) if k < extra.size else None, "lbp")):
+            if row is None:
+                continue
+            if row in sources:
+                if sources[row] != source:
+                    sources[row] = "both"
+                continue
+            sources[row] = source
+            rows.append(row)
+    indices = np.array(rows, dtype=np.int64)
+    sims = (embeddings[indices] @ query).astype(np.float32)
+    return Shortlist(indices, sims, short.threshold, short.best_rejected, tuple(sources[r] for r in rows))

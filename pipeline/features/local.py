@@ -1,0 +1,186 @@
+"""Local features and their geometric verification.
+
+Two photos of one cake share many small details that line up under a single
+rotation, scale and tilt; two cakes of the same tea share colour and texture
+but not that. `extract_local` finds keypoints, `verify_pair` matches them with
+Lowe's ratio test and fits a RANSAC homography (a cake is nearly flat), whose
+inlier count is the evidence.
+
+SIFT descriptors are stored as uint8 (OpenCV's SIFT values are integers in
+0-255, so this is lossless) and turned into RootSIFT at match time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from pipeline.features.lbp import to_grey
+
+Method = Literal["sift", "orb"]
+DESCRIPTOR_BYTES = {"sift": 128, "orb": 32}
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one photo.
+
+    Attributes
+    ----------
+    points : ndarray, shape (K, 2), dtype float32
+        (x, y) in pixels of the working image (longer side `side`).
+    descriptors : ndarray, shape (K, 128) for SIFT or (K, 32) for ORB, dtype uint8
+    side : int
+        Longer side of the working image, in pixels.
+    """
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    side: int
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Outcome of matching a query's keypoints against one catalog entry's.
+
+    Attributes
+    ----------
+    inliers : int
+        Ratio-test matches consistent with the fitted homography.
+    matches : int
+        Ratio-test matches before RANSAC.
+    rotation_deg : float or None
+        Rotation of the fit, query to catalog, in degrees (-180, 180].
+    scale : float or None
+        Scale of the fit, query to catalog (sqrt of the affine part's determinant).
+    homography : ndarray, shape (3, 3), or None
+    inlier_pairs : ndarray, shape (M, 4), dtype float32
+        (xq, yq, xc, yc) of each inlier, for drawing.
+    """
+
+    inliers: int
+    matches: int
+    rotation_deg: float | None
+    scale: float | None
+    homography: np.ndarray | None
+    inlier_pairs: np.ndarray
+
+
+def empty_features(method: Method, side: int = 0) -> LocalFeatures:
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES[method]), np.uint8), side)
+
+
+def extract_local(image: np.ndarray, method: Method = "sift", max_keypoints: int = 400, side: int = 640) -> LocalFeatures:
+    """Strongest `max_keypoints` keypoints of a photo.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, 3), dtype uint8, RGB
+    method : {"sift", "orb"}
+    max_keypoints : int
+        Cap on stored keypoints (storage and matching cost grow with it).
+    side : int
+        The photo is resized so its longer side is `side` pixels.
+
+    Returns
+    -------
+    LocalFeatures
+    """
+    grey = to_grey(image)
+    h, w = grey.shape
+    scale = side / max(h, w)
+    if scale != 1.0:
+        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    detector = cv2.SIFT_create(nfeatures=max_keypoints) if method == "sift" else cv2.ORB_create(nfeatures=max_keypoints)
+    keypoints, descriptors = detector.detectAndCompute(grey, None)
+    if descriptors is None or not keypoints:
+        return empty_features(method, side)
+    order = np.argsort([-k.response for k in keypoints], kind="stable")[:max_keypoints]
+    points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    desc = np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
+    return LocalFeatures(points, desc, side)
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, then square root.
+
+    Parameters
+    ----------
+    descriptors : ndarray, shape (K, 128), dtype uint8
+
+    Returns
+    -------
+    ndarray, shape (K, 128), dtype float32, rows of unit L2 norm
+    """
+    d = descriptors.astype(np.float32)
+    d /= d.sum(axis=1, keepdims=True) + 1e-7
+    return np.sqrt(d)
+
+
+def verify_pair(
+    query: LocalFeatures,
+    candidate: LocalFeatures,
+    ratio: float = 0.8,
+    ransac_px: float = 8.0,
+    min_matches: int = 8,
+) -> Verification:
+    """Ratio-test matching, then a RANSAC homography from query to candidate.
+
+    Parameters
+    ----------
+    query, candidate : LocalFeatures (same method)
+    ratio : float
+        Lowe's ratio: keep a match when its distance is below `ratio` times the
+        second-best distance.
+    ransac_px : float
+        RANSAC reprojection threshold, in pixels of the working images.
+    min_matches : int
+        Fewer ratio-test matches than this are not worth a homography.
+    """
+    none = Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
+    if len(query) < 2 or len(candidate) < 2:
+        return none
+    binary = query.descriptors.shape[1] == DESCRIPTOR_BYTES["orb"]
+    if binary:
+        matcher, qd, cd = cv2.BFMatcher(cv2.NORM_HAMMING), query.descriptors, candidate.descriptors
+    else:
+        matcher, qd, cd = cv2.BFMatcher(cv2.NORM_L2), root_sift(query.descriptors), root_sift(candidate.descriptors)
+    pairs = matcher.knnMatch(qd, cd, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if len(good) < min_matches:
+        return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
+    src = query.points[[m.queryIdx for m in good]]
+    dst = candidate.points[[m.trainIdx for m in good]]
+    homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_px)
+    if homography is None or mask is None:
+        return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
+    keep = mask.ravel().astype(bool)
+    rotation, scale = similarity_of(homography)
+    if not plausible(homography, scale):
+        return Verification(0, len(good), rotation, scale, None, np.zeros((0, 4), np.float32))
+    inlier_pairs = np.hstack([src[keep], dst[keep]]).astype(np.float32)
+    return Verification(int(keep.sum()), len(good), rotation, scale, homography, inlier_pairs)
+
+
+def similarity_of(homography: np.ndarray) -> tuple[float, float]:
+    """Rotation (degrees) and scale of a homography's affine part."""
+    a = homography[:2, :2] / homography[2, 2]
+    rotation = math.degrees(math.atan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1]))
+    scale = math.sqrt(abs(float(np.linalg.det(a))))
+    return rotation, scale
+
+
+def plausible(homography: np.ndarray, scale: float) -> bool:
+    """Reject fits no phone shot of a flat cake produces: mirrored, collapsed or wild."""
+    a = homography[:2, :2] / homography[2, 2]
+    if np.linalg.det(a) <= 0 or not 0.2 <= scale <= 5.0:
+        return False
+    singular = np.linalg.svd(a, compute_uv=False)
+    return bool(singular[1] > 0 and singular[0] / singular[1] < 4.0)

@@ -1,0 +1,62 @@
+"""Stage 3: geometric verification of the top candidates with local features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from pipeline.features.local import LocalFeatures, Verification, verify_pair
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Verification of the first candidates, in the order given.
+
+    Attributes
+    ----------
+    positions : tuple of int
+        Positions (in the caller's candidate order) that were verified.
+    results : tuple of Verification
+        One per position; an entry without stored keypoints gets 0 inliers.
+    query_keypoints : int
+    """
+
+    positions: tuple[int, ...]
+    results: tuple[Verification, ...]
+    query_keypoints: int
+
+    def inliers_at(self, position: int) -> int:
+        for p, r in zip(self.positions, self.results):
+            if p == position:
+                return r.inliers
+        return 0
+
+    def result_at(self, position: int) -> Verification | None:
+        for p, r in zip(self.positions, self.results):
+            if p == position:
+                return r
+        return None
+
+
+def verify(
+    query: LocalFeatures | None,
+    candidates: Sequence[LocalFeatures | None],
+    max_candidates: int = 5,
+    ratio: float = 0.8,
+    ransac_px: float = 8.0,
+    min_matches: int = 8,
+) -> Verified:
+    """Verify the first `max_candidates` candidates against the query.
+
+    The cap bounds the cost: each verification is one ratio-test matching and
+    one RANSAC fit (a few ms each).
+    """
+    if query is None or len(query) == 0:
+        return Verified((), (), 0 if query is None else len(query))
+    positions, results = [], []
+    for position, candidate in enumerate(candidates[:max_candidates]):
+        if candidate is None:
+            continue
+        positions.append(position)
+        results.append(verify_pair(query, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches))
+    return Verified(tuple(positions), tuple(results), len(query))
