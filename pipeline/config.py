@@ -126,6 +126,7 @@ class DaemonConfig:
     catalog_batch_size: int = 32
     catalog_batch_wait_s: float = 0.5
     workers: int = 2
+    explain_images: bool = False
 
 
 @dataclass(frozen=True)

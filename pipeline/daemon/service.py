@@ -233,6 +233,8 @@ class Daemon:
         result_path = unique_path(self.outbox, path.stem, ".json", taken=self.journal.reserved())
         intent = Intent(str(path), result.sha256 or "", str(result_path), str(destination), str(error_file) if error_file else None, error_text)
         record = self.journal.begin(intent)
+        if self.config.daemon.explain_images and not isinstance(prepared, tuple):
+            self.explain(path, result, result_path.with_suffix(".jpg"))
         write_json_atomic(result_path, result.to_json(indent=2))
         if error_file and error_text:
             write_json_atomic(error_file, error_text)
@@ -246,6 +248,18 @@ class Daemon:
         log.info("query", file=path.name, sha256=result.sha256, outcome=result.status, label=result.label,
                  confidence=result.confidence, result=result_path.name, ready=ready.reason,
                  timings_ms={**result.timings_ms, "wall": round((time.perf_counter() - t0) * 1e3, 1)})
+
+    def explain(self, path: Path, result: Any, out: Path) -> None:
+        """The picture beside the JSON; written first, so the JSON's arrival means both are there."""
+        from pipeline.explain import render_explanation, write_explanation
+        from pipeline.intake import IntakeError, read_photo
+
+        try:
+            pixels = read_photo(path, self.config.intake, root=self.query_dir).pixels
+            entries = {e.id: e for e in self.engine.catalog.entries()}
+            write_explanation(out, render_explanation(pixels, result, entries, self.config))
+        except (IntakeError, OSError, cv2_error()) as exc:  # a picture must never cost an answer
+            log.warning("explain_failed", file=path.name, reason=str(exc))
 
     # ------------------------------------------------------------- catalog
     def fail_catalog(self, ready: FileReady, failure: _Failure) -> None:
@@ -334,6 +348,12 @@ def run_daemon(root: Path, config: Config) -> int:
     finally:
         lock.release()
     return 0
+
+
+def cv2_error() -> type[Exception]:
+    import cv2
+
+    return cv2.error
 
 
 def _worker_ready() -> bool:

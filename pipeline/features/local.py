@@ -162,25 +162,38 @@ def verify_pair(
     if homography is None or mask is None:
         return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
     keep = mask.ravel().astype(bool)
-    rotation, scale = similarity_of(homography)
-    if not plausible(homography, scale):
+    rotation, scale = similarity_of(homography, src[keep].mean(axis=0))
+    if not plausible(homography, scale, src[keep].mean(axis=0)):
         return Verification(0, len(good), rotation, scale, None, np.zeros((0, 4), np.float32))
     inlier_pairs = np.hstack([src[keep], dst[keep]]).astype(np.float32)
     return Verification(int(keep.sum()), len(good), rotation, scale, homography, inlier_pairs)
 
 
-def similarity_of(homography: np.ndarray) -> tuple[float, float]:
-    """Rotation (degrees) and scale of a homography's affine part."""
-    a = homography[:2, :2] / homography[2, 2]
-    rotation = math.degrees(math.atan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1]))
-    scale = math.sqrt(abs(float(np.linalg.det(a))))
+def similarity_of(homography: np.ndarray, at: np.ndarray) -> tuple[float, float]:
+    """Rotation (degrees) and scale of a homography near the point `at` (x, y).
+
+    A tilted view's homography has no single scale: it is measured from the
+    map's Jacobian at `at` (the inliers' centroid), where the cake is.
+    """
+    jac, _ = _jacobian(homography, at)
+    rotation = math.degrees(math.atan2(jac[1, 0] - jac[0, 1], jac[0, 0] + jac[1, 1]))
+    scale = math.sqrt(abs(float(np.linalg.det(jac))))
     return rotation, scale
 
 
-def plausible(homography: np.ndarray, scale: float) -> bool:
+def plausible(homography: np.ndarray, scale: float, at: np.ndarray) -> bool:
     """Reject fits no phone shot of a flat cake produces: mirrored, collapsed or wild."""
-    a = homography[:2, :2] / homography[2, 2]
-    if np.linalg.det(a) <= 0 or not 0.2 <= scale <= 5.0:
+    a, w = _jacobian(homography, at)
+    if w <= 0 or np.linalg.det(a) <= 0 or not 0.2 <= scale <= 5.0:
         return False
     singular = np.linalg.svd(a, compute_uv=False)
     return bool(singular[1] > 0 and singular[0] / singular[1] < 4.0)
+
+
+def _jacobian(homography: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, float]:
+    """(2x2 Jacobian of the homography at point `at`, projective denominator there)."""
+    h = homography / homography[2, 2]
+    x, y = float(at[0]), float(at[1])
+    w = h[2, 0] * x + h[2, 1] * y + 1.0
+    mapped = (h[:2, :2] @ np.array([x, y]) + h[:2, 2]) / w
+    return (h[:2, :2] - np.outer(mapped, h[2, :2])) / w, w
