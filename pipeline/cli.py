@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("match", help="identify photos")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="one result object per line")
+    p.add_argument("--explain", type=Path, metavar="OUT", help="draw the query beside its best matches with inlier lines (one IMAGE only)")
     p.set_defaults(handler=cmd_match)
 
     p = sub.add_parser("status", help="catalog, model and daemon state")
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the drop-folder daemon (main job)")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("serve", help="HTTP API and phone page on the same catalog (see README, HTTP API)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default http.port; 0 picks a free one)")
+    p.add_argument("--host", default=None, help="address to bind (default http.host, 127.0.0.1)")
+    p.set_defaults(handler=cmd_serve)
 
     _add_optional_commands(sub)
     return parser
@@ -140,10 +146,14 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_match(args: argparse.Namespace, config: Config) -> int:
+    if args.explain is not None and len(args.images) != 1:
+        raise UsageError("--explain takes exactly one IMAGE")
     engine = _engine(args, config)
     worst = EXIT_OK
     for image in args.images:
         result = engine.match_file(image)
+        if args.explain is not None and result.status != "rejected":
+            _explain(engine, image, result, args.explain)
         if result.status == "rejected":
             worst = EXIT_FAILURE
         if args.json:
@@ -151,6 +161,22 @@ def cmd_match(args: argparse.Namespace, config: Config) -> int:
         else:
             print(_describe(result), flush=True)
     return worst
+
+
+def _explain(engine, image: Path, result, out: Path) -> None:
+    import cv2
+
+    from pipeline.explain import render_explanation
+    from pipeline.intake import read_photo
+
+    pixels = read_photo(image, engine.config.intake).pixels
+    entries = {e.id: e for e in engine.catalog.entries()}
+    out = out if out.suffix.lower() in (".png", ".jpg", ".jpeg") else out.with_suffix(".png")
+    ok, buf = cv2.imencode(out.suffix, render_explanation(pixels, result, entries, engine.config))
+    if not ok:
+        raise RuntimeError(f"cannot encode {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.tobytes())
 
 
 def _describe(result) -> str:
@@ -268,6 +294,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         print("the drop-folder daemon is not built yet; showing status instead", file=sys.stderr)
         return cmd_status(argparse.Namespace(root=args.root, json=False), config)
     return run_daemon(args.root, config)
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.server.run import serve
+
+    return serve(args.root, config, port=args.port, host=args.host)
 
 
 Handler = Callable[[argparse.Namespace, Config], int]
