@@ -348,8 +348,15 @@ class CatalogIndex:
                 p.unlink(missing_ok=True)
 
     def _load(self, manifest: dict) -> _State:
-        entries: dict[str, CatalogEntry] = {}
-        for name in manifest["segments"]:
+        names = list(manifest["segments"])
+        known = self._state.segments
+        if known and names[: len(known)] == known:
+            # Commits only append segments: apply the new ones to what is loaded
+            # (a full rebuild cost ~0.7 s per commit at 100k entries).
+            entries, todo = dict(self._state.entries), names[len(known) :]
+        else:
+            entries, todo = {}, names
+        for name in todo:
             seg = self._cache.get(name)
             if seg is None:
                 seg = _read_segment(self.directory / name)

@@ -47,7 +47,7 @@ class IntakeConfig:
     max_megapixels: float = 80.0
     max_file_mb: float = 100.0
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-    work_side: int = 1024
+    work_side: int = 640
 
 
 @dataclass(frozen=True)
