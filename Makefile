@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench clean-venv chromium
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/teaprint --root . run
 
-test: $(STAMP)
+# Debian's Chromium + chromedriver for tests/test_browser.py (the test is never skipped).
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
+	$(VENV)/bin/python bench/bench_engine.py
 	$(VENV)/bin/python bench/bench_daemon.py
+	$(VENV)/bin/python bench/bench_server.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,496 @@
+"""What the HTTP server does, without HTTP: register, match, list, delete.
+
+Storage of uploads (no path is ever built from a client-supplied name):
+
+* A registered photo is stored under the catalog folder, which IS the catalog
+  (the daemon reconciles the index with it), as
+  ``inbox/catalog/<label>/<sha256[:16]><ext>``: the label is validated
+  (`check_label`), the name is the content hash and the extension comes from
+  the detected format, not from the upload. The file is placed first (a hard
+  link from the private upload file, so it appears complete at once), then the
+  entry is committed under the catalog's writer lock, so the API answers
+  synchronously and a running daemon's reconcile finds the path already
+  indexed (placing it after the commit would let a reconcile in between remove
+  the entry again).
+* DELETE moves the photo to ``<state>/deleted/`` (with a JSON note beside it),
+  then commits the removal: nothing is ever deleted, and the order means a
+  daemon cannot re-register the file in between.
+* A query photo is spooled to a private temp file (`mkstemp`, mode 0600) under
+  ``<state>/uploads/``, matched, and removed.
+
+Thread-safety: the `Engine` is not thread-safe (`CatalogIndex.refresh` swaps
+state; Keras calls share one model). Decoding and LBP (`Engine.prepare`), the
+slow part, need neither and run in the request threads in parallel; the
+embedding and the shortlist/refine/decide run under `engine_lock`. Writes go
+through a second `CatalogIndex` (`writer`, under `write_lock`) and listings
+through a third (`reader`), so a commit's HDF5 write and fsyncs never stall a
+match, and all three see every commit through `refresh()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, BinaryIO
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pipeline.catalog import CatalogEntry, CatalogIndex, NewEntry, label_from_path
+from pipeline.config import Config
+from pipeline.engine import Engine
+from pipeline.intake import BYTES_PER_MB, IntakeError, file_sha256, read_photo
+from pipeline.prepare import Prepared
+from pipeline.results import MatchResult, rejected
+
+MAX_LABEL_CHARS = 64
+MAX_NAME_CHARS = 120
+_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+_ID = re.compile(r"^[0-9a-f]{16}$")
+_COPY_CHUNK = 1 << 20
+
+
+class ServiceError(Exception):
+    """A refusal with an HTTP status, a short code and a one-line message."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = " ".join(str(message).splitlines())
+        self.extra = extra
+
+
+# Intake refusal code -> HTTP status. Every bad file is a 4xx, never a 500.
+INTAKE_STATUS = {
+    "too_large_file": 413,
+    "too_many_pixels": 413,
+    "not_an_image": 415,
+    "unsupported_type": 415,
+    "empty": 422,
+    "truncated": 422,
+    "unreadable": 422,
+    "missing": 422,
+    "outside_root": 422,
+    "not_a_file": 422,
+}
+
+
+def display_name(filename: str | None, fallback: str = "upload") -> str:
+    """A client file name fit to show and log, never used as a path.
+
+    The last component under either separator convention, control characters
+    removed, NFC, at most `MAX_NAME_CHARS`.
+    """
+    name = PureWindowsPath(PurePosixPath(filename or "").name).name
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C").strip()
+    if name in ("", ".", ".."):
+        return fallback
+    return name[:MAX_NAME_CHARS]
+
+
+def check_label(label: str) -> str:
+    """The label, NFC-normalised and stripped, or `ServiceError` 400 saying why.
+
+    A label becomes a folder name under the catalog folder, so it must be one
+    plain path component: no separators, not `.`/`..`, no leading dot (the
+    daemon ignores dotfiles), no control characters, at most 64 characters.
+    """
+    value = unicodedata.normalize("NFC", str(label)).strip()
+    problem = None
+    if not value:
+        problem = "is empty"
+    elif len(value) > MAX_LABEL_CHARS:
+        problem = f"is longer than {MAX_LABEL_CHARS} characters"
+    elif "/" in value or "\\" in value:
+        problem = "contains a path separator"
+    elif value in (".", "..") or value.startswith("."):
+        problem = "starts with a dot"
+    elif any(unicodedata.category(ch)[0] == "C" for ch in value):
+        problem = "contains control characters"
+    if problem:
+        raise ServiceError(400, "bad_label", f"label {value[:MAX_LABEL_CHARS]!r} {problem}")
+    return value
+
+
+@dataclass
+class Upload:
+    """One received file: a readable binary stream and the client's name for it."""
+
+    stream: BinaryIO
+    filename: str | None
+
+
+@dataclass
+class RegisterReport:
+    added: list[CatalogEntry] = field(default_factory=list)
+    duplicates: list[CatalogEntry] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    catalog_size: int = 0
+
+
+class TeaprintService:
+    """One engine and one catalog root, safe to call from many threads."""
+
+    def __init__(self, config: Config, root: Path, engine: Engine) -> None:
+        self.config = config
+        self.root = Path(root).resolve()
+        self.engine = engine
+        self.catalog_dir = self.root / config.paths.inbox_catalog
+        self.state = self.root / config.paths.state
+        self.uploads = self.state / "uploads"
+        self.deleted = self.state / "deleted"
+        for folder in (self.catalog_dir, self.uploads, self.deleted):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.uploads, 0o700)
+        model_id = engine.encoder.info.model_id
+        self.writer = CatalogIndex(engine.path("index"), model_id=model_id)
+        self.reader = CatalogIndex(engine.path("index"), model_id=model_id)
+        self.engine_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.read_lock = threading.Lock()
+        self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        umask = os.umask(0)
+        os.umask(umask)
+        self.file_mode = 0o644 & ~umask
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.counts = {"matches": 0, "registered": 0, "duplicates": 0, "deleted": 0, "refused": 0}
+        self._counts_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, config: Config, root: Path) -> "TeaprintService":
+        return cls(config, root, Engine.load(config, Path(root)))
+
+    def warm_up(self) -> None:
+        """Trace the model once now, not on the first request."""
+        shape = self.engine.shape
+        with self.engine_lock:
+            self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._counts_lock:
+            self.counts[key] += n
+
+    # ------------------------------------------------------------ uploads
+    def spool(self, upload: Upload) -> Path:
+        """Copy an upload to a private temp file with a server-chosen name.
+
+        Refuses (413) beyond `intake.max_file_mb` while copying.
+        """
+        limit = int(self.config.intake.max_file_mb * BYTES_PER_MB)
+        fd, name = tempfile.mkstemp(prefix="up-", suffix=".bin", dir=self.uploads)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                total = 0
+                while chunk := upload.stream.read(_COPY_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        raise ServiceError(
+                            413, "too_large_file",
+                            f"{display_name(upload.filename)}: file is above the limit of "
+                            f"{self.config.intake.max_file_mb:g} MB (intake.max_file_mb)",
+                        )
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def _prepare(self, tmp: Path, name: str) -> Prepared:
+        """`Engine.prepare` on a spooled file; errors name the client's file, not ours."""
+        try:
+            return self.engine.prepare(tmp)
+        except IntakeError as err:
+            raise IntakeError(err.code, str(err).replace(str(tmp), name)) from None
+
+    # ------------------------------------------------------------ matching
+    def match(self, upload: Upload) -> MatchResult:
+        """Identify one uploaded photo; a bad file gives a `rejected` result."""
+        name = display_name(upload.filename, "query")
+        tmp = self.spool(upload)
+        try:
+            try:
+                prepared = self._prepare(tmp, name)
+            except IntakeError as err:
+                self.count("refused")
+                return rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
+            with self.engine_lock:
+                result = self.engine.match_prepared(prepared, name)
+            self.count("matches")
+            return result
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ registering
+    def register(self, uploads: list[Upload], label: str | None) -> RegisterReport:
+        """Register photos: store each under the catalog folder, commit once.
+
+        `label` applies to every photo; without it each photo's label comes
+        from its file name (`menghai2019-front.jpg` -> `menghai2019`).
+        """
+        fixed = check_label(label) if label is not None and label.strip() else None
+        report = RegisterReport()
+        spooled: list[Path] = []
+        ready: list[tuple[Prepared, str, str, Path]] = []  # (prepared, label, ext, tmp)
+        try:
+            for upload in uploads:
+                name = display_name(upload.filename)
+                try:
+                    tmp = self.spool(upload)
+                except ServiceError as err:
+                    report.failed.append({"file": name, "error": err.code, "message": err.message})
+                    continue
+                spooled.append(tmp)
+                try:
+                    prepared = self._prepare(tmp, name)
+                    entry_label = fixed or check_label(label_from_path(Path(name)))
+                except IntakeError as err:
+                    report.failed.append({"file": name, "error": err.code, "message": str(err)})
+                    continue
+                except ServiceError as err:
+                    report.failed.append({"file": name, "error": err.code, "message": f"{name}: {err.message}"})
+                    continue
+                ready.append((prepared, entry_label, _extension(tmp), tmp))
+            if ready:
+                with self.engine_lock:
+                    vectors = self.engine.embed([p for p, _, _, _ in ready])
+                self._store(ready, vectors, report)
+        finally:
+            for tmp in spooled:
+                tmp.unlink(missing_ok=True)
+        self.count("refused", len(report.failed))
+        self.count("registered", len(report.added))
+        self.count("duplicates", len(report.duplicates))
+        return report
+
+    def _store(self, ready: list[tuple[Prepared, str, str, Path]], vectors: np.ndarray, report: RegisterReport) -> None:
+        model_id = self.engine.encoder.info.model_id
+        with self.write_lock:
+            writer = self.writer
+            writer.refresh()
+            adds: list[NewEntry] = []
+            placed: list[Path] = []
+            seen: set[str] = set()
+            duplicate_shas: list[str] = []
+            try:
+                for (prepared, label, ext, tmp), vector in zip(ready, vectors):
+                    sha = prepared.sha256
+                    if writer.get(sha) is not None or sha in seen:
+                        duplicate_shas.append(sha)
+                        continue
+                    seen.add(sha)
+                    dest, new = self._place(tmp, label, sha, ext)
+                    if new:
+                        placed.append(dest)
+                    adds.append(NewEntry(sha, str(dest), label, vector, prepared.lbp))
+                # The files are in place before the commit: a daemon's reconcile in
+                # between sees a file not yet indexed (and indexes it: a duplicate),
+                # never an entry without its file.
+                result = writer.commit(adds, model_id=model_id)
+            except BaseException:
+                for dest in placed:  # our own copies; the client still has the photo
+                    dest.unlink(missing_ok=True)
+                raise
+            added = set(result.added)
+            for entry in adds:
+                stored = writer.get(entry.sha256)
+                if stored is None:
+                    continue
+                (report.added if entry.sha256 in added else report.duplicates).append(stored)
+            for sha in duplicate_shas:
+                stored = writer.get(sha)
+                if stored is not None:
+                    report.duplicates.append(stored)
+            report.catalog_size = len(writer)
+
+    def _place(self, tmp: Path, label: str, sha: str, ext: str) -> tuple[Path, bool]:
+        """Put the spooled file at `catalog/<label>/<sha16><ext>`; (path, newly created)."""
+        folder = self.catalog_dir / label
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.resolve().parent != self.catalog_dir.resolve():  # defence in depth; check_label forbids this
+            raise ServiceError(400, "bad_label", f"label {label!r} does not name a folder inside the catalog")
+        os.chmod(tmp, self.file_mode)
+        for n in range(100):
+            dest = folder / (f"{sha[:16]}{ext}" if n == 0 else f"{sha[:16]}_{n}{ext}")
+            try:
+                os.link(tmp, dest)
+            except FileExistsError:
+                if _sha_or_none(dest) == sha:
+                    return dest, False
+                continue
+            except OSError:  # no hard links here (another file system): copy, then rename in
+                part = folder / f".{sha[:16]}.{os.getpid()}.{threading.get_ident()}.tmp"
+                shutil.copyfile(tmp, part)
+                if dest.exists():
+                    part.unlink(missing_ok=True)
+                    continue
+                os.rename(part, dest)
+            _fsync_dir(folder)
+            return dest, True
+        raise ServiceError(409, "name_clash", f"too many files named {sha[:16]}* under label {label!r}")
+
+    # ------------------------------------------------------------ reading
+    def list_entries(self, offset: int, limit: int, label: str | None = None) -> tuple[int, list[CatalogEntry]]:
+        with self.read_lock:
+            self.reader.refresh()
+            entries = self.reader.entries()
+            if label is not None:
+                wanted = unicodedata.normalize("NFC", label)
+                entries = [e for e in entries if e.label == wanted]
+            return len(entries), list(entries[offset : offset + limit])
+
+    def get(self, entry_id: str) -> CatalogEntry:
+        if not _ID.match(entry_id or ""):
+            raise ServiceError(400, "bad_id", "an entry id is 16 lowercase hex digits (the start of its sha256)")
+        with self.read_lock:
+            self.reader.refresh()
+            found = self.reader.find(entry_id)
+        if not found:
+            raise ServiceError(404, "not_found", f"no catalog entry {entry_id}")
+        return found[0]
+
+    def thumbnail(self, entry_id: str) -> bytes:
+        """A JPEG of the entry's photo, longest side `http.thumbnail_px`.
+
+        Served only while the file still holds the registered bytes (its
+        sha256 is checked), so the index cannot be used to read other files.
+        """
+        entry = self.get(entry_id)
+        side = self.config.http.thumbnail_px
+        key = (entry.sha256, side)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        try:
+            photo = read_photo(Path(entry.path), self.config.intake)
+        except IntakeError:
+            photo = None
+        if photo is None or photo.sha256 != entry.sha256:
+            raise ServiceError(404, "image_gone", f"the photo of entry {entry_id} is no longer at its registered path")
+        data = _jpeg_thumbnail(photo.pixels, side)
+        with self._thumb_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 256:
+                self._thumbs.popitem(last=False)
+        return data
+
+    # ------------------------------------------------------------ deleting
+    def delete(self, entry_id: str) -> tuple[CatalogEntry, str | None]:
+        """Remove an entry; its photo (if under the catalog folder) moves to `deleted/`.
+
+        Returns the removed entry and the name it was moved to (None when the
+        photo lay outside the catalog folder and was left where it was).
+        """
+        if not _ID.match(entry_id or ""):
+            raise ServiceError(400, "bad_id", "an entry id is 16 lowercase hex digits (the start of its sha256)")
+        with self.write_lock:
+            self.writer.refresh()
+            found = self.writer.find(entry_id)
+            if not found:
+                raise ServiceError(404, "not_found", f"no catalog entry {entry_id}")
+            entry = found[0]
+            moved_to = None
+            path = Path(entry.path)
+            if _inside(path, self.catalog_dir) and path.is_file():
+                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+                target = self.deleted / f"{stamp}-{entry.id}{path.suffix.lower()}"
+                # File first, then the index: a daemon reconcile in between sees an
+                # entry whose file is gone and removes it too (idempotent).
+                shutil.move(str(path), str(target))
+                note = {"id": entry.id, "sha256": entry.sha256, "label": entry.label, "path": entry.path,
+                        "added_at": entry.added_at, "deleted_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+                target.with_name(target.name + ".json").write_text(json.dumps(note, ensure_ascii=False, indent=1), encoding="utf-8")
+                moved_to = target.name
+            self.writer.commit(removes=[entry.sha256])
+        self.count("deleted")
+        return entry, moved_to
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        from pipeline.daemon.state import daemon_status
+
+        with self.read_lock:
+            self.reader.refresh()
+            reader = self.reader
+            labels = {e.label for e in reader.entries()}
+            index = {"path": str(reader.directory), "generation": reader.generation, "size_bytes": reader.size_bytes(),
+                     "model_id": reader.index_model_id}
+            entries = len(reader)
+        info = self.engine.model_info
+        with self._counts_lock:
+            counts = dict(self.counts)
+        return {
+            "root": str(self.root),
+            "entries": entries,
+            "labels": len(labels),
+            "index": index,
+            "model": {"id": info.id, "threshold": info.threshold, "threshold_source": info.threshold_source,
+                      "path": self.engine.encoder.info.path},
+            "daemon": daemon_status(self.root, self.config),
+            "server": {"pid": os.getpid(), "started_at": self.started_at, "counts": counts},
+        }
+
+
+def _extension(path: Path) -> str:
+    """The extension of the detected format (the upload's name plays no part)."""
+    try:
+        with Image.open(path) as image:
+            return _EXTENSIONS.get(image.format or "", ".img")
+    except Exception:
+        return ".img"
+
+
+def _jpeg_thumbnail(rgb: np.ndarray, side: int) -> bytes:
+    h, w = rgb.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 82])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB
+        raise ServiceError(500, "thumbnail_failed", "could not encode the thumbnail")
+    return buf.tobytes()
+
+
+def _sha_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iso_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["TeaprintService", "ServiceError", "Upload", "RegisterReport", "check_label", "display_name", "INTAKE_STATUS", "iso_time"]

@@ -1,0 +1,114 @@
+"""The page at `/` in a real headless Chromium (Debian's chromium + chromium-driver, via Selenium).
+
+Not skipped when Chromium is missing: `make test` installs it (see Makefile);
+without it this test fails saying so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from daemon_support import jpeg_bytes
+from test_server import PHOTOS, TOKEN, Api, ServerProcess, files  # noqa: F401  (session fixtures below)
+from test_server import api, daemon, server, server_config, shared_root  # noqa: F401
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
+PHONE = (390, 844)
+
+FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
+    "--disable-default-apps", "--no-default-browser-check", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+)
+
+
+def _first(paths: tuple[str, ...], what: str) -> str:
+    for path in paths:
+        if Path(path).exists():
+            return path
+    found = shutil.which(Path(paths[0]).name)
+    if found:
+        return found
+    raise AssertionError(f"{what} not found (tried {', '.join(paths)}); `make test` installs Debian's chromium and chromium-driver")
+
+
+def phone_browser(width: int = PHONE[0], height: int = PHONE[1]):
+    """A headless Chromium with a phone-sized window and a fresh profile, driven by Debian's chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _first(CHROMIUM, "chromium")
+    profile = tempfile.mkdtemp(prefix="teaprint-chromium-")
+    for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0}})
+    driver = webdriver.Chrome(service=Service(executable_path=_first(CHROMEDRIVER, "chromedriver")), options=options)
+    driver.set_page_load_timeout(30)
+    driver._teaprint_profile = profile  # type: ignore[attr-defined]
+    return driver
+
+
+def close_browser(driver) -> None:  # type: ignore[no-untyped-def]
+    try:
+        driver.quit()
+    finally:
+        shutil.rmtree(getattr(driver, "_teaprint_profile", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    driver = phone_browser()
+    yield driver
+    close_browser(driver)
+
+
+def test_pick_a_photo_submit_and_see_the_right_label(api: Api, server: ServerProcess, browser, tmp_path: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api.call("POST", "/catalog", expect=201, files=files(("yiwu2018-a.jpg", jpeg_bytes(PHOTOS[44])), ("bulang2020-a.jpg", jpeg_bytes(PHOTOS[45]))))
+    query = tmp_path / "IMG_0042.jpg"
+    query.write_bytes(jpeg_bytes(PHOTOS[45]))
+    wait = WebDriverWait(browser, 30)
+
+    browser.get(server.url + "/")
+    picker = browser.find_element(By.ID, "query-file")
+    assert picker.get_attribute("capture") == "environment" and picker.get_attribute("accept") == "image/*"
+    wait.until(ec.visibility_of_element_located((By.ID, "token")))  # the server wants a token: the page asks for it
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    picker.send_keys(str(query))
+    browser.find_element(By.ID, "identify").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "verdict"), "bulang2020"))
+    assert "confidence" in browser.find_element(By.ID, "answer-detail").text
+    figures = browser.find_elements(By.CSS_SELECTOR, "#matches figure")
+    assert "your photo" in figures[0].text and "bulang2020" in figures[1].text
+    # The best match's picture is fetched with the token and shown.
+    wait.until(lambda d: d.execute_script(
+        "const i = document.querySelectorAll('#matches figure img')[1]; return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0"))
+
+    # Register a new cake from the page, then identify it.
+    new_cake = tmp_path / "photo.jpg"
+    new_cake.write_bytes(jpeg_bytes(PHOTOS[46]))
+    browser.find_element(By.ID, "reg-label").send_keys("jingmai-2021")
+    browser.find_element(By.ID, "reg-files").send_keys(str(new_cake))
+    browser.find_element(By.ID, "register").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "reg-result"), "1 added as jingmai-2021"))
+    picker.send_keys(str(new_cake))
+    browser.find_element(By.ID, "identify").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "verdict"), "jingmai-2021"))
+
+    # A broken photo: a clear message, no crash.
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"definitely not a photo")
+    picker.send_keys(str(broken))
+    browser.find_element(By.ID, "identify").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "verdict"), "Could not identify"))
+    assert "not a recognised image" in browser.find_element(By.ID, "answer-detail").text
