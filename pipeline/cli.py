@@ -102,6 +102,12 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_eval_arguments(p)
     p.set_defaults(handler=run_eval)
 
+    from pipeline.evaluation.calibrate import add_calibrate_arguments, run_calibrate
+
+    p = sub.add_parser("calibrate", help="fit the fused decision and its threshold on held-out benchmarks")
+    add_calibrate_arguments(p)
+    p.set_defaults(handler=run_calibrate)
+
 
 def _engine(args: argparse.Namespace, config: Config, check_model: bool = True):
     from pipeline.engine import Engine

@@ -221,6 +221,7 @@ class Engine:
             svc_label=refined.label,
             lbp_distance=round(float(refined.lbp_distances[position]), 6),
             source=candidates.sources[position] if candidates.sources else "embedding",
+            rank=int(position),
             inliers=check.inliers if check else None,
             rotation_deg=round(check.rotation_deg, 2) if check and check.rotation_deg is not None and check.inliers else None,
             scale=round(check.scale, 4) if check and check.scale is not None and check.inliers else None,

@@ -32,6 +32,7 @@ class MatchEvidence:
     svc_label: str | None
     lbp_distance: float
     source: str = "embedding"
+    rank: int = 0
     inliers: int | None = None
     rotation_deg: float | None = None
     scale: float | None = None

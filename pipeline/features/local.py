@@ -32,7 +32,8 @@ class LocalFeatures:
     Attributes
     ----------
     points : ndarray, shape (K, 2), dtype float32
-        (x, y) in pixels of the working image (longer side `side`).
+        (x, y) in pixels of the working image (longer side `side`, or the
+        photo's own when smaller: photos are never enlarged).
     descriptors : ndarray, shape (K, 128) for SIFT or (K, 32) for ORB, dtype uint8
     side : int
         Longer side of the working image, in pixels.
@@ -95,17 +96,18 @@ def extract_local(image: np.ndarray, method: Method = "sift", max_keypoints: int
     """
     grey = to_grey(image)
     h, w = grey.shape
-    scale = side / max(h, w)
+    # Never enlarge: upscaling a small photo invents no detail, only cost.
+    scale = min(1.0, side / max(h, w))
     if scale != 1.0:
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     detector = cv2.SIFT_create(nfeatures=max_keypoints) if method == "sift" else cv2.ORB_create(nfeatures=max_keypoints)
     keypoints, descriptors = detector.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
-        return empty_features(method, side)
+        return empty_features(method, max(grey.shape))
     order = np.argsort([-k.response for k in keypoints], kind="stable")[:max_keypoints]
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
     desc = np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
-    return LocalFeatures(points, desc, side)
+    return LocalFeatures(points, desc, max(grey.shape))
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:
@@ -162,6 +164,8 @@ def verify_pair(
     if homography is None or mask is None:
         return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
     keep = mask.ravel().astype(bool)
+    if not keep.any():
+        return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
     rotation, scale = similarity_of(homography, src[keep].mean(axis=0))
     if not plausible(homography, scale, src[keep].mean(axis=0)):
         return Verification(0, len(good), rotation, scale, None, np.zeros((0, 4), np.float32))

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Rendered benchmark of re-photographed discs ("cakes"), BENCHMARK.md layout.
+
+    python bench/make_discs.py OUT_DIR [--seed S] [--per-source 2] [--shots 3]
+
+Cakes are cut ONLY from photos the encoder is never trained on:
+
+* the held-out real photos (`pipeline.training.data.is_held_out`, ~20 % of
+  scikit-image's bundled photos and of Debian opencv-doc's samples in
+  /usr/share/doc/opencv-doc/examples/data, when installed), and
+* procedural textures drawn with benchmark keys (2, seed, i); training only
+  draws keys (0, ...), calibration (1, ...).
+
+Each source photo gives `--per-source` non-overlapping cakes, each its own
+label ("same tea, different cake": they share their tea but not their leaves).
+About a quarter of the cakes are never registered (truth label '').
+Registered cakes get one catalog photo; every cake gets `--shots` query photos,
+each an independent phone shot (any rotation, tilt <= 30 deg, zoom 0.7-1.4,
+light, colour cast, table, JPEG 50-95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.training import data as tdata  # noqa: E402
+from pipeline.training import views  # noqa: E402
+
+
+def cakes_of(image: np.ndarray, count: int) -> list[tuple[tuple[float, float], float]]:
+    """`count` non-overlapping discs (centre, radius) laid along the longer side."""
+    h, w = image.shape[:2]
+    long_side, short = max(h, w), min(h, w)
+    radius = 0.95 * min(short / 2.0, long_side / (2.0 * count))
+    out = []
+    for k in range(count):
+        t = (k + 0.5) / count * long_side
+        centre = (t, h / 2.0) if w >= h else (w / 2.0, t)
+        out.append((centre, radius))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-source", type=int, default=2, help="cakes cut from each source photo")
+    parser.add_argument("--shots", type=int, default=3, help="query photos per cake")
+    parser.add_argument("--procedural", type=int, default=16, help="held-out procedural textures used as sources")
+    parser.add_argument("--size", type=int, default=384, help="side of the rendered photos")
+    parser.add_argument("--unregistered", type=float, default=0.25, help="share of cakes never registered")
+    parser.add_argument(
+        "--split",
+        choices=("held_out", "train"),
+        default="held_out",
+        help="held_out (default): evaluation photos; train: the encoder's training photos with calibration-key "
+        "textures, for fitting the fused decision (`teaprint calibrate`) apart from evaluation data",
+    )
+    args = parser.parse_args(argv)
+
+    items = ["skimage"] + ([str(tdata.OPENCV_DOC_DIR)] if tdata.OPENCV_DOC_DIR.is_dir() else [])
+    sources = tdata.resolve_sources(items, split=args.split).photos
+    key = tdata.BENCH_KEY if args.split == "held_out" else tdata.CALIBRATION_KEY
+    sources += tdata.procedural_sources((key, args.seed), args.procedural, size=512)
+    rng = np.random.default_rng([args.seed, 2024])
+    (args.out / "catalog").mkdir(parents=True, exist_ok=True)
+    (args.out / "query").mkdir(parents=True, exist_ok=True)
+    cakes = []
+    for s in sources:
+        for centre, radius in cakes_of(s.image, args.per_source):
+            cakes.append((s, centre, radius))
+    order = rng.permutation(len(cakes))
+    n_unreg = int(round(args.unregistered * len(cakes)))
+    unregistered = set(order[:n_unreg].tolist())
+    rows = []
+    qn = 0
+    numbers = rng.permutation(len(cakes) * args.shots) + 1  # query names say nothing about the cake
+    quality = {"quality_range": (50, 95), "scale_range": (0.7, 1.4), "max_tilt": 30.0}
+    for i, (s, centre, radius) in enumerate(cakes):
+        label = f"cake{i:03d}"
+        def shot() -> np.ndarray:
+            img = views.disc_photo(s.image, rng, centre, radius, out_size=args.size, fill=float(rng.uniform(0.75, 0.95)), **quality)
+            return cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        if i not in unregistered:
+            cv2.imwrite(str(args.out / "catalog" / f"{label}-1.jpg"), shot(), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        for _ in range(args.shots):
+            name = f"q{numbers[qn]:05d}.jpg"
+            qn += 1
+            cv2.imwrite(str(args.out / "query" / name), shot(), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            rows.append((name, "" if i in unregistered else label, f"{s.name}@{centre[0]:.0f},{centre[1]:.0f},r{radius:.0f}"))
+    with open(args.out / "truth.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query", "label", "source"])
+        w.writerows(sorted(rows))
+    print(f"{len(cakes) - n_unreg} catalog {len(rows)} queries ({n_unreg} unregistered cakes) from {len(sources)} {args.split} sources")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
