@@ -32,6 +32,7 @@ import numpy as np
 from filelock import FileLock
 
 from pipeline.features.local import LocalFeatures
+from pipeline.fsutil import atomic_write_bytes, fsync_path
 
 FORMAT = "teaprint-catalog/1"
 MANIFEST = "MANIFEST.json"
@@ -337,7 +338,7 @@ class CatalogIndex:
 
     def _write_manifest(self, generation: int, model_id: str | None, segments: list[str]) -> None:
         data = {"format": FORMAT, "generation": generation, "model_id": model_id, "segments": segments}
-        _atomic_write(self.directory / MANIFEST, json.dumps(data, indent=1).encode())
+        atomic_write_bytes(self.directory / MANIFEST, json.dumps(data, indent=1).encode())
         self._cleanup_orphans(set(segments))
 
     def _cleanup_orphans(self, live: set[str]) -> None:
@@ -394,9 +395,9 @@ def _write_segment(
         g.create_dataset("model_id", data=[model_id] * n, dtype=_STR, shape=(n,))
         f.create_dataset("removed", data=np.array(list(removed), dtype="S64").reshape(len(removed)))
         _write_local(f, entries)
-    _fsync_file(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _read_segment(path: Path) -> _Segment:
@@ -443,29 +444,3 @@ def _read_local(f: h5py.File, n: int) -> list[LocalFeatures | None]:
         LocalFeatures(points[offsets[i] : offsets[i + 1]], descriptors[offsets[i] : offsets[i + 1]], int(sides[i])) if sides[i] >= 0 else None
         for i in range(n)
     ]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,7 +7,6 @@ score, and a line for every RANSAC inlier between the query and each match.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -16,6 +15,7 @@ import numpy as np
 from pipeline.catalog import CatalogEntry
 from pipeline.config import Config
 from pipeline.features.local import LocalFeatures, extract_local, verify_pair
+from pipeline.fsutil import atomic_write_bytes
 from pipeline.intake import IntakeError, read_photo
 from pipeline.results import MatchResult
 
@@ -90,9 +90,7 @@ def write_explanation(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 88])
     if not ok:
         raise RuntimeError("could not encode the explanation image")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _fit(image: np.ndarray, height: int, max_width: int | None = None) -> tuple[np.ndarray, float]:

@@ -7,13 +7,13 @@ outputs against it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.config import REPO_ROOT
+from pipeline.fsutil import atomic_write_bytes
 
 SCHEMA_PATH = REPO_ROOT / "schema" / "result.schema.json"
 SCHEMA_VERSION = "teaprint-result/1"
@@ -81,19 +81,5 @@ def load_schema() -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, text: str) -> None:
-    """Write `text` so that a reader sees the old file, or the whole new one.
-
-    Temp file in the same folder, fsync, rename, fsync the folder.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write `text` so that a reader sees the old file, or the whole new one."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))

@@ -32,6 +32,7 @@ from pipeline.daemon.readiness import ReadinessTracker
 from pipeline.daemon.state import AlreadyRunning, acquire_lock, state_dir, write_status
 from pipeline.daemon.watcher import DropFolderHandler, make_observer, scan
 from pipeline.engine import Engine
+from pipeline.fsutil import is_inside
 from pipeline.intake import file_sha256, is_candidate
 from pipeline.prepare import Prepared, prepare_or_error
 from pipeline.results import rejected, write_json_atomic
@@ -327,7 +328,7 @@ class Daemon:
             present.add(str(path))
             if str(path) not in indexed and path not in busy:
                 self.tracker.observe("scan", path, "catalog")
-        gone = [FileRemoved(Path(p)) for p in indexed if _inside(Path(p), self.catalog_dir) and p not in present]
+        gone = [FileRemoved(Path(p)) for p in indexed if is_inside(Path(p), self.catalog_dir) and p not in present]
         if gone:
             self.removed(gone)
         queued = {r.path for r in self.queries}
@@ -390,14 +391,6 @@ def _die_with_parent() -> None:
 def _worker_ready() -> bool:
     import pipeline.prepare  # noqa: F401  (the import is the warm-up)
 
-    return True
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
     return True
 
 

@@ -11,6 +11,7 @@ from watchdog.observers.api import BaseObserver
 
 from pipeline.daemon.events import DaemonEvent, FileRemoved, FileRenamed, Folder
 from pipeline.daemon.readiness import ReadinessTracker, ignored
+from pipeline.fsutil import is_inside
 
 
 def make_observer(mode: str, poll_interval_s: float) -> BaseObserver:
@@ -26,14 +27,6 @@ def make_observer(mode: str, poll_interval_s: float) -> BaseObserver:
     from watchdog.observers import Observer
 
     return Observer()
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-    except ValueError:
-        return False
-    return True
 
 
 class DropFolderHandler(FileSystemEventHandler):
@@ -60,7 +53,7 @@ class DropFolderHandler(FileSystemEventHandler):
         self.patterns = ignore_patterns
 
     def _wanted(self, path: Path) -> bool:
-        return _inside(path, self.folder) and self.is_candidate(path) and not ignored(path.name, self.patterns)
+        return is_inside(path, self.folder) and self.is_candidate(path) and not ignored(path.name, self.patterns)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:

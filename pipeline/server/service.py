@@ -49,6 +49,7 @@ from PIL import Image
 from pipeline.catalog import CatalogEntry, CatalogIndex, NewEntry, label_from_path
 from pipeline.config import Config
 from pipeline.engine import Engine
+from pipeline.fsutil import fsync_path, is_inside
 from pipeline.intake import BYTES_PER_MB, IntakeError, file_sha256, read_photo
 from pipeline.prepare import Prepared
 from pipeline.results import MatchResult, rejected
@@ -339,7 +340,7 @@ class TeaprintService:
                     part.unlink(missing_ok=True)
                     continue
                 os.rename(part, dest)
-            _fsync_dir(folder)
+            fsync_path(folder)
             return dest, True
         raise ServiceError(409, "name_clash", f"too many files named {sha[:16]}* under label {label!r}")
 
@@ -406,7 +407,7 @@ class TeaprintService:
             entry = found[0]
             moved_to = None
             path = Path(entry.path)
-            if _inside(path, self.catalog_dir) and path.is_file():
+            if is_inside(Path(os.path.realpath(path)), Path(os.path.realpath(self.catalog_dir))) and path.is_file():
                 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
                 target = self.deleted / f"{stamp}-{entry.id}{path.suffix.lower()}"
                 # File first, then the index: a daemon reconcile in between sees an
@@ -471,22 +472,6 @@ def _sha_or_none(path: Path) -> str | None:
         return file_sha256(path)
     except OSError:
         return None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
-    except ValueError:
-        return False
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def iso_time(seconds: float) -> str:
