@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean-venv chromium
+.PHONY: run test bench train opencv-doc clean-venv chromium
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ chromium:
 
 test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest -q
+
+# Debian's opencv-doc sample photos: part of the encoder's training data.
+opencv-doc:
+	@test -d /usr/share/doc/opencv-doc/examples/data || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y opencv-doc; }
+
+# Reproduces models/teaprint-encoder.keras (the command is in models/teaprint-encoder.json).
+train: $(STAMP) opencv-doc
+	$(VENV)/bin/teaprint train --out models/teaprint-encoder.keras
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_engine.py

@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     items = ["skimage"] + ([str(tdata.OPENCV_DOC_DIR)] if tdata.OPENCV_DOC_DIR.is_dir() else [])
-    sources = tdata.resolve_sources(items, split=args.split).photos
+    # One photo per family: graf1/graf3, rubberwhale1/2, leuvenA/B show the same
+    # scene, so cakes cut from both would be one physical cake under two labels.
+    by_family: dict[str, tdata.Source] = {}
+    for s in sorted(tdata.resolve_sources(items, split=args.split).photos, key=lambda s: s.name):
+        by_family.setdefault(tdata.family(s.name), s)
+    sources = list(by_family.values())
     key = tdata.BENCH_KEY if args.split == "held_out" else tdata.CALIBRATION_KEY
     sources += tdata.procedural_sources((key, args.seed), args.procedural, size=512)
     rng = np.random.default_rng([args.seed, 2024])

@@ -1,0 +1,179 @@
+"""Training: views are pure and seeded; a tiny run trains, saves, loads, resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.training import data as tdata
+from pipeline.training import views
+
+
+def _photo(seed: int, size: int = 128, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = tdata.procedural_texture(rng, size)
+    return img if channels == 3 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+# ------------------------------------------------------------------ views
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_view_transforms_keep_shape_and_dtype(channels: int) -> None:
+    img = _photo(1, 96, channels)
+    rng = np.random.default_rng(0)
+    outs = [
+        views.rotate(img, 37.0),
+        views.tilt(img, 25.0, 60.0),
+        views.scale_shift(img, 1.3, (0.05, -0.05)),
+        views.scale_shift(img, 0.7),
+        views.lighting_gradient(img, 0.5, 30.0),
+        views.colour_cast(img, (1.2, 0.9, 1.1)),
+        views.gamma(img, 0.8, 1.1),
+        views.blur(img, 1.2),
+        views.sensor_noise(img, rng, 4.0),
+        views.jpeg(img, 60),
+        views.photometric(img, views.sample_view_params(rng), rng),
+    ]
+    for out in outs:
+        assert out.shape == img.shape and out.dtype == np.uint8
+    # each transform does something
+    assert all(not np.array_equal(out, img) for out in outs)
+    shot = views.rephotograph(img, rng, out_size=64)
+    assert shot.shape == (64, 64) + img.shape[2:] and shot.dtype == np.uint8
+
+
+def test_rotation_by_90_is_exact_and_views_are_seed_deterministic() -> None:
+    img = _photo(2, 65)
+    assert np.array_equal(views.rotate(img, 90.0), np.rot90(img, 1))
+    a = views.rephotograph(img, np.random.default_rng(5), out_size=48)
+    b = views.rephotograph(img, np.random.default_rng(5), out_size=48)
+    c = views.rephotograph(img, np.random.default_rng(6), out_size=48)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    d1 = views.disc_photo(img, np.random.default_rng(3), (32.0, 32.0), 30.0, out_size=80)
+    d2 = views.disc_photo(img, np.random.default_rng(3), (32.0, 32.0), 30.0, out_size=80)
+    assert d1.shape == (80, 80, 3) and d1.dtype == np.uint8 and np.array_equal(d1, d2)
+
+
+def test_tilt_keeps_object_centred() -> None:
+    # a bright dot at the centre stays near the centre under a 30 degree tilt
+    img = np.zeros((101, 101), np.uint8)
+    cv2.circle(img, (50, 50), 4, 255, -1)
+    out = views.rephotograph(img, np.random.default_rng(0), out_size=101,
+                             params=views.ViewParams(tilt=30.0, tilt_axis=40.0, angle=70.0), border=cv2.BORDER_CONSTANT)
+    ys, xs = np.nonzero(out > 128)
+    assert abs(xs.mean() - 50) < 3 and abs(ys.mean() - 50) < 3
+
+
+def test_pair_bank_is_deterministic_and_groups_distinct_in_a_round() -> None:
+    sources = tdata.procedural_sources((9, 0), 6, size=96)
+    a1, b1, g1 = tdata.make_pair_bank(sources, np.random.default_rng(1), 6, 32)
+    a2, b2, g2 = tdata.make_pair_bank(sources, np.random.default_rng(1), 6, 32)
+    assert a1.shape == (6, 32, 32, 3) and a1.dtype == np.uint8
+    assert np.array_equal(a1, a2) and np.array_equal(b1, b2) and np.array_equal(g1, g2)
+    assert sorted(g1.tolist()) == list(range(6))
+
+
+def test_held_out_split_is_stable_and_keeps_near_duplicates_together() -> None:
+    assert tdata.family("data:aloeL.jpg") == tdata.family("data:aloeR.jpg")
+    assert tdata.family("data:graf1.png") == tdata.family("data:graf3.png")
+    assert tdata.is_held_out("skimage:grass.png") is True
+    assert tdata.is_held_out("skimage:brick.png") is False
+
+
+# -------------------------------------------------------------- training
+
+
+def _images(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"tex{i}.png"), _photo(10 + i, 128))
+    group = folder / "cakeA"  # two photos of one object
+    group.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(group / f"shot{i}.png"), _photo(20, 128))
+    return folder
+
+
+def _train(out: Path, images: Path, *extra: str) -> int:
+    from pipeline.training.train import main
+
+    return main([
+        "--images", str(images), "procedural:4", "--epochs", "2", "--steps", "2", "--batch-size", "6",
+        "--input-size", "32", "--width", "4", "--embedding-dim", "16", "--calib-objects", "16",
+        "--calib-procedural", "8", "--out", str(out), "--quiet", *extra,
+    ])
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(w) for w in keras.models.load_model(path, safe_mode=True, compile=False).get_weights()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("train")
+    images = _images(base / "images")
+    out = base / "full" / "enc.keras"
+    assert _train(out, images) == 0
+    return out, images
+
+
+def test_tiny_training_run_gives_a_loadable_unit_norm_encoder(trained: tuple[Path, Path]) -> None:
+    from pipeline.features.embedding import Encoder
+
+    out, _ = trained
+    enc = Encoder.load(out)
+    assert enc.info.input_size == 32 and enc.info.channels == 1 and enc.info.embedding_dim == 16
+    assert enc.info.rotation_pool == 4
+    vecs = enc.embed([_photo(40, 100), _photo(41, 70, channels=1)])
+    assert vecs.shape == (2, 16) and vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert isinstance(meta["threshold"], float) and -1.0 <= meta["threshold"] <= 1.0001
+    assert meta["calibration"]["far"] <= meta["calibration"]["target_far"]
+    assert meta["training"]["command"].startswith("teaprint train ")
+    assert "--seed 0" in meta["training"]["command"]
+    assert meta["training"]["epochs"] == 2 and len(meta["training"]["history"]) == 2
+    assert any("cakeA/shot0.png" in name for name in meta["training"]["data"]["photos"] + meta["calibration"]["sources"])
+
+
+def test_rotation_pool_makes_embedding_invariant_to_quarter_turns(trained: tuple[Path, Path]) -> None:
+    from pipeline.features.embedding import Encoder
+
+    enc = Encoder.load(trained[0])
+    img = _photo(42, 96)
+    v = enc.embed([img, np.ascontiguousarray(np.rot90(img))])
+    assert float(v[0] @ v[1]) > 0.9999
+
+
+def test_resume_continues_from_checkpoint_and_matches_uninterrupted_run(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from pipeline.training.train import checkpoint_dir
+
+    full, images = trained
+    out = tmp_path / "split" / "enc.keras"
+    assert _train(out, images, "--stop-after", "1") == 0
+    state = json.loads((checkpoint_dir(out) / "state.json").read_text())
+    assert state["epoch"] == 1 and not out.exists()
+    assert _train(out, images, "--resume") == 0
+    state = json.loads((checkpoint_dir(out) / "state.json").read_text())
+    assert state["epoch"] == 2
+    # same seed, interrupted + resumed == uninterrupted, weight for weight
+    for w1, w2 in zip(_weights(full), _weights(out)):
+        np.testing.assert_array_equal(w1, w2)
+    meta_full = json.loads(full.with_suffix(".json").read_text())
+    meta_split = json.loads(out.with_suffix(".json").read_text())
+    assert [h["loss"] for h in meta_full["training"]["history"]] == [h["loss"] for h in meta_split["training"]["history"]]
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, images = trained
+    out = tmp_path / "enc.keras"
+    assert _train(out, images, "--stop-after", "1") == 0
+    assert _train(out, images, "--resume", "--seed", "3") == 2
