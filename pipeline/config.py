@@ -69,6 +69,8 @@ class ShortlistConfig:
     top_k: int = 10
     threshold: float | None = None
     fallback_threshold: float = 0.9
+    min_candidates: int = 10
+    floor: float = 0.0
     lbp_top_k: int = 5
 
 
@@ -82,7 +84,7 @@ class RefineConfig:
 @dataclass(frozen=True)
 class VerifyConfig:
     enabled: bool = True
-    max_candidates: int = 6
+    max_candidates: int = 10
     ratio: float = 0.8
     ransac_px: float = 8.0
     min_matches: int = 8

@@ -141,7 +141,8 @@ class Engine:
         embeddings, lbps = self.catalog.matrices()
         cfg = self.config.matcher
         info = self.model_info
-        short = shortlist(query, embeddings, cfg.shortlist.top_k, info.threshold)
+        sl = cfg.shortlist
+        short = shortlist(query, embeddings, sl.top_k, info.threshold, sl.min_candidates, sl.floor)
         candidates = widen(short, lbp_nearest(prepared.lbp, lbps, cfg.shortlist.lbp_top_k), query, embeddings)
         clock.lap("shortlist")
         rows = candidates.indices
@@ -201,7 +202,7 @@ class Engine:
             return decide(candidates, refined, labels, cfg.accept_confidence), {}
         inliers = [verified.inliers_at(i) for i in range(len(labels))]
         evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
-        embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] != "lbp" else None
+        embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
         best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
         first_choices = {
             "shortlist": embedding_first,

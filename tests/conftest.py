@@ -32,6 +32,9 @@ def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path)
         f"model:\n  path: {tiny_model}\n  batch_size: 8\n"
         "intake:\n  work_side: 256\n"
         "local:\n  side: 320\n  max_keypoints: 150\n"
+        # The tiny model is untrained, so the shipped model's calibrated accept
+        # threshold means nothing for it; 0.5 is the fusion's neutral point.
+        "matcher:\n  decide:\n    accept_confidence: 0.5\n"
     )
     return path
 

@@ -135,3 +135,25 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, tiny_config_file: P
         assert result["stages"]["verify"]["max_inliers"] == 0, "precondition: no geometry to verify"
         assert result["matches"][0]["label"] == name
         assert result["status"] == "matched" and result["label"] == name
+
+
+def test_shipped_pipeline_confirms_the_cake_and_refuses_its_sibling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the shipped model and calibrated decision: the same cake re-photographed
+    is matched, a different cake cut from the same photo (same tea) is refused."""
+    photo = source_photos()["astronaut"]
+    catalog = tmp_path / "catalog"
+    write_rgb(catalog / "left-1.jpg", disc(photo, 128, 260, 120))
+    for name in ("coffee", "rocket", "chelsea"):
+        h, w = source_photos()[name].shape[:2]
+        write_rgb(catalog / f"{name}-1.jpg", disc(source_photos()[name], w // 2, h // 2, min(h, w) // 2 - 2))
+    same = write_rgb(tmp_path / "same.jpg", rephotograph(disc(photo, 128, 260, 120), 70, 0.1, 1.1))
+    sibling = write_rgb(tmp_path / "sibling.jpg", rephotograph(disc(photo, 384, 260, 120), 70, 0.1, 1.1))
+    base = ["--root", str(tmp_path / "root")]
+    assert main([*base, "index", str(catalog)]) == 0
+    capsys.readouterr()
+    main([*base, "match", "--json", str(same), str(sibling)])
+    same_result, sibling_result = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert same_result["status"] == "matched" and same_result["label"] == "left"
+    assert same_result["matches"][0]["inliers"] >= 15
+    assert sibling_result["status"] == "no_match" and sibling_result["label"] is None
+    assert sibling_result["confidence"] < same_result["confidence"]

@@ -10,6 +10,7 @@ most one embedding batch.
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 import queue
 import signal
@@ -92,7 +93,7 @@ class Daemon:
         # one or the other, and the tracker deduplicates the overlap.
         observer.start()
         context = multiprocessing.get_context("spawn")  # TensorFlow's threads don't survive fork
-        self.pool = ProcessPoolExecutor(max_workers=max(1, cfg.daemon.workers), mp_context=context, initializer=_die_with_parent)
+        self.pool = ProcessPoolExecutor(max_workers=max(1, cfg.daemon.workers), mp_context=context, initializer=_worker_init)
         try:
             self.warm_up()
             self.reconcile()
@@ -342,7 +343,7 @@ class Daemon:
 
     def write_status(self, running: bool = True) -> None:
         write_status(self.root, self.config, {
-            "pid": __import__("os").getpid(), "running": running, "started_at": self.started_at, "updated_at": _now(),
+            "pid": os.getpid(), "running": running, "started_at": self.started_at, "updated_at": _now(),
             "processed": self.counts, "last_error": self.last_error,
             "queue": {"query": len(self.queries), "catalog": len(self.catalog_waiting) + len(self.inflight) + len(self.batch),
                       "unsettled": self.tracker.pending_count()},
@@ -374,15 +375,18 @@ def cv2_error() -> type[Exception]:
     return cv2.error
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this worker when the daemon dies, even by SIGKILL.
+def _worker_init() -> None:
+    """Catalog workers yield the CPU to queries and die with the daemon.
 
-    Without it, spawn workers of a killed daemon lived on, orphaned.
+    Lower priority: queries are prepared in the daemon process, and with both
+    cores busy decoding a catalog burst they waited ~10 s at equal priority.
+    PR_SET_PDEATHSIG: without it, workers of a SIGKILLed daemon lived on.
     """
     import ctypes
     import signal as _signal
     import sys
 
+    os.nice(10)
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, _signal.SIGTERM)

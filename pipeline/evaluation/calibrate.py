@@ -98,16 +98,15 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
 def choose_threshold(evidence: Sequence[QueryEvidence], fusion: FusionConfig, target_far: float) -> tuple[float, float, float, float]:
     """Lowest threshold whose false-accept rate is within `target_far`.
 
-    A false accept is an unregistered query answered `matched`, or a
-    registered one matched to the wrong label (both put a wrong label in
-    front of a user). Returns (threshold, far, recall, precision).
+    False-accept rate as BENCHMARK.md defines it: the share of unregistered
+    queries answered `matched`. Returns (threshold, far, recall, precision);
+    precision also counts registered queries matched to the wrong label.
     """
     best, right, registered = decisions(evidence, fusion)
-    wrong = ~right
-    candidates = np.unique(np.concatenate([best, [1.0]]))
-    for t in candidates:
+    unregistered = ~registered
+    for t in np.unique(np.concatenate([best, [1.0]])):
         accepted = best >= t
-        far = (accepted & wrong).sum() / max(len(best), 1)
+        far = (accepted & unregistered).sum() / max(unregistered.sum(), 1)
         if far <= target_far:
             recall = (accepted & right & registered).sum() / max(registered.sum(), 1)
             precision = (accepted & right).sum() / max(accepted.sum(), 1)
