@@ -72,6 +72,8 @@ class ShortlistConfig:
     min_candidates: int = 10
     floor: float = 0.0
     lbp_top_k: int = 5
+    vote_top_k: int = 5
+    vote_keypoints: int = 150
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pipeline.config import REPO_ROOT, Config
 from pipeline.features.embedding import Encoder
 from pipeline.intake import IntakeError
 from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
+from pipeline.matcher.votes import VoteIndex, vote, build_vote_index
 from pipeline.prepare import EncoderInput, Prepared, prepare
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
 
@@ -49,6 +50,7 @@ class Engine:
         self.encoder = encoder
         self.catalog = CatalogIndex(self.path("index"), model_id=encoder.info.model_id if check_model else None)
         self.shape = EncoderInput(encoder.info.input_size, encoder.info.channels, encoder.info.disc_mask)
+        self._votes: VoteIndex | None = None
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True) -> "Engine":
@@ -143,7 +145,10 @@ class Engine:
         info = self.model_info
         sl = cfg.shortlist
         short = shortlist(query, embeddings, sl.top_k, info.threshold, sl.min_candidates, sl.floor)
-        candidates = widen(short, lbp_nearest(prepared.lbp, lbps, cfg.shortlist.lbp_top_k), query, embeddings)
+        extras = [("lbp", lbp_nearest(prepared.lbp, lbps, sl.lbp_top_k))]
+        if sl.vote_top_k > 0 and cfg.verify.enabled:
+            extras.append(("votes", vote(self._vote_index(entries), prepared.local, sl.vote_top_k, cfg.verify.ratio)))
+        candidates = widen(short, extras, query, embeddings)
         clock.lap("shortlist")
         rows = candidates.indices
         labels = [entries[i].label for i in rows]
@@ -172,6 +177,7 @@ class Engine:
                 "threshold": info.threshold,
                 "top_k": cfg.shortlist.top_k,
                 "lbp_top_k": cfg.shortlist.lbp_top_k,
+                "vote_top_k": cfg.shortlist.vote_top_k if cfg.verify.enabled else 0,
                 "best_rejected_similarity": short.best_rejected,
             },
             "refine": {"mode": refined.mode, "svc_label": refined.label, "votes": refined.votes, "kept": int(refined.kept.size)},
@@ -195,6 +201,14 @@ class Engine:
             model=info,
             sha256=prepared.sha256,
         )
+
+    def _vote_index(self, entries: list) -> VoteIndex:
+        """The catalog-wide keypoint index, rebuilt only when the catalog changed."""
+        generation = self.catalog.generation
+        if self._votes is None or self._votes.generation != generation:
+            per_entry = self.config.matcher.shortlist.vote_keypoints
+            self._votes = build_vote_index([e.local for e in entries], per_entry, generation)
+        return self._votes
 
     def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, float]]:
         cfg = self.config.matcher.decide

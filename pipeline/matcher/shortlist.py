@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -96,30 +97,35 @@ def lbp_nearest(query_lbp: np.ndarray, lbps: np.ndarray, top_k: int) -> np.ndarr
     return np.argsort(distances, kind="stable")[:top_k].astype(np.int64)
 
 
-def widen(short: Shortlist, extra: np.ndarray, query: np.ndarray, embeddings: np.ndarray) -> Shortlist:
-    """Merge a second source's rows into the shortlist, alternating the two sources.
+def widen(short: Shortlist, extras: Sequence[tuple[str, np.ndarray]], query: np.ndarray, embeddings: np.ndarray) -> Shortlist:
+    """Merge other sources' rows into the shortlist, taking from each source in turn.
 
     The embedding can miss the right entry (bare textures, heavy tilt), and the
-    later stages only see what the shortlist passes on; alternating keeps the
-    best of each source near the front, where verification looks.
+    later stages only see what the shortlist passes on; taking turns keeps the
+    best of every source near the front, where verification looks. An entry
+    proposed by more than one source is marked "both".
+
+    Parameters
+    ----------
+    extras : sequence of (source name, rows best first)
     """
-    if extra.size == 0:
+    lists = [list(zip(short.indices.tolist(), list(short.sources) or ["embedding"] * len(short)))]
+    lists += [[(int(r), name) for r in rows] for name, rows in extras if rows.size]
+    if len(lists) == 1:
         return short
-    rows: list[int] = []
+    order: list[int] = []
     sources: dict[int, str] = {}
-    emb_rows = short.indices.tolist()
-    emb_sources = list(short.sources) or ["embedding"] * len(emb_rows)
-    for k in range(max(len(emb_rows), extra.size)):
-        pairs = ((emb_rows[k], emb_sources[k]) if k < len(emb_rows) else (None, ""), (int(extra[k]) if k < extra.size else None, "lbp"))
-        for row, source in pairs:
-            if row is None:
+    for k in range(max(len(items) for items in lists)):
+        for items in lists:
+            if k >= len(items):
                 continue
+            row, source = items[k]
             if row in sources:
                 if sources[row] != source:
                     sources[row] = "both"
                 continue
             sources[row] = source
-            rows.append(row)
-    indices = np.array(rows, dtype=np.int64)
+            order.append(row)
+    indices = np.array(order, dtype=np.int64)
     sims = (embeddings[indices] @ query).astype(np.float32)
-    return Shortlist(indices, sims, short.threshold, short.best_rejected, tuple(sources[r] for r in rows))
+    return Shortlist(indices, sims, short.threshold, short.best_rejected, tuple(sources[r] for r in order))
