@@ -104,6 +104,7 @@ class FusionConfig:
 @dataclass(frozen=True)
 class DecideConfig:
     accept_confidence: float = 0.5
+    similarity_accept: float = 0.5
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
 

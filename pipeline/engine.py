@@ -187,7 +187,8 @@ class Engine:
                 "verified": len(verified.positions) if verified else 0,
                 "max_inliers": max((r.inliers for r in verified.results), default=0) if verified else 0,
             },
-            "decide": {"agreed": list(decision.agreed), "accept_confidence": cfg.decide.accept_confidence,
+            "decide": {"agreed": list(decision.agreed),
+                       "accept_confidence": cfg.decide.accept_confidence if verified is not None else cfg.decide.similarity_accept,
                        "method": "fusion" if verified is not None else "similarity"},
         }
         return MatchResult(
@@ -213,7 +214,7 @@ class Engine:
     def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, float]]:
         cfg = self.config.matcher.decide
         if verified is None:
-            return decide(candidates, refined, labels, cfg.accept_confidence), {}
+            return decide(candidates, refined, labels, cfg.similarity_accept), {}
         inliers = [verified.inliers_at(i) for i in range(len(labels))]
         evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
         embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
