@@ -143,7 +143,9 @@ class Daemon:
         did: 0 photos indexed in 60 s at one query per 0.3 s).
         """
         self.tracker.poll()
-        busy = self.queries or self.catalog_waiting or self.batch_ready()
+        # Block briefly unless there is work to do right now; photos waiting for a
+        # full pool are not such work (spinning on them took a whole core).
+        busy = self.queries or self.batch_ready() or (self.catalog_waiting and len(self.inflight) < self.pool_limit())
         self.drain_events(timeout=0.0 if busy else (0.02 if self.inflight else 0.05))
         if self.queries:
             self.answer(self.queries.popleft())
@@ -178,12 +180,17 @@ class Daemon:
         if removes:
             self.removed(removes)
 
+    def pool_limit(self) -> int:
+        """Photos in the pool at once: enough to fill a batch.
+
+        A query never waits on the pool (queries are prepared in this
+        process), only on CPU share, which the workers' lower priority settles.
+        """
+        return max(self.config.daemon.catalog_batch_size, 2 * max(1, self.config.daemon.workers))
+
     def feed_pool(self) -> None:
-        # Enough photos in flight to fill a batch: a query never waits on the
-        # pool (queries are prepared in this process), only on CPU share.
-        limit = max(self.config.daemon.catalog_batch_size, 2 * max(1, self.config.daemon.workers))
         shape = self.engine.shape
-        while self.catalog_waiting and len(self.inflight) < limit:
+        while self.catalog_waiting and len(self.inflight) < self.pool_limit():
             ready = self.catalog_waiting.popleft()
             future = self.pool.submit(prepare_or_error, ready.path, self.config, shape, self.catalog_dir)
             self.inflight.append((ready, future))
