@@ -64,7 +64,8 @@ def decide(short: Shortlist, refined: Refinement, labels: list[str], accept_conf
     top_agrees = labels[0] == refined.label
     agreement = 1.0 if top_agrees else refined.votes.get(refined.label, 0.0)
     confidence = float(np.clip(base * (0.75 + 0.25 * agreement), 0.0, 1.0))
-    rest = np.array([i for i in range(len(short)) if i not in set(refined.kept.tolist())], dtype=np.int64)
+    kept = set(refined.kept.tolist())
+    rest = np.array([i for i in range(len(short)) if i not in kept], dtype=np.int64)
     order = np.concatenate([refined.kept, rest])
     agreed = ("shortlist", "refine") if top_agrees else ("refine",)
     status = "matched" if confidence >= accept_confidence else "no_match"
