@@ -273,16 +273,18 @@ def cmd_reembed(args: argparse.Namespace, config: Config) -> int:
     catalog = engine.catalog
     catalog.refresh_unchecked()
     entries = catalog.entries()
-    kept: list[NewEntry] = []
+    readable = []
     missing: list[str] = []
     for entry in entries:
         try:
-            prepared = engine.prepare(Path(entry.path))
+            readable.append((entry, engine.prepare(Path(entry.path))))
         except IntakeError as err:
             missing.append(f"{entry.path}: {err}")
-            continue
-        vector = engine.embed([prepared])[0]
-        kept.append(NewEntry(entry.sha256, entry.path, entry.label, vector, prepared.lbp))
+    vectors = engine.embed([prepared for _, prepared in readable])
+    kept = [
+        NewEntry(entry.sha256, entry.path, entry.label, vector, prepared.lbp, prepared.local)
+        for (entry, prepared), vector in zip(readable, vectors)
+    ]
     if missing:
         for line in missing:
             print(f"cannot re-embed {line}", file=sys.stderr)

@@ -297,7 +297,7 @@ class TeaprintService:
                     dest, new = self._place(tmp, label, sha, ext)
                     if new:
                         placed.append(dest)
-                    adds.append(NewEntry(sha, str(dest), label, vector, prepared.lbp))
+                    adds.append(NewEntry(sha, str(dest), label, vector, prepared.lbp, prepared.local))
                 # The files are in place before the commit: a daemon's reconcile in
                 # between sees a file not yet indexed (and indexes it: a duplicate),
                 # never an entry without its file.
