@@ -24,7 +24,12 @@ COLOURS = [(60, 200, 60), (60, 160, 230), (230, 160, 60), (200, 80, 200)]
 
 
 def render_explanation(
-    query: np.ndarray, result: MatchResult, entries: dict[str, CatalogEntry], config: Config, max_matches: int = 3
+    query: np.ndarray,
+    result: MatchResult,
+    entries: dict[str, CatalogEntry],
+    config: Config,
+    max_matches: int = 3,
+    query_local: LocalFeatures | None = None,
 ) -> np.ndarray:
     """Draw the explanation image.
 
@@ -36,6 +41,9 @@ def render_explanation(
         Catalog entries by id, for the matches' keypoints.
     config : Config
     max_matches : int
+    query_local : LocalFeatures or None
+        The query's keypoints if already extracted (the matcher did); else
+        extracted here.
 
     Returns
     -------
@@ -51,7 +59,7 @@ def render_explanation(
     canvas[40 : 40 + PANEL, : q_panel.shape[1]] = cv2.cvtColor(q_panel, cv2.COLOR_RGB2BGR)
     title = f"{result.query}: {result.status}" + (f" {result.label}" if result.label else "") + f"  confidence {result.confidence:.2f}"
     cv2.putText(canvas, title, (8, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.65, (20, 20, 20), 2, cv2.LINE_AA)
-    q_local = _local(query, config)
+    q_local = query_local if query_local is not None else _local(query, config)
     x0 = q_panel.shape[1] + 40
     for k, match in enumerate(shown):
         colour = COLOURS[k % len(COLOURS)]

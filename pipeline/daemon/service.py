@@ -18,11 +18,12 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
 import structlog
 
 from pipeline.catalog import NewEntry, label_from_path
@@ -83,7 +84,7 @@ class Daemon:
             log.info("recovered", file=intent.photo, result=intent.result)
         cfg = self.config
         log.info("start", root=str(self.root), model=self.engine.encoder.info.model_id, entries=len(self.engine.catalog),
-                 watch_mode=cfg.daemon.watch.mode, config={"daemon": _plain(cfg.daemon), "matcher": _plain(cfg.matcher)})
+                 watch_mode=cfg.daemon.watch.mode, config={"daemon": asdict(cfg.daemon), "matcher": asdict(cfg.matcher)})
         observer = make_observer(cfg.daemon.watch.mode, cfg.daemon.watch.poll_interval_s)
         wanted = lambda p: is_candidate(p, cfg.intake)  # noqa: E731
         for folder, kind, recursive in ((self.catalog_dir, "catalog", True), (self.query_dir, "query", False)):
@@ -260,7 +261,7 @@ class Daemon:
         intent = Intent(str(path), result.sha256 or "", str(result_path), str(destination), str(error_file) if error_file else None, error_text)
         record = self.journal.begin(intent)
         if self.config.daemon.explain_images and not isinstance(prepared, tuple):
-            self.explain(path, result, result_path.with_suffix(".jpg"))
+            self.explain(path, result, result_path.with_suffix(".jpg"), prepared.local)
         write_json_atomic(result_path, result.to_json(indent=2))
         if error_file and error_text:
             write_json_atomic(error_file, error_text)
@@ -275,7 +276,7 @@ class Daemon:
                  confidence=result.confidence, result=result_path.name, ready=ready.reason,
                  timings_ms={**result.timings_ms, "wall": round((time.perf_counter() - t0) * 1e3, 1)})
 
-    def explain(self, path: Path, result: Any, out: Path) -> None:
+    def explain(self, path: Path, result: Any, out: Path, query_local: Any = None) -> None:
         """The picture beside the JSON; written first, so the JSON's arrival means both are there."""
         from pipeline.explain import render_explanation, write_explanation
         from pipeline.intake import IntakeError, read_photo
@@ -283,8 +284,8 @@ class Daemon:
         try:
             pixels = read_photo(path, self.config.intake, root=self.query_dir).pixels
             entries = {e.id: e for e in self.engine.catalog.entries()}
-            write_explanation(out, render_explanation(pixels, result, entries, self.config))
-        except (IntakeError, OSError, cv2_error()) as exc:  # a picture must never cost an answer
+            write_explanation(out, render_explanation(pixels, result, entries, self.config, query_local=query_local))
+        except (IntakeError, OSError, cv2.error) as exc:  # a picture must never cost an answer
             log.warning("explain_failed", file=path.name, reason=str(exc))
 
     # ------------------------------------------------------------- catalog
@@ -376,12 +377,6 @@ def run_daemon(root: Path, config: Config) -> int:
     return 0
 
 
-def cv2_error() -> type[Exception]:
-    import cv2
-
-    return cv2.error
-
-
 def _worker_init() -> None:
     """Catalog workers yield the CPU to queries and die with the daemon.
 
@@ -418,9 +413,3 @@ def _now() -> str:
 
 def _round(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 1) for k, v in timings.items()}
-
-
-def _plain(obj: Any) -> Any:
-    from dataclasses import asdict
-
-    return asdict(obj)

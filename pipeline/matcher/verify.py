@@ -26,10 +26,8 @@ class Verified:
     query_keypoints: int
 
     def inliers_at(self, position: int) -> int:
-        for p, r in zip(self.positions, self.results):
-            if p == position:
-                return r.inliers
-        return 0
+        result = self.result_at(position)
+        return result.inliers if result is not None else 0
 
     def result_at(self, position: int) -> Verification | None:
         for p, r in zip(self.positions, self.results):
