@@ -48,6 +48,63 @@ def cakes_of(image: np.ndarray, count: int) -> list[tuple[tuple[float, float], f
     return out
 
 
+def add_shot_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every cake benchmark generator (this one, make_siblings.py)."""
+    parser.add_argument("--hard", action="store_true",
+                        help="hard re-shots (BENCHMARK.md): thumb, glare, tilt shrinking the far side up to 40%%, blur, "
+                        "noise, JPEG 40-80, cake at 0.5-1.2 of its registration size, 640x480-1024x768 queries")
+    parser.add_argument("--reg-size", type=int, default=None, help="side of registration photos (default --size; hard: 1024)")
+
+
+def registration_shot(image: np.ndarray, rng: np.random.Generator, centre, radius, side: int) -> np.ndarray:
+    """A careful registration photo: near overhead, even light, high JPEG quality."""
+    return views.disc_photo(image, rng, centre, radius, out_size=side, fill=float(rng.uniform(0.8, 0.9)),
+                            max_tilt=8.0, scale_range=(0.95, 1.05), quality_range=(90, 95))
+
+
+def query_shot(image: np.ndarray, rng: np.random.Generator, centre, radius, args: argparse.Namespace) -> np.ndarray:
+    if args.hard:
+        w, h = (640, 480) if rng.uniform() < 0.5 else (1024, 768)
+        if rng.uniform() < 0.5:  # portrait
+            w, h = h, w
+        return views.hard_disc_photo(image, rng, centre, radius, (w, h), fill=float(rng.uniform(0.75, 0.95)))
+    quality = {"quality_range": (50, 95), "scale_range": (0.7, 1.4), "max_tilt": 30.0}
+    return views.disc_photo(image, rng, centre, radius, out_size=args.size, fill=float(rng.uniform(0.75, 0.95)), **quality)
+
+
+def write_bench(out: Path, cakes: list, rng: np.random.Generator, args: argparse.Namespace, what: str) -> None:
+    """Render `cakes` ((source name, image, centre, radius) each its own label) into OUT's BENCHMARK.md layout.
+
+    About `args.unregistered` of the cakes are never registered; every cake
+    gets `args.shots` query photos, each an independent shot.
+    """
+    reg_side = args.reg_size or (1024 if args.hard else args.size)
+    (out / "catalog").mkdir(parents=True, exist_ok=True)
+    (out / "query").mkdir(parents=True, exist_ok=True)
+    order = rng.permutation(len(cakes))
+    n_unreg = int(round(args.unregistered * len(cakes)))
+    unregistered = set(order[:n_unreg].tolist())
+    numbers = rng.permutation(len(cakes) * args.shots) + 1  # query names say nothing about the cake
+    rows, qn = [], 0
+    for i, (name, image, centre, radius) in enumerate(cakes):
+        label = f"cake{i:03d}"
+        if i not in unregistered:
+            shot = registration_shot(image, rng, centre, radius, reg_side) if args.hard else query_shot(image, rng, centre, radius, args)
+            cv2.imwrite(str(out / "catalog" / f"{label}-1.jpg"), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        for _ in range(args.shots):
+            qname = f"q{numbers[qn]:05d}.jpg"
+            qn += 1
+            shot = query_shot(image, rng, centre, radius, args)
+            # Hard shots already carry their JPEG 40-80; q98 only stores them.
+            cv2.imwrite(str(out / "query" / qname), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98 if args.hard else 92])
+            rows.append((qname, "" if i in unregistered else label, f"{name}@{centre[0]:.0f},{centre[1]:.0f},r{radius:.0f}"))
+    with open(out / "truth.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query", "label", "source"])
+        w.writerows(sorted(rows))
+    print(f"{len(cakes) - n_unreg} catalog {len(rows)} queries ({n_unreg} unregistered cakes) {what}{' (hard)' if args.hard else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -64,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         help="held_out (default): evaluation photos; train: the encoder's training photos with calibration-key "
         "textures, for fitting the fused decision (`teaprint calibrate`) apart from evaluation data",
     )
+    add_shot_arguments(parser)
     args = parser.parse_args(argv)
 
     items = ["skimage"] + ([str(tdata.OPENCV_DOC_DIR)] if tdata.OPENCV_DOC_DIR.is_dir() else [])
@@ -76,36 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     key = tdata.BENCH_KEY if args.split == "held_out" else tdata.CALIBRATION_KEY
     sources += tdata.procedural_sources((key, args.seed), args.procedural, size=512)
     rng = np.random.default_rng([args.seed, 2024])
-    (args.out / "catalog").mkdir(parents=True, exist_ok=True)
-    (args.out / "query").mkdir(parents=True, exist_ok=True)
-    cakes = []
-    for s in sources:
-        for centre, radius in cakes_of(s.image, args.per_source):
-            cakes.append((s, centre, radius))
-    order = rng.permutation(len(cakes))
-    n_unreg = int(round(args.unregistered * len(cakes)))
-    unregistered = set(order[:n_unreg].tolist())
-    rows = []
-    qn = 0
-    numbers = rng.permutation(len(cakes) * args.shots) + 1  # query names say nothing about the cake
-    quality = {"quality_range": (50, 95), "scale_range": (0.7, 1.4), "max_tilt": 30.0}
-    for i, (s, centre, radius) in enumerate(cakes):
-        label = f"cake{i:03d}"
-        def shot() -> np.ndarray:
-            img = views.disc_photo(s.image, rng, centre, radius, out_size=args.size, fill=float(rng.uniform(0.75, 0.95)), **quality)
-            return cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-        if i not in unregistered:
-            cv2.imwrite(str(args.out / "catalog" / f"{label}-1.jpg"), shot(), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        for _ in range(args.shots):
-            name = f"q{numbers[qn]:05d}.jpg"
-            qn += 1
-            cv2.imwrite(str(args.out / "query" / name), shot(), [cv2.IMWRITE_JPEG_QUALITY, 92])
-            rows.append((name, "" if i in unregistered else label, f"{s.name}@{centre[0]:.0f},{centre[1]:.0f},r{radius:.0f}"))
-    with open(args.out / "truth.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["query", "label", "source"])
-        w.writerows(sorted(rows))
-    print(f"{len(cakes) - n_unreg} catalog {len(rows)} queries ({n_unreg} unregistered cakes) from {len(sources)} {args.split} sources")
+    cakes = [(s.name, s.image, centre, radius) for s in sources for centre, radius in cakes_of(s.image, args.per_source)]
+    write_bench(args.out, cakes, rng, args, f"from {len(sources)} {args.split} sources")
     return 0
 
 

@@ -93,12 +93,29 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True)
-class FusionConfig:
-    bias: float = -4.0
-    similarity: float = 4.0
-    svc_vote: float = 1.0
+class GeometricWeights:
+    """Logistic weights of the geometric expert (`pipeline.matcher.fuse`)."""
+
+    bias: float = -6.0
     inliers: float = 1.5
+    inlier_margin: float = 1.5
+
+
+@dataclass(frozen=True)
+class AppearanceWeights:
+    """Logistic weights of the appearance expert (`pipeline.matcher.fuse`)."""
+
+    bias: float = -8.0
+    similarity: float = 6.0
+    similarity_margin: float = 6.0
+    svc_vote: float = 0.5
     lbp_distance: float = -2.0
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    geometric: GeometricWeights = field(default_factory=GeometricWeights)
+    appearance: AppearanceWeights = field(default_factory=AppearanceWeights)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pipeline.config import REPO_ROOT, Config
 from pipeline.features.embedding import Encoder
 from pipeline.intake import IntakeError
 from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
+from pipeline.matcher.fuse import LabelScore
 from pipeline.matcher.votes import VoteIndex, vote, build_vote_index
 from pipeline.prepare import EncoderInput, Prepared, prepare
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
@@ -189,7 +190,8 @@ class Engine:
             },
             "decide": {"agreed": list(decision.agreed),
                        "accept_confidence": cfg.decide.accept_confidence if verified is not None else cfg.decide.similarity_accept,
-                       "method": "fusion" if verified is not None else "similarity"},
+                       "method": "fusion" if verified is not None else "similarity",
+                       **_expert_report(scores, matches)},
         }
         return MatchResult(
             query=query_name,
@@ -211,7 +213,7 @@ class Engine:
             self._votes = build_vote_index([e.local for e in entries], per_entry, generation)
         return self._votes
 
-    def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, float]]:
+    def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, LabelScore]]:
         cfg = self.config.matcher.decide
         if verified is None:
             return decide(candidates, refined, labels, cfg.similarity_accept), {}
@@ -227,7 +229,7 @@ class Engine:
         return fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices)
 
     @staticmethod
-    def _evidence(entry, position: int, candidates: Shortlist, refined: Refinement, verified: Verified | None, scores: dict[str, float]) -> MatchEvidence:
+    def _evidence(entry, position: int, candidates: Shortlist, refined: Refinement, verified: Verified | None, scores: dict[str, LabelScore]) -> MatchEvidence:
         check = verified.result_at(position) if verified else None
         return MatchEvidence(
             image=entry.path,
@@ -241,8 +243,16 @@ class Engine:
             inliers=check.inliers if check else None,
             rotation_deg=round(check.rotation_deg, 2) if check and check.rotation_deg is not None and check.inliers else None,
             scale=round(check.scale, 4) if check and check.scale is not None and check.inliers else None,
-            score=round(scores[entry.label], 6) if entry.label in scores else None,
+            score=round(scores[entry.label].confidence, 6) if entry.label in scores else None,
         )
+
+
+def _expert_report(scores: dict[str, LabelScore], matches: Sequence[MatchEvidence]) -> dict[str, float]:
+    """The fused decision's two expert probabilities for the best label (empty without fusion)."""
+    if not scores or not matches or matches[0].label not in scores:
+        return {}
+    best = scores[matches[0].label]
+    return {"geometric": round(best.geometric, 6), "appearance": round(best.appearance, 6)}
 
 
 class _Clock:

@@ -1,4 +1,4 @@
-"""Fitting the fused decision: weights, a threshold meeting the FAR target, stored in config."""
+"""Fitting the fused decision: two experts, a threshold meeting the FAR target, stored in config."""
 
 from __future__ import annotations
 
@@ -9,35 +9,47 @@ import numpy as np
 
 from pipeline.config import DEFAULT_CONFIG, load_config
 from pipeline.evaluation.calibrate import QueryEvidence, decisions, fit, write_into
+from pipeline.matcher.fuse import LabelEvidence, label_features
 
 
-def synthetic_evidence(n: int = 300, seed: int = 0) -> list[QueryEvidence]:
-    """Right labels have higher similarity, more inliers, smaller LBP distance."""
+def synthetic_evidence(n: int = 400, seed: int = 0) -> list[QueryEvidence]:
+    """Two kinds of photo: 'hard' ones whose right label has inliers but a lost
+    embedding, 'texture' ones with no inliers whose right label has the best
+    similarity; unregistered queries are sibling-like (high similarity, a few
+    stray inliers)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        registered = i % 4 != 0
-        rows, labels = [], []
-        for k in range(4):
+        registered, hard = i % 4 != 0, i % 2 == 0
+        evidence = []
+        for k in range(5):
             right = registered and k == 0
-            rows.append([rng.normal(0.8 if right else 0.6, 0.08), float(right and rng.random() < 0.8),
-                         np.log1p(rng.poisson(30) if right and rng.random() < 0.6 else rng.poisson(1)), rng.normal(0.05 if right else 0.15, 0.04)])
-            labels.append(f"L{i}" if right else f"N{i}-{k}")
-        out.append(QueryEvidence(tuple(labels), np.array(rows), f"L{i}" if registered else ""))
+            if right and hard:
+                sim, inl = rng.normal(0.2, 0.15), int(rng.poisson(40))
+            elif right:
+                sim, inl = rng.normal(0.9, 0.03), 0
+            else:
+                sim, inl = rng.normal(0.6, 0.1), int(rng.poisson(3))
+            dist = rng.normal(0.05 if right else 0.12, 0.03)
+            evidence.append(LabelEvidence(f"L{i}" if right else f"N{i}-{k}", k, float(sim), float(right and rng.random() < 0.7), inl, float(dist)))
+        geometric, appearance = label_features(evidence)
+        out.append(QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, f"L{i}" if registered else ""))
     return out
 
 
 def test_fit_learns_sensible_signs_and_meets_the_far_target() -> None:
     cal = fit(synthetic_evidence(), target_far=0.01)
-    assert cal.fusion.similarity > 0 and cal.fusion.inliers > 0 and cal.fusion.lbp_distance < 0
+    g, a = cal.fusion.geometric, cal.fusion.appearance
+    assert g.inliers + g.inlier_margin > 0 and a.similarity + a.similarity_margin > 0 and a.lbp_distance < 0
     assert cal.false_accept_rate <= 0.01
-    assert cal.recall > 0.5
-    best, right, _ = decisions(synthetic_evidence(seed=1), cal.fusion)
+    assert cal.recall > 0.8  # both kinds are accepted: neither expert sinks the other
+    best, right, registered = decisions(synthetic_evidence(seed=1), cal.fusion)
     accepted = best >= cal.accept_confidence
     assert (accepted & ~right).mean() < 0.05  # holds on fresh data too
+    assert (accepted & right)[registered].mean() > 0.7
 
 
-def test_write_into_keeps_the_config_loadable(tmp_path: Path) -> None:
+def test_write_into_keeps_the_config_loadable_and_its_comments(tmp_path: Path) -> None:
     target = tmp_path / "default.yaml"
     shutil.copy(DEFAULT_CONFIG, target)
     cal = fit(synthetic_evidence(), target_far=0.01)
@@ -45,4 +57,7 @@ def test_write_into_keeps_the_config_loadable(tmp_path: Path) -> None:
     config = load_config(target)
     assert config.matcher.decide.fusion == cal.fusion
     assert abs(config.matcher.decide.accept_confidence - cal.accept_confidence) < 1e-4
-    assert "calibrated by `teaprint calibrate` on cal1" in target.read_text()
+    text = target.read_text()
+    assert "calibrated by `teaprint calibrate` on cal1" in text
+    assert "# weight of log(1 + the label's inliers)" in text  # the other comments survive
+    assert "# drop folder for photos to register" in text

@@ -86,3 +86,48 @@ def test_similarity_confidence_is_monotonic_with_threshold_at_half() -> None:
     values = [similarity_confidence(s, 0.8) for s in np.linspace(-1, 1, 41)]
     assert values == sorted(values)
     assert similarity_confidence(0.8, 0.8) == 0.5 and similarity_confidence(1.0, 0.8) == 1.0
+
+
+# ------------------------------------------------------------ fused decision
+
+
+def test_gather_keeps_each_labels_best_evidence() -> None:
+    from pipeline.matcher.fuse import gather
+
+    ev = gather(["a", "b", "a"], np.array([0.5, 0.7, 0.9]), np.array([0.2, 0.1, 0.3]), [4, 0, 30], "b")
+    by = {e.label: e for e in ev}
+    assert by["a"].similarity == 0.9 and by["a"].inliers == 30 and by["a"].lbp_distance == 0.2 and by["a"].position == 2
+    assert by["b"].svc_vote == 1.0 and by["a"].svc_vote == 0.0
+
+
+def test_label_features_compare_each_label_with_the_best_other() -> None:
+    from pipeline.matcher.fuse import LabelEvidence, label_features
+
+    ev = [LabelEvidence("a", 0, 0.9, 1.0, 40, 0.1), LabelEvidence("b", 1, 0.6, 0.0, 3, 0.2), LabelEvidence("c", 2, 0.5, 0.0, 0, 0.3)]
+    geometric, appearance = label_features(ev)
+    assert geometric.shape == (3, 2) and appearance.shape == (3, 4)
+    assert np.isclose(geometric[0, 1], np.log1p(40) - np.log1p(3))
+    assert np.isclose(geometric[1, 1], np.log1p(3) - np.log1p(40))
+    assert np.isclose(appearance[0, 1], 0.3) and np.isclose(appearance[2, 1], -0.4)
+    alone_g, alone_a = label_features(ev[:1])
+    assert np.isclose(alone_g[0, 1], np.log1p(40)) and alone_a[0, 1] == 0.0
+
+
+def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
+    from pipeline.matcher.fuse import LabelEvidence, fuse
+
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0))
+    # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
+    hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
+    decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})
+    assert decision.status == "matched" and decision.label == "cake"
+    assert scores["cake"].geometric > 0.9 > scores["cake"].appearance
+    # A relit texture: no inliers anywhere, a clear embedding winner.
+    texture = [LabelEvidence("t1", 0, 0.97, 1.0, 0, 0.01), LabelEvidence("t2", 1, 0.4, 0.0, 0, 0.2)]
+    decision, scores = fuse(texture, ["t1", "t2"], weights, 0.9, {"shortlist": "t1"})
+    assert decision.label == "t1" and scores["t1"].appearance > 0.9 and decision.agreed == ("shortlist",)
+    # A stranger: similar texture, a few stray inliers: refused.
+    stranger = [LabelEvidence("x", 0, 0.6, 1.0, 5, 0.05), LabelEvidence("y", 1, 0.58, 0.0, 4, 0.06)]
+    decision, _ = fuse(stranger, ["x", "y"], weights, 0.9, {})
+    assert decision.status == "no_match" and decision.label is None

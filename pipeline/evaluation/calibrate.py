@@ -1,40 +1,41 @@
 """`teaprint calibrate BENCH_DIR...`: fit the fused decision on held-out benchmarks.
 
 The full pipeline runs on each benchmark (temporary index, as `eval` does).
-Every candidate label of every query becomes one example: its four evidence
-features (`pipeline.matcher.fuse.FEATURES`) and whether it is the query's
-right label. A logistic regression fits the fusion weights; the accept
-threshold is then the lowest confidence at which the false-accept rate on the
-benchmarks' unregistered queries stays within the target. Both are printed
-as YAML and, with `--write`, stored in a config file, with the measured rates
-in a comment, so the threshold carries a stated false-accept rate.
+Every candidate label of every query becomes one example: the two experts'
+features (`pipeline.matcher.fuse.label_features`, the very function the
+matcher scores with) and whether it is the query's right label. One logistic
+regression per expert fits its weights; the accept threshold is then the
+lowest confidence at which the false-accept rate on the benchmarks'
+unregistered queries stays within the target. Both are printed as YAML and,
+with `--write`, stored in a config file (comments kept), with the measured
+rates in a comment, so the threshold carries a stated false-accept rate.
 
 Calibrate on data the evaluation does not use: e.g. `bench/make_discs.py
---split train` and `bench/make_textures.py --seed 1`, never KTH-TIPS.
+--split train`, `bench/make_siblings.py --faces cake2_b,cake3_a,cake3_b`
+(easy and `--hard`) and `bench/make_textures.py --seed 1`, never KTH-TIPS.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import Config, FusionConfig
-from pipeline.matcher.fuse import FEATURES
+from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights
+from pipeline.matcher.fuse import APPEARANCE_FEATURES, GEOMETRIC_FEATURES, expert_probabilities, gather, label_features
 from pipeline.results import MatchResult
 
 
 @dataclass(frozen=True)
 class QueryEvidence:
-    """All candidate labels of one query: features (L, 4) and which one is right."""
+    """All candidate labels of one query: both experts' features and the right label ('' = none)."""
 
     labels: tuple[str, ...]
-    features: np.ndarray
+    geometric: np.ndarray  # (L, len(GEOMETRIC_FEATURES))
+    appearance: np.ndarray  # (L, len(APPEARANCE_FEATURES))
     truth: str
 
 
@@ -50,44 +51,54 @@ class Calibration:
 
 
 def query_evidence(result: MatchResult, truth: str) -> QueryEvidence:
-    """Per-label features of a full-pipeline result (as `fuse.gather` builds them)."""
-    by_label: dict[str, list[float]] = {}
-    for m in result.matches:
-        inliers = m.inliers or 0
-        row = by_label.get(m.label)
-        if row is None:
-            by_label[m.label] = [m.similarity, float(m.svc_label == m.label), inliers, m.lbp_distance]
-        else:
-            row[0], row[2], row[3] = max(row[0], m.similarity), max(row[2], inliers), min(row[3], m.lbp_distance)
-    labels = tuple(by_label)
-    feats = np.array([[s, v, math.log1p(i), d] for s, v, i, d in by_label.values()], dtype=np.float64).reshape(-1, len(FEATURES))
-    return QueryEvidence(labels, feats, truth)
+    """Per-label features of a full-pipeline result, built as the matcher builds them."""
+    m = result.matches
+    svc = m[0].svc_label if m else None
+    evidence = gather([e.label for e in m], np.array([e.similarity for e in m]), np.array([e.lbp_distance for e in m]),
+                      [e.inliers or 0 for e in m], svc)
+    geometric, appearance = label_features(evidence)
+    return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth)
+
+
+def _fit_expert(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    from sklearn.linear_model import LogisticRegression
+
+    # Unweighted classes: the fitted output is a probability, so the two
+    # experts are on one scale and taking their maximum is meaningful.
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
+    return round(float(model.intercept_[0]), 4), np.round(model.coef_[0], 4)
 
 
 def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibration:
-    """Fit fusion weights, then the accept threshold for `target_far`."""
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.concatenate([e.features for e in evidence if len(e.labels)])
-    y = np.concatenate([[label == e.truth for label in e.labels] for e in evidence if len(e.labels)])
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(x, y)
-    weights = dict(zip(FEATURES, (round(float(w), 4) for w in model.coef_[0])))
-    fusion = FusionConfig(bias=round(float(model.intercept_[0]), 4), **weights)
+    """Fit both experts' weights, then the accept threshold for `target_far`."""
+    used = [e for e in evidence if len(e.labels)]
+    y = np.concatenate([[label == e.truth for label in e.labels] for e in used])
+    geometric = np.concatenate([e.geometric for e in used])
+    # The geometric expert answers for the photos it can see: a right label
+    # that verification gave no inlier at all (a relit texture) is the other
+    # expert's to find, and would only teach this one that inliers mean little.
+    speaks = ~y | (geometric[:, 0] > 0)
+    gb, gw = _fit_expert(geometric[speaks], y[speaks])
+    ab, aw = _fit_expert(np.concatenate([e.appearance for e in used]), y)
+    fusion = FusionConfig(
+        GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}),
+        AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)}),
+    )
     threshold, far, recall, precision = choose_threshold(evidence, fusion, target_far)
     registered = sum(1 for e in evidence if e.truth)
     return Calibration(fusion, threshold, far, recall, precision, len(evidence) - registered, registered)
 
 
 def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(best score, best label is right, query is registered) per query."""
-    w = np.array([getattr(fusion, f) for f in FEATURES])
+    """(best confidence, best label is right, query is registered) per query."""
     best, right, registered = [], [], []
     for e in evidence:
         if not len(e.labels):
             best.append(0.0)
             right.append(False)
         else:
-            scores = 1.0 / (1.0 + np.exp(-(fusion.bias + e.features @ w)))
+            pg, pa = expert_probabilities(e.geometric, e.appearance, fusion)
+            scores = np.maximum(pg, pa)
             k = int(np.argmax(scores))
             best.append(float(scores[k]))
             right.append(e.labels[k] == e.truth)
@@ -114,40 +125,48 @@ def choose_threshold(evidence: Sequence[QueryEvidence], fusion: FusionConfig, ta
     return 1.0, 0.0, 0.0, 1.0
 
 
+def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
+    return {
+        "geometric": {n: getattr(fusion.geometric, n) for n in ("bias", *GEOMETRIC_FEATURES)},
+        "appearance": {n: getattr(fusion.appearance, n) for n in ("bias", *APPEARANCE_FEATURES)},
+    }
+
+
+def summary(cal: Calibration, benches: Sequence[Path], target_far: float) -> str:
+    return (f"calibrated by `teaprint calibrate` on {', '.join(b.name for b in benches)}: {cal.registered} registered and "
+            f"{cal.unregistered} unregistered queries; FAR {cal.false_accept_rate:.4f} (target {target_far}), "
+            f"recall {cal.recall:.3f}, precision {cal.precision:.3f}")
+
+
 def format_yaml(cal: Calibration, benches: Sequence[Path], target_far: float) -> str:
-    f = cal.fusion
+    w = _weights_dict(cal.fusion)
+    flow = lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"  # noqa: E731
     return (
-        f"# calibrated on {', '.join(b.name for b in benches)}: {cal.registered} registered and {cal.unregistered} "
-        f"unregistered queries; false accepts {cal.false_accept_rate:.4f} (target {target_far}), "
-        f"recall {cal.recall:.3f}, precision {cal.precision:.3f}\n"
+        f"# {summary(cal, benches, target_far)}\n"
         f"accept_confidence: {cal.accept_confidence:.4f}\n"
-        f"fusion: {{bias: {f.bias}, similarity: {f.similarity}, svc_vote: {f.svc_vote}, inliers: {f.inliers}, lbp_distance: {f.lbp_distance}}}\n"
+        f"fusion:\n  geometric: {flow(w['geometric'])}\n  appearance: {flow(w['appearance'])}\n"
     )
 
 
 def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], target_far: float) -> None:
-    """Replace `matcher.decide`'s accept_confidence and fusion weights in `config_file`, keeping comments."""
-    text = config_file.read_text(encoding="utf-8")
-    f = cal.fusion
-    note = (
-        f"# answer `matched` when confidence >= this; calibrated by `teaprint calibrate` on "
-        f"{', '.join(b.name for b in benches)}: FAR {cal.false_accept_rate:.4f} (target {target_far}), recall {cal.recall:.3f}"
-    )
-    text, n = re.subn(
-        r"(\n    accept_confidence: )([-0-9.e]+)( *)#[^\n]*", lambda m: _keep_column(m, f"{cal.accept_confidence:.4f}") + note, text
-    )
-    for name in ("bias", *FEATURES):
-        text, k = re.subn(rf"(\n      {name}: )([-0-9.e]+)( *)", lambda m: _keep_column(m, str(getattr(f, name))), text)
-        n += k
-    if n != 1 + 1 + len(FEATURES):
-        raise ValueError(f"{config_file}: could not find matcher.decide.accept_confidence and every fusion weight")
-    config_file.write_text(text, encoding="utf-8")
+    """Replace `matcher.decide`'s accept_confidence and fusion weights in `config_file`, keeping its comments."""
+    from ruamel.yaml import YAML
 
-
-def _keep_column(match: re.Match[str], value: str) -> str:
-    """`prefix value` padded so that the comment after it stays in its column."""
-    width = len(match.group(2)) + len(match.group(3))
-    return f"{match.group(1)}{value}{' ' * max(1, width - len(value))}"
+    yaml = YAML()  # round-trip: comments, order and layout survive
+    yaml.width = 4096
+    data = yaml.load(config_file.read_text(encoding="utf-8"))
+    try:
+        decide = data["matcher"]["decide"]
+        fusion = decide["fusion"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{config_file}: has no matcher.decide.fusion section to write into") from None
+    decide["accept_confidence"] = round(cal.accept_confidence, 4)
+    decide.yaml_add_eol_comment(f"answer `matched` when confidence >= this; {summary(cal, benches, target_far)}", "accept_confidence")
+    for expert, weights in _weights_dict(cal.fusion).items():
+        for name, value in weights.items():
+            fusion[expert][name] = float(value)
+    with config_file.open("w", encoding="utf-8") as fh:
+        yaml.dump(data, fh)
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,11 @@ import numpy as np
 from pipeline.features.lbp import to_grey
 
 Method = Literal["sift", "orb"]
+Estimator = Literal["ransac", "magsac"]
+# MAGSAC++ (OpenCV's USAC) scores a model by marginalising over the noise
+# scale, so chance correspondences between two cakes of one tea rarely line up
+# into a homography; plain RANSAC counts whatever falls inside a fixed radius.
+_ESTIMATORS = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
 DESCRIPTOR_BYTES = {"sift": 128, "orb": 32}
 
 
@@ -132,8 +137,9 @@ def verify_pair(
     ratio: float = 0.8,
     ransac_px: float = 8.0,
     min_matches: int = 8,
+    estimator: Estimator = "ransac",
 ) -> Verification:
-    """Ratio-test matching, then a RANSAC homography from query to candidate.
+    """Ratio-test matching, then a robust homography from query to candidate.
 
     Parameters
     ----------
@@ -145,6 +151,8 @@ def verify_pair(
         RANSAC reprojection threshold, in pixels of the working images.
     min_matches : int
         Fewer ratio-test matches than this are not worth a homography.
+    estimator : {"ransac", "magsac"}
+        Robust estimator of the homography (OpenCV RANSAC or USAC MAGSAC++).
     """
     none = Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
     if len(query) < 2 or len(candidate) < 2:
@@ -160,7 +168,7 @@ def verify_pair(
         return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
     src = query.points[[m.queryIdx for m in good]]
     dst = candidate.points[[m.trainIdx for m in good]]
-    homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_px)
+    homography, mask = cv2.findHomography(src, dst, _ESTIMATORS[estimator], ransac_px, maxIters=2000, confidence=0.995)
     if homography is None or mask is None:
         return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
     keep = mask.ravel().astype(bool)

@@ -1,12 +1,21 @@
 """Final stage with verification on: one calibrated decision from all evidence.
 
-Each candidate label is described by four numbers: its best embedding cosine,
-whether the LBP/SVC stage chose it, the most RANSAC inliers any of its entries
-reached, and its smallest LBP chi-square distance. A logistic model turns them
-into a probability-like score; its weights and the accept threshold are fitted
-on held-out data (`pipeline.evaluation.calibrate`) and stored in config, so the
-threshold carries a measured false-accept rate. With no inliers at all (bare
-leaf textures) the texture and embedding terms still decide.
+Two experts, each a logistic model fitted on held-out data
+(`pipeline.evaluation.calibrate`), score every candidate label:
+
+* **geometric**: the label's RANSAC inliers, and their margin over the best
+  other label's (what chance alone reaches against this very query: two cakes
+  of one tea share enough texture for a handful of stray inliers);
+* **appearance**: the label's best embedding cosine and its margin over the
+  best other label's, whether the LBP/SVC stage chose it, and its smallest
+  LBP chi-square distance (bare leaf textures, where no keypoint survives a
+  change of light).
+
+A label's confidence is the larger of the two probabilities, so a stage that
+carries nothing on some kind of photo cannot sink the other: a blurred,
+tilted re-shot whose embedding is lost keeps its inliers, and a relit texture
+with no inliers keeps its appearance. The accept threshold is fitted on the
+same held-out data for a stated false-accept rate.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ import numpy as np
 from pipeline.config import FusionConfig
 from pipeline.matcher.decide import Decision
 
+GEOMETRIC_FEATURES = ("inliers", "inlier_margin")
+APPEARANCE_FEATURES = ("similarity", "similarity_margin", "svc_vote", "lbp_distance")
+
 
 @dataclass(frozen=True)
 class LabelEvidence:
@@ -32,12 +44,17 @@ class LabelEvidence:
     inliers: int
     lbp_distance: float
 
-    def features(self) -> np.ndarray:
-        """The fusion model's inputs, shape (4,), in `FEATURES` order."""
-        return np.array([self.similarity, self.svc_vote, math.log1p(self.inliers), self.lbp_distance], dtype=np.float64)
 
+@dataclass(frozen=True)
+class LabelScore:
+    """A label's two expert probabilities and the confidence taken from them."""
 
-FEATURES = ("similarity", "svc_vote", "inliers", "lbp_distance")
+    geometric: float
+    appearance: float
+
+    @property
+    def confidence(self) -> float:
+        return max(self.geometric, self.appearance)
 
 
 def gather(
@@ -61,11 +78,58 @@ def gather(
     return list(out.values())
 
 
-def score(evidence: LabelEvidence, weights: FusionConfig) -> float:
-    """Logistic score in (0, 1)."""
-    w = np.array([getattr(weights, name) for name in FEATURES])
-    z = weights.bias + float(w @ evidence.features())
-    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+def _runner_up(values: np.ndarray, default: float) -> np.ndarray:
+    """For each position, the largest value at any other position (`default` when alone)."""
+    if values.size < 2:
+        return np.full(values.shape, default)
+    order = np.argsort(-values, kind="stable")
+    first, second = values[order[0]], values[order[1]]
+    out = np.full(values.shape, first)
+    out[order[0]] = second
+    return out
+
+
+def label_features(evidence: Sequence[LabelEvidence]) -> tuple[np.ndarray, np.ndarray]:
+    """The two experts' inputs for every label of one query.
+
+    Margins compare a label with the best OTHER label of the same query. With
+    a single candidate label there is nothing to compare: its inlier margin is
+    its own inlier term (no other label reached any) and its similarity
+    margin is 0 (no evidence either way).
+
+    Returns
+    -------
+    geometric : ndarray, shape (L, 2), dtype float64, in `GEOMETRIC_FEATURES` order
+    appearance : ndarray, shape (L, 4), dtype float64, in `APPEARANCE_FEATURES` order
+    """
+    if not evidence:
+        return np.zeros((0, len(GEOMETRIC_FEATURES))), np.zeros((0, len(APPEARANCE_FEATURES)))
+    inl = np.log1p(np.array([e.inliers for e in evidence], dtype=np.float64))
+    sim = np.array([e.similarity for e in evidence], dtype=np.float64)
+    geometric = np.stack([inl, inl - _runner_up(inl, 0.0)], axis=1)
+    sim_margin = sim - _runner_up(sim, 0.0) if len(evidence) > 1 else np.zeros(1)
+    svc = np.array([e.svc_vote for e in evidence], dtype=np.float64)
+    lbp = np.array([e.lbp_distance for e in evidence], dtype=np.float64)
+    return geometric, np.stack([sim, sim_margin, svc, lbp], axis=1)
+
+
+def _logistic(x: np.ndarray, bias: float, weights: np.ndarray) -> np.ndarray:
+    z = np.clip(bias + x @ weights, -50.0, 50.0)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights: FusionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(geometric, appearance) probabilities, shape (L,) each, from `label_features`' arrays."""
+    g, a = weights.geometric, weights.appearance
+    pg = _logistic(geometric, g.bias, np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
+    pa = _logistic(appearance, a.bias, np.array([getattr(a, n) for n in APPEARANCE_FEATURES]))
+    return pg, pa
+
+
+def score_labels(evidence: Sequence[LabelEvidence], weights: FusionConfig) -> list[LabelScore]:
+    """Both experts' probabilities for every label, in `evidence` order."""
+    pg, pa = expert_probabilities(*label_features(evidence), weights)
+    return [LabelScore(float(g), float(a)) for g, a in zip(pg, pa)]
 
 
 def fuse(
@@ -74,8 +138,8 @@ def fuse(
     weights: FusionConfig,
     accept_confidence: float,
     first_choices: dict[str, str | None],
-) -> tuple[Decision, dict[str, float]]:
-    """Pick the best-scoring label; order candidates by their label's score.
+) -> tuple[Decision, dict[str, LabelScore]]:
+    """Pick the best-scoring label; order candidates by their label's confidence.
 
     Parameters
     ----------
@@ -89,10 +153,10 @@ def fuse(
     """
     if not evidence:
         return Decision("no_match", None, 0.0, np.zeros(0, np.int64), ()), {}
-    scores = {e.label: score(e, weights) for e in evidence}
-    best = max(evidence, key=lambda e: (scores[e.label], e.inliers, e.similarity))
-    order = sorted(range(len(labels)), key=lambda i: (-scores[labels[i]], i != best.position if labels[i] == best.label else 0, i))
-    confidence = scores[best.label]
+    scores = dict(zip((e.label for e in evidence), score_labels(evidence, weights)))
+    best = max(evidence, key=lambda e: (scores[e.label].confidence, e.inliers, e.similarity))
+    order = sorted(range(len(labels)), key=lambda i: (-scores[labels[i]].confidence, i != best.position if labels[i] == best.label else 0, i))
+    confidence = scores[best.label].confidence
     agreed = tuple(stage for stage, label in first_choices.items() if label == best.label)
     status = "matched" if confidence >= accept_confidence else "no_match"
     return Decision(status, best.label if status == "matched" else None, confidence, np.array(order, dtype=np.int64), agreed), scores

@@ -36,6 +36,11 @@ __all__ = [
     "rephotograph",
     "make_table",
     "disc_photo",
+    "disc_scene",
+    "hard_view_params",
+    "add_thumb",
+    "add_glare",
+    "hard_disc_photo",
 ]
 
 
@@ -550,9 +555,29 @@ def disc_photo(
     -------
     ndarray, shape (out_size, out_size[, 3]), dtype uint8
     """
+    scene = disc_scene(source, rng, centre, radius, int(2 * out_size / fill) | 1, table, fill)
+    return rephotograph(scene, rng, out_size=out_size, params=params, border=cv2.BORDER_REPLICATE, **param_kwargs)
+
+
+def disc_scene(
+    source: np.ndarray,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius: float,
+    canvas_side: int,
+    table: np.ndarray | None = None,
+    fill: float = 0.85,
+) -> np.ndarray:
+    """The disc cut from `source` lying on a table, seen from straight above.
+
+    The disc's diameter is `fill` of `canvas_side` and it is centred; the
+    table gets a soft contact shadow.
+
+    Returns
+    -------
+    ndarray, shape (canvas_side, canvas_side[, 3]), dtype uint8
+    """
     channels = 1 if source.ndim == 2 else 3
-    # Work canvas: the disc at a resolution ~2x the output, so the warp has detail.
-    canvas_side = int(2 * out_size / fill) | 1
     disc_px = canvas_side * fill / 2.0  # disc radius in canvas pixels
     k = disc_px / float(radius)
     cx, cy = centre
@@ -575,5 +600,142 @@ def disc_photo(
     t = table.astype(np.float32) * (1.0 - (shadow[..., None] if channels == 3 else shadow))
     s = surface.astype(np.float32)
     a = alpha[..., None] if channels == 3 else alpha
-    scene = np.clip(a * s + (1 - a) * t + 0.5, 0, 255).astype(np.uint8)
-    return rephotograph(scene, rng, out_size=out_size, params=params, border=cv2.BORDER_REPLICATE, **param_kwargs)
+    return np.clip(a * s + (1 - a) * t + 0.5, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------- hard re-shots
+
+
+def hard_view_params(rng: np.random.Generator, fill: float, zoom_range: tuple[float, float] = (0.5, 1.2), max_shrink: float = 0.4) -> ViewParams:
+    """Parameters of one hard phone shot of a flat cake (BENCHMARK.md, "Hard re-shots").
+
+    The tilt is drawn as the foreshortening it causes: the far side of the
+    cake shrinks by up to `max_shrink` against the near side. With the focal
+    length equal to the frame side and the cake's radius rho (fraction of the
+    side), a tilt t gives far/near = (1 - tan t * rho) / (1 + tan t * rho).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    fill : float
+        Cake diameter as a fraction of the frame side at zoom 1.
+    zoom_range : (float, float)
+        Cake size relative to its size in the registration framing.
+    max_shrink : float
+        Largest relative shrink of the far side, 0-1.
+    """
+    zoom = float(np.exp(rng.uniform(np.log(zoom_range[0]), np.log(zoom_range[1]))))
+    rho = fill * zoom / 2.0
+    ratio = 1.0 - float(rng.uniform(0.0, max_shrink))
+    tilt = float(np.degrees(np.arctan((1.0 - ratio) / (1.0 + ratio) / rho)))
+    return ViewParams(
+        angle=float(rng.uniform(0.0, 360.0)),
+        tilt=min(tilt, 65.0),
+        tilt_axis=float(rng.uniform(0.0, 180.0)),
+        scale=zoom,
+        shift=(float(rng.uniform(-0.06, 0.06)), float(rng.uniform(-0.06, 0.06))),
+        light=float(rng.uniform(0.0, 0.8)),
+        light_angle=float(rng.uniform(0.0, 360.0)),
+        cast=tuple(float(g) for g in rng.uniform(0.8, 1.2, size=3)),  # type: ignore[arg-type]
+        gamma=float(np.exp(rng.uniform(np.log(0.6), np.log(1.6)))),
+        gain=float(rng.uniform(0.7, 1.3)),
+        blur=float(rng.uniform(0.8, 2.2)),
+        noise=float(rng.uniform(3.0, 10.0)),
+        quality=int(rng.integers(40, 81)),
+    )
+
+
+def add_thumb(image: np.ndarray, rng: np.random.Generator, centre: np.ndarray, edge: np.ndarray, radius: float) -> np.ndarray:
+    """A thumb (and the hand behind it) over the cake's edge at `edge`.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, 3), dtype uint8, RGB
+    centre, edge : ndarray, shape (2,)
+        Cake centre and a point of its rim, (x, y) in pixels.
+    radius : float
+        Cake radius in pixels (sets the thumb's size: about 2 cm on a 20 cm cake).
+    """
+    h, w = image.shape[:2]
+    out_dir = (edge - centre) / (np.linalg.norm(edge - centre) + 1e-9)
+    length, width = float(rng.uniform(0.35, 0.5)) * radius, float(rng.uniform(0.13, 0.18)) * radius
+    tip = edge + out_dir * (length * float(rng.uniform(-0.6, -0.3)))  # inside the rim
+    mask = np.zeros((h, w), np.uint8)
+    angle = float(np.degrees(np.arctan2(out_dir[1], out_dir[0])))
+    mid = tip + out_dir * length
+    cv2.ellipse(mask, (int(mid[0]), int(mid[1])), (int(length), int(width)), angle, 0, 360, 255, -1, cv2.LINE_AA)
+    far = mid + out_dir * (2.0 * max(h, w))
+    cv2.line(mask, (int(mid[0]), int(mid[1])), (int(far[0]), int(far[1])), 255, int(2.6 * width), cv2.LINE_AA)
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 1.2)
+    depth = cv2.distanceTransform((mask > 127).astype(np.uint8), cv2.DIST_L2, 3)
+    shade = 0.7 + 0.3 * np.clip(depth / max(width, 1.0), 0, 1)
+    skin = np.array([rng.uniform(170, 230), rng.uniform(115, 165), rng.uniform(90, 135)], np.float32)
+    thumb = skin[None, None, :] * shade[..., None]
+    out = image.astype(np.float32) * (1 - soft[..., None]) + thumb * soft[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def add_glare(image: np.ndarray, rng: np.random.Generator, centre: np.ndarray, radius: float) -> np.ndarray:
+    """A lamp's specular spot somewhere on the cake: a bright, saturating blob."""
+    h, w = image.shape[:2]
+    r = float(rng.uniform(0.0, 0.7)) * radius
+    a = float(rng.uniform(0.0, 2 * np.pi))
+    gx, gy = centre[0] + r * np.cos(a), centre[1] + r * np.sin(a)
+    sigma = float(rng.uniform(0.08, 0.2)) * radius
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    blob = np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * sigma * sigma)) * float(rng.uniform(140, 255))
+    out = image.astype(np.float32) + (blob[..., None] if image.ndim == 3 else blob)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def hard_disc_photo(
+    source: np.ndarray,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius: float,
+    out_wh: tuple[int, int],
+    fill: float = 0.85,
+    zoom_range: tuple[float, float] = (0.5, 1.2),
+    params: ViewParams | None = None,
+) -> np.ndarray:
+    """One hard phone shot of a cake: all of BENCHMARK.md's hard conditions at once.
+
+    Strong tilt (far side shrunk by up to 40 %), any rotation, the cake at
+    `zoom_range` of its registration framing, a thumb over its edge, a glare
+    spot, defocus blur, sensor noise and JPEG quality 40-80, in a `out_wh`
+    (width, height) frame.
+
+    Parameters
+    ----------
+    source : ndarray, shape (H, W, 3), dtype uint8, RGB
+    rng : numpy.random.Generator
+    centre, radius : the cake in `source` pixels (as `disc_photo`)
+    out_wh : (int, int)
+        Width and height of the photo, in pixels.
+    fill : float
+        Cake diameter as a fraction of the frame's shorter side at zoom 1.
+    params : ViewParams, optional
+        Fixed shot parameters; otherwise drawn with `hard_view_params`.
+
+    Returns
+    -------
+    ndarray, shape (out_wh[1], out_wh[0], 3), dtype uint8, RGB
+    """
+    w, h = out_wh
+    side = max(w, h)
+    fill = fill * min(w, h) / side  # rendered on a square of the longer side, then cropped
+    canvas = int(2 * side / fill) | 1
+    scene = disc_scene(source, rng, centre, radius, canvas, None, fill)
+    params = params or hard_view_params(rng, fill, zoom_range)
+    homography = camera_homography(((canvas - 1) / 2, (canvas - 1) / 2), canvas, side, params)
+    geo = warp(scene, homography, side, cv2.BORDER_REPLICATE)
+    c = (canvas - 1) / 2.0
+    disc_px = canvas * fill / 2.0
+    rim_angle = float(rng.uniform(0, 2 * np.pi))
+    pts = homography @ np.array([[c, c, 1.0], [c + disc_px * np.cos(rim_angle), c + disc_px * np.sin(rim_angle), 1.0]]).T
+    centre_px, rim_px = pts[:2, 0] / pts[2, 0], pts[:2, 1] / pts[2, 1]
+    cake_r = float(np.linalg.norm(rim_px - centre_px))
+    geo = add_thumb(geo, rng, centre_px, rim_px, cake_r)
+    geo = add_glare(geo, rng, centre_px, cake_r)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    return photometric(np.ascontiguousarray(geo[y0 : y0 + h, x0 : x0 + w]), params, rng)
