@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
-from pipeline.daemon.events import DaemonEvent, FileRemoved, FileRenamed, Folder
+from pipeline.daemon.events import DaemonEvent, DirectorySeen, FileRemoved, FileRenamed, Folder
 from pipeline.daemon.readiness import ReadinessTracker, ignored
 from pipeline.fsutil import is_inside
 
@@ -57,6 +57,11 @@ class DropFolderHandler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            # A folder named like a photo in the (flat) query folder is reported, once, by the daemon.
+            if self.kind == "query" and event.event_type in ("created", "moved"):
+                dest = Path(os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path))
+                if dest.parent == self.folder and self._wanted(dest):
+                    self.notify(DirectorySeen(dest))
             return
         src = Path(os.fsdecode(event.src_path))
         kind = event.event_type
