@@ -29,8 +29,12 @@ class Failure:
     sha256: str | None = None
 
 
-class BudgetExceeded(Exception):
-    """The file's time budget ran out."""
+class BudgetExceeded(BaseException):
+    """The file's time budget ran out.
+
+    A BaseException, like KeyboardInterrupt: decoders' broad `except
+    Exception` (Pillow's header parsing) must not turn it into "not an image".
+    """
 
 
 @contextmanager

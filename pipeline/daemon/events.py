@@ -36,7 +36,6 @@ class FileRenamed:
     dest: Path
 
 
-
 @dataclass(frozen=True)
 class DirectorySeen:
     """A directory with a photo's name appeared in the query folder (it is not searched into)."""

@@ -86,12 +86,14 @@ class DropFolderHandler(FileSystemEventHandler):
 
 
 def scan(folder: Path, recursive: bool, is_candidate: Callable[[Path], bool], patterns: tuple[str, ...]) -> Iterator[Path]:
-    """Candidate files now in `folder` (sorted, so processing order is stable)."""
+    """Candidate entries now in `folder`, directories excepted (sorted, so processing order is stable)."""
     if not folder.is_dir():
         return
     found = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(found):
         if recursive and any(ignored(part, patterns) for part in path.relative_to(folder).parts[:-1]):
             continue
-        if is_candidate(path) and not ignored(path.name, patterns) and (path.is_file() or path.is_symlink()):
+        # Anything but a directory: a FIFO, a socket or a link must be answered
+        # (refused, moved aside) too, or it would sit in the folder forever.
+        if is_candidate(path) and not ignored(path.name, patterns) and (path.is_symlink() or not path.is_dir()):
             yield path
