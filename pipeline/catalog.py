@@ -385,8 +385,11 @@ def _write_segment(
         f.attrs["model_id"] = model_id
         g = f.create_group("entries")
         g.create_dataset("sha256", data=np.array([e.sha256 for e in entries], dtype="S64").reshape(n))
-        g.create_dataset("path", data=[e.path for e in entries], dtype=_STR, shape=(n,))
-        g.create_dataset("label", data=[e.label for e in entries], dtype=_STR, shape=(n,))
+        # Names are stored as their filesystem bytes: a name that is not UTF-8
+        # (lone surrogates after os.fsdecode) is kept exactly, and valid UTF-8
+        # reads back the same as before.
+        g.create_dataset("path", data=[os.fsencode(e.path) for e in entries], dtype=_STR, shape=(n,))
+        g.create_dataset("label", data=[os.fsencode(e.label) for e in entries], dtype=_STR, shape=(n,))
         emb = np.stack([e.embedding for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
         lbp = np.stack([e.lbp for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
         g.create_dataset("embedding", data=emb)
@@ -400,13 +403,18 @@ def _write_segment(
     fsync_path(path.parent)
 
 
+def _name(value: bytes | str) -> str:
+    """A stored path or label back as `os.fsdecode` would give it."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _read_segment(path: Path) -> _Segment:
     with h5py.File(path, "r") as f:
         g = f["entries"]
         return _Segment(
             sha256=np.array([s.decode() for s in g["sha256"][()]], dtype=object),
-            path=[s.decode() if isinstance(s, bytes) else s for s in g["path"][()]],
-            label=[s.decode() if isinstance(s, bytes) else s for s in g["label"][()]],
+            path=[_name(s) for s in g["path"][()]],
+            label=[_name(s) for s in g["label"][()]],
             embedding=g["embedding"][()],
             lbp=g["lbp"][()],
             added_at=g["added_at"][()],

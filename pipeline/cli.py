@@ -21,6 +21,11 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # File names are data: one that is not UTF-8 is shown with its bytes
+    # escaped rather than crashing the output (`--json` escapes it exactly).
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -116,18 +121,28 @@ def _engine(args: argparse.Namespace, config: Config, check_model: bool = True):
 
 
 def iter_photo_files(paths: Sequence[Path], config: Config) -> Iterator[tuple[Path, Path | None]]:
-    """(file, catalog root for labels) for every candidate photo under `paths`."""
+    """(file, catalog root for labels) for every candidate photo under `paths`.
+
+    In a folder, every entry with a photo's name that is not a directory is
+    yielded (a FIFO, a link, a device too): each gets an answer, and the safe
+    open refuses what is not a regular file inside the folder.
+    """
     from pipeline.intake import is_candidate
 
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and is_candidate(child, config.intake) and not child.name.startswith("."):
+                if is_candidate(child, config.intake) and not child.name.startswith(".") and not _is_real_dir(child):
                     yield child, path
         elif path.exists() or path.is_symlink():
             yield path, None
         else:
             raise UsageError(f"no such file or folder: {path}")
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A directory, not a link to one (a folder named `x.jpg` is walked into, not read)."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def cmd_index(args: argparse.Namespace, config: Config) -> int:
@@ -141,7 +156,8 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
         # Group by catalog root so that subfolder labels resolve against the folder given.
         for root in dict.fromkeys(r for _, r in files):
             group = [f for f, r in files if r == root]
-            report = engine.index_files(group, catalog_root=root, progress=bar.update)
+            # Files found in a folder may not lead out of it; files named on the command line may.
+            report = engine.index_files(group, catalog_root=root, progress=bar.update, root=root)
             added += len(report.added)
             duplicates += len(report.duplicates)
             failures += [(p, reason) for p, _, reason in report.failed]
@@ -235,6 +251,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     daemon = status["daemon"]
     print(f"daemon    {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}")
     print(f"pending   {daemon['pending']['catalog']} catalog, {daemon['pending']['query']} query")
+    ignored_dirs = (daemon.get("ignored") or {}).get("query_directories")
+    if ignored_dirs:
+        print(f"ignored   directories in the query folder: {', '.join(ignored_dirs)}")
     if daemon.get("last_error"):
         print(f"last error {daemon['last_error']}")
     return EXIT_OK

@@ -149,6 +149,7 @@ class DaemonConfig:
     catalog_batch_wait_s: float = 0.5
     workers: int = 2
     explain_images: bool = False
+    file_budget_s: float = 30.0
 
 
 @dataclass(frozen=True)

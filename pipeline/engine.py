@@ -98,8 +98,14 @@ class Engine:
         catalog_root: Path | None = None,
         batch: int = 64,
         progress: Callable[[int], None] | None = None,
+        root: Path | None = None,
     ) -> IndexReport:
-        """Register photos, one catalog commit per `batch` files."""
+        """Register photos, one catalog commit per `batch` files.
+
+        A file that cannot be taken, or fails in any way while prepared, is
+        reported in `failed` (code, reason) and the others go on. With `root`,
+        links must stay inside it (a folder walked by `teaprint index`).
+        """
         added: list[str] = []
         duplicates: list[str] = []
         failed: list[tuple[str, str, str]] = []
@@ -114,9 +120,11 @@ class Engine:
 
         for path in paths:
             try:
-                pending.append(self.prepare(Path(path)))
+                pending.append(self.prepare(Path(path), root=root))
             except IntakeError as err:
                 failed.append((str(path), err.code, str(err)))
+            except Exception as exc:  # noqa: BLE001 - one odd file must not cost the others
+                failed.append((str(path), "processing_failed", f"{path}: processing failed: {type(exc).__name__}: {exc}"))
             if progress:
                 progress(1)
             if len(pending) >= batch:
@@ -131,8 +139,14 @@ class Engine:
         try:
             prepared = self.prepare(Path(path), root=root)
         except IntakeError as err:
-            return rejected(name, str(err), err.code, model=self.model_info)
-        return self.match_prepared(prepared, name)
+            return rejected(name, str(err), err.code, sha256=err.sha256, model=self.model_info)
+        except Exception as exc:  # noqa: BLE001 - one odd file gives one rejected result, not a crash
+            return rejected(name, f"{path}: processing failed: {type(exc).__name__}: {exc}", "processing_failed", model=self.model_info)
+        try:
+            return self.match_prepared(prepared, name)
+        except Exception as exc:  # noqa: BLE001
+            return rejected(name, f"{path}: matching failed: {type(exc).__name__}: {exc}", "processing_failed",
+                            sha256=prepared.sha256, model=self.model_info)
 
     def match_prepared(self, prepared: Prepared, query_name: str, embedding: np.ndarray | None = None) -> MatchResult:
         """Run shortlist -> refine -> verify -> decide for one prepared photo."""

@@ -4,7 +4,9 @@ Every photo enters the pipeline through `read_photo`. It either returns a
 `Photo` or raises `IntakeError`, whose `code` says what kind of refusal it is
 and whose message is one line fit to show a user or write to an error file.
 
-The file is read once, with its size checked by `fstat` before reading; those
+The file is read once, through the one safe open (`pipeline.fsutil.open_regular`:
+no FIFO, device or link out of the root is ever opened), with its size
+checked by `fstat` on the opened descriptor before reading; those
 bytes are hashed and decoded, so `Photo.sha256` always names exactly the pixels
 returned, even if the file is rewritten meanwhile. Before any pixel is decoded:
 
@@ -47,9 +49,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import re
-import stat
 import struct
 import threading
 import warnings
@@ -63,6 +63,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import IntakeConfig
+from pipeline.fsutil import UnsafeFile, read_regular, sha256_regular
 
 BYTES_PER_MB = 1_000_000  # `max_file_mb` is in decimal megabytes
 ALPHA_BACKGROUND = 128  # grey level that transparent pixels are composited over
@@ -79,7 +80,6 @@ _REDUCED_FLAGS = {
 _KINDS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF"}
 _ACCEPTED = "JPEG, PNG, WebP, BMP or TIFF"
 _ORIENTATION_TAG = 0x0112
-_READ_CHUNK = 1 << 20
 
 CODES = frozenset(
     {
@@ -109,23 +109,29 @@ class IntakeError(Exception):
         one of JPEG, PNG, WebP, BMP, TIFF, or samples we cannot convert),
         "unreadable" (the operating system refused or failed the read),
         "outside_root", "not_a_file".
+    sha256 : str or None
+        Hex sha256 of the bytes read, when the refusal came after reading
+        them (a damaged image); None when nothing was read (a FIFO, a link
+        out of the root...), so a refusal never carries a hash of anything
+        that intake would not read.
     reason : str
         The message, on one line (line breaks, e.g. from a file name, are
         replaced by spaces).
     """
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, sha256: str | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown intake error code {code!r}")
         reason = " ".join(str(reason).splitlines())
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.sha256 = sha256
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
         # Default pickling would call __init__(reason) only; worker processes
         # send these back to the parent.
-        return (type(self), (self.code, self.reason))
+        return (type(self), (self.code, self.reason, self.sha256))
 
 
 @dataclass(frozen=True)
@@ -160,19 +166,16 @@ class _Header:
     orientation: int  # EXIF orientation 1..8; 1 when absent or invalid
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of the bytes of the file at `path`, read in 1 MiB chunks.
+def file_sha256(path: Path, root: Path | None = None) -> str:
+    """Hex sha256 of the regular file at `path` (the one safe open; no FIFO, device or link out of `root`).
 
     Raises
     ------
     OSError
-        If the file cannot be opened or read.
+        `pipeline.fsutil.UnsafeFile` (an OSError) if the file cannot be opened
+        safely or read.
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_READ_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_regular(path, root=root)
 
 
 def is_candidate(path: Path, config: IntakeConfig) -> bool:
@@ -222,6 +225,8 @@ def read_photo(path: Path, config: IntakeConfig, root: Path | None = None) -> Ph
         Limits (`max_file_mb`, `max_megapixels`) and `work_side`.
     root : Path, optional
         If given, `path` must resolve (symlinks followed) to a file inside it.
+        Without it links are still followed, but only to a regular file: a
+        FIFO, a device or a directory is refused before it is opened.
 
     Returns
     -------
@@ -237,8 +242,11 @@ def read_photo(path: Path, config: IntakeConfig, root: Path | None = None) -> Ph
     path = Path(path)
     data = _read_bytes(path, config, root)
     digest = hashlib.sha256(data).hexdigest()
-    header = _read_header(path, data, config)
-    pixels, reduction = _decode(path, data, header, config.work_side)
+    try:
+        header = _read_header(path, data, config)
+        pixels, reduction = _decode(path, data, header, config.work_side)
+    except IntakeError as err:
+        raise IntakeError(err.code, err.reason, sha256=digest) from None
     width, height = header.size
     original = (height, width) if header.orientation >= 5 else (width, height)
     return Photo(path=path, sha256=digest, pixels=pixels, original_size=original, reduction=reduction)
@@ -246,83 +254,32 @@ def read_photo(path: Path, config: IntakeConfig, root: Path | None = None) -> Ph
 
 # --- reading the bytes -------------------------------------------------------
 
+_UNSAFE_CODES = {
+    "missing": "missing",
+    "not_a_file": "not_a_file",
+    "outside_root": "outside_root",
+    "too_large": "too_large_file",
+    "unreadable": "unreadable",
+}
+
 
 def _read_bytes(path: Path, config: IntakeConfig, root: Path | None) -> bytes:
-    """The whole file, after the checks that need no content."""
-    target = _inside_root(path, root) if root is not None else path
-    try:
-        info = os.stat(target)
-    except (FileNotFoundError, NotADirectoryError):
-        raise IntakeError("missing", f"{path}: no such file") from None
-    except OSError as exc:
-        raise IntakeError("unreadable", f"{path}: cannot read: {exc.strerror}") from None
-    # Checked before opening: opening a FIFO blocks, opening a device can act.
-    _check_regular(path, info)
+    """The whole file, through the one safe open (`pipeline.fsutil.open_regular`)."""
     limit = int(config.max_file_mb * BYTES_PER_MB)
-    _check_file_size(path, info.st_size, limit, config.max_file_mb)
-    # O_NONBLOCK: if a FIFO is swapped in after the stat, open must not block.
-    # O_NOFOLLOW with a root: the checked, resolved name must not turn into a
-    # symlink between the check and the open.
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
-    if root is not None:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(target, flags)
-    except (FileNotFoundError, NotADirectoryError):
-        raise IntakeError("missing", f"{path}: no such file") from None
-    except OSError as exc:
-        raise IntakeError("unreadable", f"{path}: cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        _check_regular(path, info)
-        _check_file_size(path, info.st_size, limit, config.max_file_mb)
-        data = _read_capped(path, fh, limit, config.max_file_mb)
+        data = read_regular(path, limit, root)
+    except UnsafeFile as err:
+        if err.kind == "too_large":
+            size = f"{err.size / BYTES_PER_MB:.1f} MB" if err.size is not None else "larger than that"
+            raise IntakeError(
+                "too_large_file",
+                f"{path}: file is {size}, above the limit of {config.max_file_mb:g} MB (intake.max_file_mb)",
+            ) from None
+        raise IntakeError(_UNSAFE_CODES[err.kind], str(err)) from None
     # Decided on the bytes read, not on st_size: some files report 0 and are not.
     if not data:
         raise IntakeError("empty", f"{path}: file is empty (0 bytes)")
     return data
-
-
-def _inside_root(path: Path, root: Path) -> Path:
-    """`path` with every symlink resolved, if that lies inside `root`."""
-    real_root = os.path.realpath(root)
-    target = os.path.realpath(path)
-    try:
-        inside = os.path.commonpath([real_root, target]) == real_root
-    except ValueError:  # different drives on Windows
-        inside = False
-    if not inside:
-        raise IntakeError("outside_root", f"{path}: resolves to {target}, outside the folder {real_root}")
-    return Path(target)
-
-
-def _check_regular(path: Path, info: os.stat_result) -> None:
-    if stat.S_ISREG(info.st_mode):
-        return
-    kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a special file"
-    raise IntakeError("not_a_file", f"{path}: not a regular file ({kind})")
-
-
-def _check_file_size(path: Path, size: int, limit: int, limit_mb: float) -> None:
-    if size > limit:
-        raise IntakeError(
-            "too_large_file",
-            f"{path}: file is {size / BYTES_PER_MB:.1f} MB, above the limit of {limit_mb:g} MB (intake.max_file_mb)",
-        )
-
-
-def _read_capped(path: Path, fh: io.BufferedReader, limit: int, limit_mb: float) -> bytes:
-    # Capped in case the file grows after the fstat (still being copied in).
-    chunks, total = [], 0
-    try:
-        while chunk := fh.read(_READ_CHUNK):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                _check_file_size(path, total, limit, limit_mb)
-    except OSError as exc:
-        raise IntakeError("unreadable", f"{path}: cannot read: {exc.strerror or exc}") from None
-    return b"".join(chunks)
 
 
 # --- header and structure ----------------------------------------------------

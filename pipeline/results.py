@@ -7,6 +7,7 @@ outputs against it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,7 +69,24 @@ class MatchResult:
         return data
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent, sort_keys=indent is not None)
+        return dumps(self.to_dict(), indent=indent, sort_keys=indent is not None)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(data: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """JSON text, UTF-8 safe, that keeps any file name exactly.
+
+    Text is written as is (`ensure_ascii=False`), except lone surrogates:
+    `os.fsdecode` turns each byte of a name that is not UTF-8 into one
+    (b"\\xff" -> "\\udcff"), and they cannot be encoded as UTF-8. They are
+    written as JSON escapes (`\\udcff`), so `os.fsencode(json.loads(text)[...])`
+    gives back the name's original bytes.
+    """
+    text = json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
+    # Surrogates can only occur inside JSON strings, where an escape is valid.
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def rejected(query: str, reason: str, code: str, sha256: str | None = None, model: ModelInfo | None = None) -> MatchResult:

@@ -36,4 +36,11 @@ class FileRenamed:
     dest: Path
 
 
-DaemonEvent = FileReady | FileRemoved | FileRenamed
+@dataclass(frozen=True)
+class DirectorySeen:
+    """A directory with a photo's name appeared in the query folder (it is not searched into)."""
+
+    path: Path
+
+
+DaemonEvent = FileReady | FileRemoved | FileRenamed | DirectorySeen

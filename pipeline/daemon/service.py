@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,24 +29,19 @@ import structlog
 
 from pipeline.catalog import NewEntry, label_from_path
 from pipeline.config import Config
-from pipeline.daemon.events import DaemonEvent, FileReady, FileRemoved, FileRenamed
-from pipeline.daemon.journal import Intent, Journal, move_aside, unique_path
+from pipeline.daemon.budget import Failure, prepare_within
+from pipeline.daemon.events import DaemonEvent, DirectorySeen, FileReady, FileRemoved, FileRenamed
+from pipeline.daemon.journal import MAX_CRASHES, Intent, Journal, error_name, move_aside, unique_path
 from pipeline.daemon.readiness import ReadinessTracker
 from pipeline.daemon.state import AlreadyRunning, acquire_lock, state_dir, write_status
 from pipeline.daemon.watcher import DropFolderHandler, make_observer, scan
 from pipeline.engine import Engine
 from pipeline.fsutil import is_inside
-from pipeline.intake import file_sha256, is_candidate
-from pipeline.prepare import Prepared, prepare_or_error
-from pipeline.results import rejected, write_json_atomic
+from pipeline.intake import is_candidate
+from pipeline.prepare import Prepared
+from pipeline.results import MatchResult, dumps, rejected, write_json_atomic
 
 log = structlog.get_logger("teaprint.daemon")
-
-
-@dataclass(frozen=True)
-class _Failure:
-    code: str
-    reason: str
 
 
 class Daemon:
@@ -73,6 +69,14 @@ class Daemon:
         self.inflight: deque[tuple[FileReady, Future]] = deque()
         self.batch: list[tuple[FileReady, Prepared]] = []
         self.batch_started = 0.0
+        # Catalog files in flight when a worker process died: re-run one at a
+        # time, so the next crash names the file that causes it.
+        self.suspects: set[Path] = set()
+        self.running_since: dict[Future, float] = {}
+        # Query files whose answer could not be published (e.g. disk full):
+        # not retried in this run; the journal completes them on restart.
+        self.stuck: set[Path] = set()
+        self.ignored_dirs: dict[str, str] = {}  # name -> first seen, for status
         self.counts = {"indexed": 0, "duplicates": 0, "answered": 0, "failed": 0, "removed": 0}
         self.last_error: dict[str, Any] | None = None
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -80,6 +84,8 @@ class Daemon:
     # ------------------------------------------------------------- lifecycle
     def run(self) -> None:
         """Recover, watch, scan, then loop until `stop_requested` is set."""
+        for stale in self.journal.clean_temp_files():
+            log.info("removed_stale_temp", file=stale.name)
         for intent in self.journal.recover():
             log.info("recovered", file=intent.photo, result=intent.result)
         cfg = self.config
@@ -93,8 +99,7 @@ class Daemon:
         # Observer first, then the scan: a file dropped in between is seen by
         # one or the other, and the tracker deduplicates the overlap.
         observer.start()
-        context = multiprocessing.get_context("spawn")  # TensorFlow's threads don't survive fork
-        self.pool = ProcessPoolExecutor(max_workers=max(1, cfg.daemon.workers), mp_context=context, initializer=_worker_init)
+        self.pool = self.new_pool()
         try:
             self.warm_up()
             self.reconcile()
@@ -102,7 +107,11 @@ class Daemon:
             next_reconcile = time.monotonic() + cfg.daemon.watch.reconcile_interval_s
             next_status = 0.0
             while not self.stop_requested.is_set():
-                self.step()
+                try:
+                    self.step()
+                except Exception as exc:  # noqa: BLE001 - last line of defence: log, breathe, go on
+                    log.error("loop_error", error=f"{type(exc).__name__}: {exc}")
+                    time.sleep(0.5)
                 now = time.monotonic()
                 if now >= next_reconcile:
                     self.reconcile()
@@ -130,6 +139,20 @@ class Daemon:
         self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
         for future in futures:
             future.result()
+
+    def new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")  # TensorFlow's threads don't survive fork
+        return ProcessPoolExecutor(max_workers=max(1, self.config.daemon.workers), mp_context=context, initializer=_worker_init)
+
+    def replace_pool(self) -> None:
+        """A worker died or hangs: end the pool's processes and start a fresh pool."""
+        old = self.pool
+        for process in list(getattr(old, "_processes", {}).values()):  # no public way to end one task
+            if process.is_alive():
+                process.kill()
+        old.shutdown(wait=False, cancel_futures=True)
+        self.pool = self.new_pool()
+        self.running_since.clear()
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
@@ -174,6 +197,8 @@ class Daemon:
                 removes.append(event)
             elif isinstance(event, FileRenamed):
                 self.renamed(event)
+            elif isinstance(event, DirectorySeen):
+                self.directory_seen(event.path)
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
@@ -191,24 +216,79 @@ class Daemon:
 
     def feed_pool(self) -> None:
         shape = self.engine.shape
-        while self.catalog_waiting and len(self.inflight) < self.pool_limit():
+        # While suspects of a worker crash are re-run, one file at a time.
+        limit = 1 if self.suspects else self.pool_limit()
+        while self.catalog_waiting and len(self.inflight) < limit:
             ready = self.catalog_waiting.popleft()
-            future = self.pool.submit(prepare_or_error, ready.path, self.config, shape, self.catalog_dir)
+            try:
+                future = self.pool.submit(prepare_within, ready.path, self.config, shape, self.catalog_dir)
+            except BrokenProcessPool:
+                self.catalog_waiting.appendleft(ready)
+                self.pool_broke()
+                return
             self.inflight.append((ready, future))
 
     def collect_prepared(self) -> None:
+        self.check_stalled()
         while self.inflight and self.inflight[0][1].done():
-            ready, future = self.inflight.popleft()
+            ready, future = self.inflight[0]
             try:
                 outcome = future.result()
-            except Exception as exc:  # a worker died (e.g. out of memory): the file is not lost
-                outcome = ("worker_failed", f"processing failed: {exc}")
-            if isinstance(outcome, tuple):
-                self.fail_catalog(ready, _Failure(*outcome))
+            except BrokenProcessPool:
+                self.pool_broke()
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+                outcome = Failure("processing_failed", f"{ready.path.name}: processing failed: {type(exc).__name__}: {exc}")
+            self.inflight.popleft()
+            self.running_since.pop(future, None)
+            self.suspects.discard(ready.path)
+            if isinstance(outcome, Failure):
+                self.fail_catalog(ready, outcome)
                 continue
             if not self.batch:
                 self.batch_started = time.monotonic()
             self.batch.append((ready, outcome))
+
+    def pool_broke(self) -> None:
+        """A worker process died (a crash in a decoder, an out-of-memory kill).
+
+        The file alone in flight is the cause and moves aside; when several
+        were in flight, each is re-run alone (`suspects`), so an innocent file
+        is never failed for another's crash.
+        """
+        flight = [ready for ready, _ in self.inflight]
+        self.inflight.clear()
+        self.replace_pool()
+        if len(flight) == 1 or (flight and flight[0].path in self.suspects):
+            culprit = flight.pop(0)
+            self.suspects.discard(culprit.path)
+            self.fail_catalog(culprit, Failure("worker_crashed", f"{culprit.path.name}: the worker process died while decoding this file"))
+        self.suspects.update(r.path for r in flight)
+        self.catalog_waiting.extendleft(reversed(flight))
+        log.warning("worker_crashed", requeued=len(flight))
+
+    def check_stalled(self) -> None:
+        """A worker past twice the file budget is stuck in one call: end it, move its file aside."""
+        budget = self.config.daemon.file_budget_s
+        if budget <= 0 or not self.inflight:
+            return
+        now = time.monotonic()
+        for ready, future in self.inflight:
+            if future.running():
+                self.running_since.setdefault(future, now)
+        # The budget is enforced inside the worker; this catches only a call
+        # that never returns to Python (the margin covers the one queued task).
+        hard = 2 * budget + 5.0
+        stalled = [(r, f) for r, f in self.inflight if not f.done() and now - self.running_since.get(f, now) > hard]
+        if not stalled:
+            return
+        flight = [r for r, f in self.inflight if not f.done() and (r, f) not in stalled]
+        done = [(r, f) for r, f in self.inflight if f.done()]
+        self.inflight = deque(done)
+        self.replace_pool()
+        for ready, _ in stalled:
+            self.fail_catalog(ready, Failure("timeout", f"{ready.path.name}: decoding took more than {hard:g} s; the worker was ended"))
+        self.catalog_waiting.extendleft(reversed(flight))
 
     def maybe_commit(self) -> None:
         """Commit a full batch, or what there is once nothing more is coming soon."""
@@ -223,6 +303,19 @@ class Daemon:
 
     def commit_batch(self) -> None:
         batch, self.batch = self.batch, []
+        try:
+            self.commit_prepared(batch)
+        except Exception as exc:  # noqa: BLE001 - find the file at fault: commit each alone
+            if len(batch) == 1:
+                ready, _ = batch[0]
+                self.fail_catalog(ready, Failure("processing_failed", f"{ready.path.name}: indexing failed: {type(exc).__name__}: {exc}"))
+                return
+            log.warning("batch_failed", files=len(batch), error=f"{type(exc).__name__}: {exc}")
+            for item in batch:
+                self.batch = [item]
+                self.commit_batch()
+
+    def commit_prepared(self, batch: list[tuple[FileReady, Prepared]]) -> None:
         t0 = time.perf_counter()
         entries = self.engine.new_entries([p for _, p in batch], catalog_root=self.catalog_dir)
         t1 = time.perf_counter()
@@ -238,43 +331,75 @@ class Daemon:
 
     # ------------------------------------------------------------- queries
     def answer(self, ready: FileReady) -> None:
-        """Match one query, publish exactly one result, move the photo out."""
+        """Match one query, publish exactly one result, move the photo out.
+
+        Whatever the file does (refused, over its time budget, a library
+        error while matching) it gets one result and leaves the inbox; it
+        costs that file only. A file that took the daemon down `MAX_CRASHES`
+        times (the journal's attempt records) is moved aside untried.
+        """
         path = ready.path
-        if not (path.exists() or path.is_symlink()):
+        if not os.path.lexists(path) or path in self.stuck:
             self.tracker.forget(path)
             return
         t0 = time.perf_counter()
-        prepared = prepare_or_error(path, self.config, self.engine.shape, self.query_dir)
-        if isinstance(prepared, tuple):
-            code, reason = prepared
-            sha = _sha_or_none(path)
-            result = rejected(path.name, reason, code, sha256=sha, model=self.engine.model_info)
-            destination = unique_path(self.failed, path.stem, path.suffix)
-            error_file = self.failed / f"{destination.name}.error.json"
-            error_text = json.dumps({"file": path.name, "folder": "query", "code": code, "reason": reason,
-                                     "sha256": sha, "at": _now()}, indent=1)
+        crashes = self.journal.crashes(path)
+        if crashes >= MAX_CRASHES:
+            outcome: Prepared | Failure = Failure(
+                "crashed_daemon", f"{path.name}: the daemon stopped {crashes} times while handling this file; moved aside untried")
         else:
-            result = self.engine.match_prepared(prepared, path.name)
-            destination = unique_path(self.processed, path.stem, path.suffix)
-            error_file = error_text = None
-        result_path = unique_path(self.outbox, path.stem, ".json", taken=self.journal.reserved())
-        intent = Intent(str(path), result.sha256 or "", str(result_path), str(destination), str(error_file) if error_file else None, error_text)
-        record = self.journal.begin(intent)
-        if self.config.daemon.explain_images and not isinstance(prepared, tuple):
-            self.explain(path, result, result_path.with_suffix(".jpg"), prepared.local)
-        write_json_atomic(result_path, result.to_json(indent=2))
-        if error_file and error_text:
-            write_json_atomic(error_file, error_text)
-        move_aside(path, destination)
-        self.journal.finish(record)
+            self.journal.begin_attempt(path)
+            outcome = prepare_within(path, self.config, self.engine.shape, self.query_dir)
+        result = self.result_for(path, outcome)
+        try:
+            self.publish(path, outcome, result)
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full; the journal finishes it on restart
+            self.stuck.add(path)
+            self.note_error(path, "publish_failed", f"{type(exc).__name__}: {exc}")
+            log.error("query_publish_failed", file=path.name, error=f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            self.journal.end_attempt(path)
         self.tracker.forget(path)
         self.counts["answered"] += 1
         if result.status == "rejected":
             self.counts["failed"] += 1
             self.note_error(path, result.error_code or "", result.error or "")
         log.info("query", file=path.name, sha256=result.sha256, outcome=result.status, label=result.label,
-                 confidence=result.confidence, result=result_path.name, ready=ready.reason,
+                 confidence=result.confidence, code=result.error_code, ready=ready.reason,
                  timings_ms={**result.timings_ms, "wall": round((time.perf_counter() - t0) * 1e3, 1)})
+
+    def result_for(self, path: Path, outcome: Prepared | Failure) -> MatchResult:
+        """The result object; a refusal, or an error while matching, is a `rejected` one."""
+        if isinstance(outcome, Failure):
+            # The hash is of the bytes intake read, never of a link's target outside the root.
+            return rejected(path.name, outcome.reason, outcome.code, sha256=outcome.sha256, model=self.engine.model_info)
+        try:
+            return self.engine.match_prepared(outcome, path.name)
+        except Exception as exc:  # noqa: BLE001 - odd features must not cost the daemon
+            return rejected(path.name, f"{path.name}: matching failed: {type(exc).__name__}: {exc}", "processing_failed",
+                            sha256=outcome.sha256, model=self.engine.model_info)
+
+    def publish(self, path: Path, outcome: Prepared | Failure, result: MatchResult) -> None:
+        """Journal, result JSON, error file, move: the exactly-once sequence."""
+        if result.status == "rejected":
+            destination = unique_path(self.failed, path.stem, path.suffix, companion=".error.json")
+            error_file: Path | None = self.failed / error_name(destination.name)
+            error_text: str | None = dumps({"file": path.name, "folder": "query", "code": result.error_code,
+                                            "reason": result.error, "sha256": result.sha256, "at": _now()}, indent=1)
+        else:
+            destination = unique_path(self.processed, path.stem, path.suffix)
+            error_file = error_text = None
+        result_path = unique_path(self.outbox, path.stem, ".json", taken=self.journal.reserved())
+        intent = Intent(str(path), result.sha256 or "", str(result_path), str(destination), str(error_file) if error_file else None, error_text)
+        record = self.journal.begin(intent)
+        if self.config.daemon.explain_images and isinstance(outcome, Prepared) and result.status != "rejected":
+            self.explain(path, result, result_path.with_suffix(".jpg"), outcome.local)
+        write_json_atomic(result_path, result.to_json(indent=2))
+        if error_file and error_text:
+            write_json_atomic(error_file, error_text)
+        move_aside(path, destination)
+        self.journal.finish(record)
 
     def explain(self, path: Path, result: Any, out: Path, query_local: Any = None) -> None:
         """The picture beside the JSON; written first, so the JSON's arrival means both are there."""
@@ -289,18 +414,26 @@ class Daemon:
             log.warning("explain_failed", file=path.name, reason=str(exc))
 
     # ------------------------------------------------------------- catalog
-    def fail_catalog(self, ready: FileReady, failure: _Failure) -> None:
+    def fail_catalog(self, ready: FileReady, failure: Failure) -> None:
         path = ready.path
-        if not (path.exists() or path.is_symlink()):
-            return
-        destination = move_aside(path, unique_path(self.failed, path.stem, path.suffix))
-        error = {"file": str(path.relative_to(self.catalog_dir)), "folder": "catalog", "code": failure.code,
-                 "reason": failure.reason, "at": _now()}
-        write_json_atomic(self.failed / f"{destination.name}.error.json", json.dumps(error, indent=1))
         self.tracker.forget(path)
+        if not os.path.lexists(path):
+            return
+        destination = move_aside(path, unique_path(self.failed, path.stem, path.suffix, companion=".error.json"))
+        error = {"file": str(path.relative_to(self.catalog_dir)), "folder": "catalog", "code": failure.code,
+                 "reason": failure.reason, "sha256": failure.sha256, "at": _now()}
+        write_json_atomic(self.failed / error_name(destination.name), dumps(error, indent=1))
         self.counts["failed"] += 1
         self.note_error(path, failure.code, failure.reason)
         log.warning("catalog", file=str(path), outcome="failed", code=failure.code, reason=failure.reason, moved_to=str(destination))
+
+    def directory_seen(self, path: Path) -> None:
+        """A directory with a photo's name in the query folder: said once, in the log and the status."""
+        if path.name in self.ignored_dirs or not path.is_dir() or path.is_symlink():
+            return
+        self.ignored_dirs[path.name] = _now()
+        log.warning("ignored_directory", file=path.name, folder="query",
+                    reason="a directory, not a photo; the query folder is not searched into")
 
     def removed(self, events: list[FileRemoved]) -> None:
         catalog = self.engine.catalog
@@ -344,6 +477,10 @@ class Daemon:
         for path in scan(self.query_dir, False, wanted, patterns):
             if path not in queued:
                 self.tracker.observe("scan", path, "query")
+        for path in self.query_dir.iterdir():
+            if wanted(path) and path.is_dir() and not path.is_symlink():
+                self.directory_seen(path)
+        self.ignored_dirs = {n: t for n, t in self.ignored_dirs.items() if (self.query_dir / n).is_dir()}
 
     # ------------------------------------------------------------- status
     def note_error(self, path: Path, code: str, reason: str) -> None:
@@ -353,6 +490,7 @@ class Daemon:
         write_status(self.root, self.config, {
             "pid": os.getpid(), "running": running, "started_at": self.started_at, "updated_at": _now(),
             "processed": self.counts, "last_error": self.last_error,
+            "ignored": {"query_directories": sorted(self.ignored_dirs)},
             "queue": {"query": len(self.queries), "catalog": len(self.catalog_waiting) + len(self.inflight) + len(self.batch),
                       "unsettled": self.tracker.pending_count()},
         })
@@ -395,16 +533,9 @@ def _worker_init() -> None:
 
 
 def _worker_ready() -> bool:
-    import pipeline.prepare  # noqa: F401  (the import is the warm-up)
+    import pipeline.daemon.budget  # noqa: F401  (the import is the warm-up)
 
     return True
-
-
-def _sha_or_none(path: Path) -> str | None:
-    try:
-        return file_sha256(path)
-    except Exception:
-        return None
 
 
 def _now() -> str:

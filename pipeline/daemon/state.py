@@ -80,6 +80,7 @@ def daemon_status(root: Path, config: Config) -> dict[str, Any]:
         "pid": _read_pid(folder) if running else None,
         "pending": {"catalog": pending_catalog, "query": pending_query},
         "last_error": saved.get("last_error"),
+        "ignored": saved.get("ignored"),
         "processed": saved.get("processed"),
         "started_at": saved.get("started_at") if running else None,
     }

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
-from pipeline.daemon.events import DaemonEvent, FileRemoved, FileRenamed, Folder
+from pipeline.daemon.events import DaemonEvent, DirectorySeen, FileRemoved, FileRenamed, Folder
 from pipeline.daemon.readiness import ReadinessTracker, ignored
 from pipeline.fsutil import is_inside
 
@@ -57,6 +57,11 @@ class DropFolderHandler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            # A folder named like a photo in the (flat) query folder is reported, once, by the daemon.
+            if self.kind == "query" and event.event_type in ("created", "moved"):
+                dest = Path(os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path))
+                if dest.parent == self.folder and self._wanted(dest):
+                    self.notify(DirectorySeen(dest))
             return
         src = Path(os.fsdecode(event.src_path))
         kind = event.event_type
@@ -81,12 +86,14 @@ class DropFolderHandler(FileSystemEventHandler):
 
 
 def scan(folder: Path, recursive: bool, is_candidate: Callable[[Path], bool], patterns: tuple[str, ...]) -> Iterator[Path]:
-    """Candidate files now in `folder` (sorted, so processing order is stable)."""
+    """Candidate entries now in `folder`, directories excepted (sorted, so processing order is stable)."""
     if not folder.is_dir():
         return
     found = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(found):
         if recursive and any(ignored(part, patterns) for part in path.relative_to(folder).parts[:-1]):
             continue
-        if is_candidate(path) and not ignored(path.name, patterns) and (path.is_file() or path.is_symlink()):
+        # Anything but a directory: a FIFO, a socket or a link must be answered
+        # (refused, moved aside) too, or it would sit in the folder forever.
+        if is_candidate(path) and not ignored(path.name, patterns) and (path.is_symlink() or not path.is_dir()):
             yield path

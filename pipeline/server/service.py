@@ -49,7 +49,7 @@ from PIL import Image
 from pipeline.catalog import CatalogEntry, CatalogIndex, NewEntry, label_from_path
 from pipeline.config import Config
 from pipeline.engine import Engine
-from pipeline.fsutil import fsync_path, is_inside
+from pipeline.fsutil import fsync_path, is_inside, open_regular
 from pipeline.intake import BYTES_PER_MB, IntakeError, file_sha256, read_photo
 from pipeline.prepare import Prepared
 from pipeline.results import MatchResult, rejected
@@ -450,7 +450,7 @@ class TeaprintService:
 def _extension(path: Path) -> str:
     """The extension of the detected format (the upload's name plays no part)."""
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as fh, Image.open(fh) as image:  # the one safe open, as for every read
             return _EXTENSIONS.get(image.format or "", ".img")
     except Exception:
         return ".img"
