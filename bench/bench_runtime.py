@@ -19,6 +19,8 @@ runtime then runs in its own fresh subprocess, which reports:
   the raw outputs and of the rotation-pooled embeddings (min and mean).
 
 Ratios are against Keras measured in the same run. Last line: one JSON object.
+ONNX Runtime and tf2onnx are not project dependencies (LiteRT won): without
+them (`.venv/bin/pip install onnxruntime tf2onnx`) that row is left out, said so.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-RUNTIMES = ("keras", "onnxruntime", "litert")
+ALL_RUNTIMES = ("keras", "onnxruntime", "litert")
 
 CHILD = r"""
 import json, os, sys, time
@@ -134,15 +136,23 @@ def main() -> int:
         np.save(tmpd / "inputs.npy", inputs)
         print(f"held-out set: {n_photos} photos, {n_crops} crops, {len(inputs)} model inputs")
         files = {"keras": args.model, "onnxruntime": tmpd / "enc.onnx", "litert": tmpd / "enc.tflite"}
-        t = time.perf_counter()
-        export_onnx(args.model, files["onnxruntime"])
-        print(f"ONNX export {time.perf_counter() - t:.1f} s, {files['onnxruntime'].stat().st_size / 1e6:.2f} MB")
+        runtimes = list(ALL_RUNTIMES)
+        try:
+            import onnxruntime  # noqa: F401
+            import tf2onnx  # noqa: F401
+        except ImportError:
+            print("onnxruntime / tf2onnx not installed: ONNX Runtime left out")
+            runtimes.remove("onnxruntime")
+        if "onnxruntime" in runtimes:
+            t = time.perf_counter()
+            export_onnx(args.model, files["onnxruntime"])
+            print(f"ONNX export {time.perf_counter() - t:.1f} s, {files['onnxruntime'].stat().st_size / 1e6:.2f} MB")
         t = time.perf_counter()
         export_litert(args.model, files["litert"])
         print(f"LiteRT export {time.perf_counter() - t:.1f} s, {files['litert'].stat().st_size / 1e6:.2f} MB")
         figures: dict[str, dict] = {}
         outputs = {}
-        for kind in RUNTIMES:
+        for kind in runtimes:
             out = tmpd / f"{kind}.npy"
             proc = subprocess.run(
                 [sys.executable, "-c", CHILD, kind, str(files[kind]), str(tmpd / "inputs.npy"), str(out), str(args.repeats)],
@@ -156,7 +166,7 @@ def main() -> int:
         ref = outputs["keras"]
         n = len(ref) // pool
         ref_pooled = l2_normalise(ref.reshape(pool, n, -1).mean(axis=0))
-        for kind in RUNTIMES:
+        for kind in runtimes:
             raw = np.sum(outputs[kind] * ref, axis=1) / (np.linalg.norm(outputs[kind], axis=1) * np.linalg.norm(ref, axis=1))
             pooled = np.sum(l2_normalise(outputs[kind].reshape(pool, n, -1).mean(axis=0)) * ref_pooled, axis=1)
             figures[kind].update(cos_raw_min=float(raw.min()), cos_pooled_min=float(pooled.min()), cos_pooled_mean=float(pooled.mean()),

@@ -441,7 +441,7 @@ class TeaprintService:
             "labels": len(labels),
             "index": index,
             "model": {"id": info.id, "threshold": info.threshold, "threshold_source": info.threshold_source,
-                      "path": self.engine.encoder.info.path},
+                      "path": self.engine.encoder.info.path, "runtime": self.engine.encoder.info.runtime},
             "daemon": daemon_status(self.root, self.config),
             "server": {"pid": os.getpid(), "started_at": self.started_at, "counts": counts},
         }
