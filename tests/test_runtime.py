@@ -170,3 +170,29 @@ def test_running_daemon_and_server_answer_without_tensorflow_loaded(server: Serv
         assert _tensorflow_libraries(proc.pid) == []
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "/site-packages/ai_edge_litert/" in maps  # the encoder really ran in this process, on LiteRT
+
+
+def test_concurrent_matches_through_the_service_equal_sequential_ones(tiny_config_file: Path, tmp_path: Path) -> None:
+    """The server matches without a global lock: parallel answers must be exactly the sequential ones."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.config import load_config
+    from pipeline.server.service import TeaprintService, Upload
+
+    photos = source_photos()
+    for name, rgb in photos.items():
+        write_rgb(tmp_path / "catalog" / f"{name}-1.jpg", rgb)
+    service = TeaprintService.load(load_config(tiny_config_file), tmp_path / "root")
+    service.engine.index_files(sorted((tmp_path / "catalog").glob("*.jpg")), catalog_root=tmp_path / "catalog")
+    queries = [jpeg_bytes(rotated_view(rgb, angle, gain=1.05)) for rgb in photos.values() for angle in (17, 200)]
+
+    def answer(data: bytes) -> tuple:
+        r = service.match(Upload(io.BytesIO(data), "q.jpg"))
+        return r.status, r.label, r.confidence, tuple((m.id, m.similarity, m.inliers) for m in r.matches)
+
+    sequential = [answer(q) for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(answer, queries * 2))
+    assert parallel == sequential * 2
+    assert sum(s[1] == name for s, name in zip(sequential, [n for n in photos for _ in (0, 1)])) >= len(queries) // 2
