@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_engine.py
 	$(VENV)/bin/python bench/bench_daemon.py
 	$(VENV)/bin/python bench/bench_server.py
+	$(VENV)/bin/python bench/bench_runtime.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """HTTP match throughput and latency of `teaprint serve` on a 1k-entry catalog.
 
-    python bench/bench_server.py [--entries 1000] [--requests 64] [--model PATH] [--keep DIR]
+    python bench/bench_server.py [--entries 1000] [--requests 64] [--concurrency 1 4 8] [--model PATH] [--keep DIR]
 
 Builds a catalog of `--entries` distinct disc photos ("cakes", 256 px JPEGs,
 cut from scikit-image's photos and procedural textures) in a temp root,
 indexes it in-process, starts the real server as a subprocess on a loopback
 port with a token, and sends `POST /match` requests (re-shot views of
-registered cakes) at concurrency 1 and 8. Prints requests/s and p50/p95
-latency per concurrency. The model is the shipped one when present, else the
+registered cakes) at each `--concurrency` level (default 1, 4 and 8). Prints
+requests/s, p50/p95 latency, the server's CPU use in cores (its CPU seconds /
+wall: above 1 means requests ran in parallel), the 1-minute load average (on a
+shared machine a ratio means little when the load is above the cores), and the
+throughput ratio to concurrency 1 measured in the same run (the goal: >= 1.8 at 4 on a machine with the cores for it),
+then one JSON line with every figure. The model is the shipped one when present, else the
 tiny test encoder (say which in the output; the figures depend on it).
 """
 
@@ -132,7 +136,13 @@ def start_server(root: Path, config_path: Path) -> tuple[subprocess.Popen, int, 
     raise SystemExit(f"server did not start in 180 s:\n{log.read_text()[-2000:]}")
 
 
-def run(url: str, queries: list[tuple[bytes, str]], concurrency: int, total: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(url: str, queries: list[tuple[bytes, str]], concurrency: int, total: int, pid: int) -> dict[str, float]:
     import requests
 
     local = threading.local()
@@ -158,12 +168,14 @@ def run(url: str, queries: list[tuple[bytes, str]], concurrency: int, total: int
         list(pool.map(one, range(concurrency)))
     latencies.clear()
     correct = 0
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(total)))
     wall = time.perf_counter() - t0
+    cores = (cpu_seconds(pid) - cpu0) / wall
     q = statistics.quantiles(latencies, n=20)
-    return {"rps": total / wall, "p50": statistics.median(latencies) * 1e3, "p95": q[18] * 1e3, "n": total, "correct": correct}
+    return {"rps": total / wall, "p50": statistics.median(latencies) * 1e3, "p95": q[18] * 1e3, "n": total, "correct": correct,
+            "server_cores": cores, "load_avg": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=64, help="timed requests per concurrency level")
     parser.add_argument("--model", type=Path, default=None, help="encoder (.keras); default: shipped model, else the tiny test encoder")
     parser.add_argument("--keep", type=Path, default=None, help="use (and keep) this root instead of a temp one")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], help="levels; the first is the ratios' baseline")
     args = parser.parse_args(argv)
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="teaprint-bench-server-"))
@@ -190,10 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         proc, port, _ = start_server(root, config_path)
         url = f"http://127.0.0.1:{port}"
         print(f"server {url}  model {which}  catalog {args.entries} entries  cpus {os.cpu_count()}", flush=True)
-        print(f"{'concurrency':>11} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'right label':>11}")
-        for c in (1, 8):
-            r = run(url, queries, c, args.requests)
-            print(f"{c:>11} {r['n']:>8} {r['rps']:>7.2f} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['correct']:>7}/{r['n']}", flush=True)
+        print(f"{'concurrency':>11} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'right label':>11} {'cores':>5} {'load':>5} "
+              f"{'x c' + str(args.concurrency[0]):>6}")
+        figures = {}
+        for c in args.concurrency:
+            r = figures[c] = run(url, queries, c, args.requests, proc.pid)
+            r["ratio"] = r["rps"] / figures[args.concurrency[0]]["rps"]
+            print(f"{c:>11} {r['n']:>8} {r['rps']:>7.2f} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['correct']:>7}/{r['n']} "
+                  f"{r['server_cores']:>5.2f} {r['load_avg']:>5.1f} {r['ratio']:>6.2f}", flush=True)
+        print(json.dumps({"entries": args.entries, "cpus": os.cpu_count(), "model": which, "levels": figures}))
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

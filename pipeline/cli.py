@@ -98,6 +98,9 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser("train", help="train the siamese encoder")
         add_train_arguments(p)
         p.set_defaults(handler=lambda args, config: run_train(args))
+        p = sub.add_parser("export", help="export the encoder for serving without TensorFlow (LiteRT file beside the .keras)")
+        p.add_argument("model", nargs="?", type=Path, default=None, help="the .keras file (default: model.path)")
+        p.set_defaults(handler=cmd_export)
 
     try:
         from pipeline.evaluation.cli import add_eval_arguments, run_eval
@@ -112,6 +115,17 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit the fused decision and its threshold on held-out benchmarks")
     add_calibrate_arguments(p)
     p.set_defaults(handler=run_calibrate)
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.engine import resolve_model_path
+    from pipeline.training.export import export_encoder
+
+    model = args.model or resolve_model_path(config, args.root)
+    report = export_encoder(model)
+    print(json.dumps({"exported": str(report.path), "model_id": report.source_model_id,
+                      "cosine_min": round(report.cosine_min, 7), "inputs": report.inputs}))
+    return EXIT_OK
 
 
 def _engine(args: argparse.Namespace, config: Config, check_model: bool = True):

@@ -8,6 +8,7 @@ the evaluation and the server all go through here.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,28 @@ def resolve_model_path(config: Config, root: Path) -> Path:
     return candidate if candidate.exists() else REPO_ROOT / path
 
 
+@dataclass(frozen=True)
+class CatalogView:
+    """One catalog generation as a match reads it: entries, their matrices, the vote index.
+
+    Taken together under the engine's lock, so a concurrent refresh can never
+    pair one generation's entries with another's matrices; the objects are
+    never mutated afterwards (a refresh builds new ones).
+    """
+
+    entries: list
+    embeddings: np.ndarray
+    lbps: np.ndarray
+    votes: VoteIndex | None
+
+
 class Engine:
-    """A loaded encoder and an open catalog, with the operations on them."""
+    """A loaded encoder and an open catalog, with the operations on them.
+
+    `match_prepared` and `embed` may be called from many threads at once (the
+    HTTP server does): the catalog is read through `catalog_view` and the
+    encoder is thread-safe; the stages after it are pure functions.
+    """
 
     def __init__(self, config: Config, root: Path, encoder: Encoder, check_model: bool = True) -> None:
         self.config = config
@@ -52,6 +73,7 @@ class Engine:
         self.catalog = CatalogIndex(self.path("index"), model_id=encoder.info.model_id if check_model else None)
         self.shape = EncoderInput(encoder.info.input_size, encoder.info.channels, encoder.info.disc_mask)
         self._votes: VoteIndex | None = None
+        self._view_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True) -> "Engine":
@@ -153,16 +175,15 @@ class Engine:
         clock = _Clock(prepared.timings_ms)
         query = self.embed([prepared])[0] if embedding is None else embedding
         clock.lap("embed")
-        self.catalog.refresh()
-        entries = self.catalog.entries()
-        embeddings, lbps = self.catalog.matrices()
         cfg = self.config.matcher
+        view = self.catalog_view(with_votes=cfg.shortlist.vote_top_k > 0 and cfg.verify.enabled)
+        entries, embeddings, lbps = view.entries, view.embeddings, view.lbps
         info = self.model_info
         sl = cfg.shortlist
         short = shortlist(query, embeddings, sl.top_k, info.threshold, sl.min_candidates, sl.floor)
         extras = [("lbp", lbp_nearest(prepared.lbp, lbps, sl.lbp_top_k))]
         if sl.vote_top_k > 0 and cfg.verify.enabled:
-            extras.append(("votes", vote(self._vote_index(entries), prepared.local, sl.vote_top_k, cfg.verify.ratio)))
+            extras.append(("votes", vote(view.votes, prepared.local, sl.vote_top_k, cfg.verify.ratio)))
         candidates = widen(short, extras, query, embeddings)
         clock.lap("shortlist")
         rows = candidates.indices
@@ -186,7 +207,7 @@ class Engine:
         matches = tuple(self._evidence(entries[rows[i]], i, candidates, refined, verified, scores) for i in decision.order)
         stages = {
             "shortlist": {
-                "candidates": len(self.catalog),
+                "candidates": len(entries),
                 "kept": len(short),
                 "widened_to": len(candidates),
                 "threshold": info.threshold,
@@ -218,6 +239,14 @@ class Engine:
             model=info,
             sha256=prepared.sha256,
         )
+
+    def catalog_view(self, with_votes: bool = True) -> CatalogView:
+        """The catalog's latest committed generation, refreshed and read as one consistent view."""
+        with self._view_lock:
+            self.catalog.refresh()
+            entries = self.catalog.entries()
+            embeddings, lbps = self.catalog.matrices()
+            return CatalogView(entries, embeddings, lbps, self._vote_index(entries) if with_votes else None)
 
     def _vote_index(self, entries: list) -> VoteIndex:
         """The catalog-wide keypoint index, rebuilt only when the catalog changed."""

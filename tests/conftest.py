@@ -14,13 +14,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real, untrained, tiny encoder saved as .keras + .json (32 px, 16-d)."""
+def tiny_keras_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, untrained, tiny encoder saved as .keras + .json only (32 px, 16-d), not exported."""
     from pipeline.training.model import build_encoder, save_encoder
 
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    path = tmp_path_factory.mktemp("model-keras") / "tiny.keras"
     model = build_encoder(input_size=32, channels=3, embedding_dim=16, width=4, seed=1)
     save_encoder(model, path, {"threshold": 0.5, "rotation_pool": 1})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tiny_keras_model: Path) -> Path:
+    """The tiny encoder as shipped models are: .keras + .json + its LiteRT export (.tflite), served by LiteRT."""
+    import shutil
+
+    from pipeline.features.embedding import metadata_path
+    from pipeline.training.export import export_encoder
+
+    folder = tmp_path_factory.mktemp("model")
+    path = folder / tiny_keras_model.name
+    shutil.copy2(tiny_keras_model, path)
+    shutil.copy2(metadata_path(tiny_keras_model), metadata_path(path))
+    export_encoder(path)
     return path
 
 

@@ -1,7 +1,10 @@
 """The siamese encoder: load it, prepare its input, embed images.
 
 A model is two files side by side: `NAME.keras` (Keras 3, loaded with
-`safe_mode=True`) and `NAME.json`, its metadata. The metadata carries the input
+`safe_mode=True`) and `NAME.json`, its metadata; for serving, a third,
+`NAME.tflite`, the same weights exported for LiteRT (`ai-edge-litert`,
+TensorFlow's inference runtime; `pipeline.training.export`), so that serving
+never imports TensorFlow. The metadata carries the input
 size, channels and preprocessing, so that training and serving share one
 definition: `prepare_input` below is what both call. The model itself contains
 its rescaling from 0-255 and its final L2 normalisation, so a caller can never
@@ -13,14 +16,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
+import structlog
 
 METADATA_FORMAT = "teaprint-encoder/1"
+# The runtime that serves exported encoders, and the file suffix it reads.
+SERVING_RUNTIME = "litert"
+SERVING_SUFFIX = ".tflite"
+# An export whose outputs differ more than this from Keras' is refused (issue 14).
+MIN_EXPORT_COSINE = 0.999
+
+log = structlog.get_logger()
 
 
 class ModelError(RuntimeError):
@@ -32,7 +44,9 @@ class EncoderInfo:
     """What a caller must know about a loaded encoder.
 
     `model_id` is the first 16 hex digits of the sha256 of the `.keras` file,
-    so an index built with other weights is always recognised as such.
+    so an index built with other weights is always recognised as such. It is
+    the same whichever runtime serves the weights (`runtime`: "keras" or
+    "litert"): an export records the id of the `.keras` it came from.
     """
 
     model_id: str
@@ -43,12 +57,18 @@ class EncoderInfo:
     threshold: float | None
     rotation_pool: int = 1
     disc_mask: bool = False
+    runtime: str = "keras"
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def metadata_path(model_path: Path) -> Path:
     """The metadata file that sits beside `model_path`."""
     return Path(model_path).with_suffix(".json")
+
+
+def serving_path(model_path: Path) -> Path:
+    """The exported serving model that sits beside `model_path`."""
+    return Path(model_path).with_suffix(SERVING_SUFFIX)
 
 
 def file_model_id(model_path: Path) -> str:
@@ -134,53 +154,122 @@ def _disc(size: int) -> np.ndarray:
 
 
 class Encoder:
-    """A loaded encoder: `embed` maps photos to L2-normalised vectors."""
+    """A loaded encoder: `embed` maps photos to L2-normalised vectors.
 
-    def __init__(self, model: Any, info: EncoderInfo) -> None:
-        self._model = model
+    `run` is the bare model call, (N, S, S, C) float32 0-255 -> (N, D); it is
+    thread-safe for both runtimes (a Keras model may be called from several
+    threads at once; LiteRT gets one interpreter per calling thread).
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: EncoderInfo) -> None:
+        self.run = run
         self.info = info
 
     @classmethod
-    def load(cls, model_path: Path) -> "Encoder":
-        """Load `model_path` (.keras, safe mode) and its metadata.
+    def load(cls, model_path: Path, runtime: str = "auto") -> "Encoder":
+        """Load the encoder at `model_path` (the `.keras` path) and its metadata.
+
+        Parameters
+        ----------
+        model_path : Path
+        runtime : {"auto", "keras", "litert"}
+            "auto" serves the export recorded in the metadata when it is there
+            and made from this `.keras`, else falls back to Keras with a logged
+            warning; "keras" always loads Keras (training, export);
+            "litert" requires the export.
 
         Raises
         ------
         ModelError
-            If either file is missing or unreadable, or they disagree.
+            If a needed file is missing or unreadable, or they disagree.
         """
         model_path = Path(model_path)
-        meta_file = metadata_path(model_path)
+        if not model_path.is_file() and not serving_path(model_path).is_file():
+            raise ModelError(f"model file not found: {model_path}")
+        meta = _read_metadata(model_path)
+        if runtime not in ("auto", "keras", SERVING_RUNTIME):
+            raise ModelError(f"unknown encoder runtime {runtime!r}")
+        if runtime != "keras":
+            problem, exported, model_id = _serving_export(model_path, meta)
+            if problem is None:
+                return cls.from_litert(exported, _info(model_id, model_path, meta, runtime=SERVING_RUNTIME))
+            if runtime == SERVING_RUNTIME:
+                raise ModelError(problem)
+            log.warning("encoder_fallback_keras", reason=problem, model=str(model_path),
+                        hint="run `teaprint export` to serve without TensorFlow")
         if not model_path.is_file():
             raise ModelError(f"model file not found: {model_path}")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"model metadata {meta_file} unreadable: {exc}") from None
-        if meta.get("format") != METADATA_FORMAT:
-            raise ModelError(f"{meta_file}: format {meta.get('format')!r}, expected {METADATA_FORMAT!r}")
         import keras  # deferred: importing TensorFlow costs seconds
 
         try:
             model = keras.models.load_model(model_path, safe_mode=True, compile=False)
         except Exception as exc:  # keras raises many types for a bad file
             raise ModelError(f"cannot load model {model_path}: {exc}") from None
-        size, channels = int(meta["input_size"]), int(meta["channels"])
-        expected = (None, size, size, channels)
-        if tuple(model.input_shape) != expected:
-            raise ModelError(f"{model_path}: input shape {model.input_shape} != metadata {expected}")
-        info = EncoderInfo(
-            model_id=file_model_id(model_path),
-            path=str(model_path),
-            input_size=size,
-            channels=channels,
-            embedding_dim=int(model.output_shape[-1]),
-            threshold=meta.get("threshold"),
-            rotation_pool=int(meta.get("rotation_pool", 1)),
-            disc_mask=bool(meta.get("disc_mask", False)),
-            metadata=meta,
-        )
-        return cls(model, info)
+        return cls.from_keras(model, _info(file_model_id(model_path), model_path, meta, runtime="keras"))
+
+    @classmethod
+    def from_keras(cls, model: Any, info: EncoderInfo) -> "Encoder":
+        """An encoder served by the Keras `model`, described by `info`.
+
+        Raises
+        ------
+        ModelError
+            If the model's shapes disagree with `info`.
+        """
+        info = _check_shapes(Path(info.path), tuple(model.input_shape), int(model.output_shape[-1]), info)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return model(batch, training=False).numpy().astype(np.float32, copy=False)
+
+        return cls(run, replace(info, runtime="keras"))
+
+    @classmethod
+    def from_litert(cls, tflite_path: Path, info: EncoderInfo) -> "Encoder":
+        """An encoder served by LiteRT from `tflite_path`, described by `info`.
+
+        A LiteRT interpreter is not thread-safe, so each calling thread gets
+        its own (the weights are memory-mapped once by the OS; each adds its
+        activation arena, a few MB). Resizing to a batch size seen before is
+        cheap (XNNPACK keeps the plans), so one interpreter serves all sizes.
+
+        Raises
+        ------
+        ModelError
+            If the file cannot be loaded or its shapes disagree with `info`.
+        """
+        from ai_edge_litert.interpreter import Interpreter  # deferred: only serving needs it
+
+        path = str(tflite_path)
+        threads = os.cpu_count() or 1
+
+        def open_interpreter() -> Any:
+            try:
+                return Interpreter(model_path=path, num_threads=threads)
+            except Exception as exc:  # LiteRT raises ValueError/RuntimeError for bad files
+                raise ModelError(f"cannot load exported model {path}: {exc}") from None
+
+        first = open_interpreter()
+        inp, out = first.get_input_details()[0], first.get_output_details()[0]
+        dims = tuple(None if d < 0 else int(d) for d in inp["shape_signature"])
+        info = _check_shapes(Path(tflite_path), dims, int(out["shape"][-1]), info)
+        local = threading.local()
+        local.interpreter, local.batch = first, None
+        in_index, out_index = inp["index"], out["index"]
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            interpreter = getattr(local, "interpreter", None)
+            if interpreter is None:
+                interpreter = local.interpreter = open_interpreter()
+                local.batch = None
+            if local.batch != batch.shape:
+                interpreter.resize_tensor_input(in_index, list(batch.shape))
+                interpreter.allocate_tensors()
+                local.batch = batch.shape
+            interpreter.set_tensor(in_index, np.ascontiguousarray(batch, dtype=np.float32))
+            interpreter.invoke()
+            return interpreter.get_tensor(out_index).copy()  # the arena is reused by the next call
+
+        return cls(run, replace(info, path=path, runtime=SERVING_RUNTIME))
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Embed decoded photos.
@@ -211,7 +300,7 @@ class Encoder:
         """Embed inputs already made by `prepare_input`: (N, S, S, C) -> (N, D)."""
         views = rotations(batch, self.info.rotation_pool)
         flat = views.reshape(-1, *batch.shape[1:])
-        vectors = self._model(flat, training=False).numpy().astype(np.float32, copy=False)
+        vectors = self.run(flat)
         pooled = vectors.reshape(views.shape[0], batch.shape[0], -1).mean(axis=0)
         return l2_normalise(pooled)
 
@@ -230,3 +319,64 @@ def save_metadata(model_path: Path, metadata: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, target)
     return target
+
+
+def _read_metadata(model_path: Path) -> dict[str, Any]:
+    meta_file = metadata_path(model_path)
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model metadata {meta_file} unreadable: {exc}") from None
+    if meta.get("format") != METADATA_FORMAT:
+        raise ModelError(f"{meta_file}: format {meta.get('format')!r}, expected {METADATA_FORMAT!r}")
+    return meta
+
+
+def _serving_export(model_path: Path, meta: dict[str, Any]) -> tuple[str | None, Path, str]:
+    """(problem or None, export path, model id) for the export recorded in `meta`.
+
+    The model id is the `.keras` file's when that file is there (and must equal
+    the id the export recorded: else the export is stale), else the recorded one.
+    """
+    serving = meta.get("serving") or {}
+    exported = model_path.with_name(str(serving.get("file", serving_path(model_path).name)))
+    recorded = serving.get("source_model_id")
+    if not serving:
+        return f"{metadata_path(model_path)} records no serving export", exported, ""
+    if serving.get("runtime") != SERVING_RUNTIME:
+        return f"serving export is for {serving.get('runtime')!r}, not {SERVING_RUNTIME!r}", exported, ""
+    if not exported.is_file():
+        return f"serving export not found: {exported}", exported, ""
+    model_id = file_model_id(model_path) if model_path.is_file() else str(recorded)
+    if model_id != recorded:
+        return f"serving export {exported.name} was made from model {recorded}, not {model_id} (stale)", exported, ""
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError as exc:
+        return f"ai-edge-litert not importable: {exc}", exported, ""
+    return None, exported, model_id
+
+
+def _info(model_id: str, model_path: Path, meta: dict[str, Any], runtime: str) -> EncoderInfo:
+    return EncoderInfo(
+        model_id=model_id,
+        path=str(model_path),
+        input_size=int(meta["input_size"]),
+        channels=int(meta["channels"]),
+        embedding_dim=int(meta.get("embedding_dim", 0)),
+        threshold=meta.get("threshold"),
+        rotation_pool=int(meta.get("rotation_pool", 1)),
+        disc_mask=bool(meta.get("disc_mask", False)),
+        runtime=runtime,
+        metadata=meta,
+    )
+
+
+def _check_shapes(path: Path, input_shape: tuple, output_dim: int, info: EncoderInfo) -> EncoderInfo:
+    """`info` with the model's output dimension; refuses shapes that disagree with the metadata."""
+    expected = (None, info.input_size, info.input_size, info.channels)
+    if tuple(input_shape) != expected:
+        raise ModelError(f"{path}: input shape {input_shape} != metadata {expected}")
+    if info.embedding_dim and output_dim != info.embedding_dim:
+        raise ModelError(f"{path}: output dimension {output_dim} != metadata {info.embedding_dim}")
+    return replace(info, embedding_dim=output_dim)

@@ -18,10 +18,13 @@ Storage of uploads (no path is ever built from a client-supplied name):
 * A query photo is spooled to a private temp file (`mkstemp`, mode 0600) under
   ``<state>/uploads/``, matched, and removed.
 
-Thread-safety: the `Engine` is not thread-safe (`CatalogIndex.refresh` swaps
-state; Keras calls share one model). Decoding and LBP (`Engine.prepare`), the
-slow part, need neither and run in the request threads in parallel; the
-embedding and the shortlist/refine/decide run under `engine_lock`. Writes go
+Thread-safety: requests run in parallel, up to uvicorn's thread pool, with no
+server-wide lock around matching: decoding and LBP (`Engine.prepare`) need no
+shared state, the encoder is thread-safe (one LiteRT interpreter per thread),
+and `Engine.match_prepared` reads the catalog through `Engine.catalog_view`,
+one generation taken under the engine's own short lock. At most one match per
+core runs at once (`match_slots`): more would only share the cores and hold
+more decoded photos in memory; the rest wait their turn. Writes go
 through a second `CatalogIndex` (`writer`, under `write_lock`) and listings
 through a third (`reader`), so a commit's HDF5 write and fsyncs never stall a
 match, and all three see every commit through `refresh()`.
@@ -157,8 +160,8 @@ class TeaprintService:
         model_id = engine.encoder.info.model_id
         self.writer = CatalogIndex(engine.path("index"), model_id=model_id)
         self.reader = CatalogIndex(engine.path("index"), model_id=model_id)
-        self.engine_lock = threading.Lock()
         self.write_lock = threading.Lock()
+        self.match_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
         self.read_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
@@ -176,8 +179,7 @@ class TeaprintService:
     def warm_up(self) -> None:
         """Trace the model once now, not on the first request."""
         shape = self.engine.shape
-        with self.engine_lock:
-            self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+        self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
 
     def count(self, key: str, n: int = 1) -> None:
         with self._counts_lock:
@@ -224,12 +226,12 @@ class TeaprintService:
         name = display_name(upload.filename, "query")
         tmp = self.spool(upload)
         try:
-            try:
-                prepared = self._prepare(tmp, name)
-            except IntakeError as err:
-                self.count("refused")
-                return rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
-            with self.engine_lock:
+            with self.match_slots:
+                try:
+                    prepared = self._prepare(tmp, name)
+                except IntakeError as err:
+                    self.count("refused")
+                    return rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
                 result = self.engine.match_prepared(prepared, name)
             self.count("matches")
             return result
@@ -267,8 +269,7 @@ class TeaprintService:
                     continue
                 ready.append((prepared, entry_label, _extension(tmp), tmp))
             if ready:
-                with self.engine_lock:
-                    vectors = self.engine.embed([p for p, _, _, _ in ready])
+                vectors = self.engine.embed([p for p, _, _, _ in ready])
                 self._store(ready, vectors, report)
         finally:
             for tmp in spooled:
@@ -441,7 +442,7 @@ class TeaprintService:
             "labels": len(labels),
             "index": index,
             "model": {"id": info.id, "threshold": info.threshold, "threshold_source": info.threshold_source,
-                      "path": self.engine.encoder.info.path},
+                      "path": self.engine.encoder.info.path, "runtime": self.engine.encoder.info.runtime},
             "daemon": daemon_status(self.root, self.config),
             "server": {"pid": os.getpid(), "started_at": self.started_at, "counts": counts},
         }

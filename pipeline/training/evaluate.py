@@ -48,7 +48,7 @@ def with_pool(encoder: Encoder, pool: int, disc_mask: bool | None = None) -> Enc
     info: EncoderInfo = dataclasses.replace(
         encoder.info, rotation_pool=pool, disc_mask=encoder.info.disc_mask if disc_mask is None else disc_mask
     )
-    return Encoder(encoder._model, info)  # noqa: SLF001 - same package family, read-only use
+    return Encoder(encoder.run, info)
 
 
 def nn_top1(encoder: Encoder, bench_data: tuple[Any, ...]) -> dict[str, float]:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = enc.info.metadata
         arch = meta.get("architecture", {})
         model = build_encoder(enc.info.input_size, enc.info.channels, enc.info.embedding_dim, int(arch.get("width", 32)), int(meta.get("training", {}).get("seed", 0)))
-        enc = Encoder(model, enc.info)
+        enc = Encoder.from_keras(model, enc.info)
     for bench in args.bench:
         data = load_bench(bench)
         for pool in args.pool or [enc.info.rotation_pool]:

@@ -290,6 +290,11 @@ def run_train(args: argparse.Namespace) -> int:
     meta["calibration"] = cal
     meta["training"]["duration_seconds"] = round(time.time() - t_start, 1)
     save_encoder(model, args.out, meta)
+    # After the last save: the export records the id of the final .keras file.
+    from pipeline.training.export import export_encoder
+
+    exported = export_encoder(args.out)
+    print(f"exported {exported.path} for serving (min cosine vs Keras {exported.cosine_min:.6f})", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "threshold": cal["threshold"], "final_loss": history[-1]["loss"] if history else None,
                       "train_seconds": round(train_seconds, 1)}), file=sys.stderr)
     return 0
@@ -312,7 +317,7 @@ def calibrate(model_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     held += tdata.procedural_sources((tdata.CALIBRATION_KEY, args.seed), n_proc)
     rng = np.random.default_rng([args.seed, 99])
     a, b, groups = tdata.make_pair_bank(held, rng, args.calib_objects, max(args.input_size, 128), disc_prob=args.disc_prob)
-    enc = Encoder.load(model_path)
+    enc = Encoder.load(model_path, runtime="keras")  # the export is made after calibration
     ea, eb = enc.embed(list(a)), enc.embed(list(b))
     genuine = np.sum(ea * eb, axis=1)
     sim = ea @ np.concatenate([ea, eb]).T
