@@ -231,7 +231,7 @@ def _table_distance(feats: np.ndarray) -> np.ndarray:
     best = np.full(flat.shape[0], np.inf, np.float32)
     for j, mu in enumerate(centres):
         members = strip[labels == j]
-        in_corners = sum(float((cl == j).mean()) >= 0.2 for cl in corner_labels)
+        in_corners = sum(float((cl == j).mean()) >= 0.35 for cl in corner_labels)
         if len(members) < 0.05 * len(strip) or in_corners < 2:
             continue
         best = np.minimum(best, _zdist(flat, members, mu))
@@ -320,17 +320,22 @@ def _fit(points: np.ndarray) -> tuple | None:
     return ell
 
 
-def _quad(contour: np.ndarray) -> np.ndarray | None:
-    """Four corners of the contour's convex hull, or None when it is not four-sided."""
+def _quads(contour: np.ndarray) -> list[np.ndarray]:
+    """Four-cornered fits of a blob: its hull simplified to 4 vertices (perspective kept) and its minimum-area rectangle.
+
+    The rectangle survives a thumb that makes the hull five-sided.
+    """
     hull = cv2.convexHull(contour.astype(np.float32))
     peri = cv2.arcLength(hull, True)
-    for eps in (0.02, 0.04, 0.06, 0.08):
+    out = [cv2.boxPoints(cv2.minAreaRect(contour.astype(np.float32))).astype(np.float64)]
+    for eps in (0.02, 0.04, 0.06, 0.08, 0.12):
         approx = cv2.approxPolyDP(hull, eps * peri, True)
         if len(approx) == 4:
-            return approx.reshape(4, 2).astype(np.float64)
+            out.append(approx.reshape(4, 2).astype(np.float64))
+            break
         if len(approx) < 4:
-            return None
-    return None
+            break
+    return out
 
 
 def _edge_distance(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
@@ -350,9 +355,9 @@ def _is_brick(corners: np.ndarray, ell: tuple, rim: np.ndarray, tol: float) -> b
     Judged on the rim points, not on areas: a thumb over a disc's edge makes
     the blob's hull four-sided, but the rim still follows the ellipse.
     """
-    on_quad = float((_edge_distance(rim, corners) < tol).mean())
-    on_ell = float((np.abs(_radial(rim, ell)) < tol).mean())
-    return on_quad >= 0.6 and on_quad > on_ell + 0.15
+    on_quad = float((_edge_distance(rim, corners) < 1.5 * tol).mean())
+    on_ell = float((np.abs(_radial(rim, ell)) < 1.5 * tol).mean())
+    return on_quad >= 0.45 and on_quad > on_ell + 0.12
 
 
 # ------------------------------------------------------------ verification
@@ -430,7 +435,7 @@ def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, m
     tol = max(1.5, 0.012 * max(shape))
     rim = rim_all = _rim_points(contour, shape)
     out: list[_Candidate] = []
-    quad = _quad(contour)
+    quads = _quads(contour)
     for _ in range(3):
         ell = _ransac_ellipse(rim, rng, tol)
         if ell is None:
@@ -441,7 +446,8 @@ def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, m
         if b / a >= MIN_AXIS_RATIO and area >= MIN_AREA * feats.shape[0] * feats.shape[1]:
             cand_shape: Shape = "disc"
             corners = None
-            if quad is not None and not out and _is_brick(quad, ell, rim_all, tol):
+            quad = min(quads, key=lambda q: -float((_edge_distance(rim_all, q) < tol).mean()))
+            if not out and _is_brick(quad, ell, rim_all, tol):
                 cand_shape, corners = "brick", quad
             conf = _score(cand_shape, ell, corners, feats, edge_dist, mask, tol)
             out.append(_Candidate(cand_shape, ell, corners, conf, area))
@@ -610,6 +616,64 @@ def _disc_homography(outline: CakeOutline, size: int, margin: float) -> np.ndarr
     return to_out @ rot @ stretch @ rot.T @ to_origin
 
 
+def _conic(centre: tuple[float, float], axes: tuple[float, float], angle: float) -> np.ndarray:
+    """The ellipse as a symmetric 3x3 conic matrix C (x^T C x = 0 on the rim)."""
+    cx, cy = centre
+    a, b = axes
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    qa, qb, qc = c * c / a**2 + s * s / b**2, 2 * c * s * (1 / a**2 - 1 / b**2), s * s / a**2 + c * c / b**2
+    d, e = -2 * qa * cx - qb * cy, -qb * cx - 2 * qc * cy
+    f = qa * cx * cx + qb * cx * cy + qc * cy * cy - 1
+    return np.array([[qa, qb / 2, d / 2], [qb / 2, qc, e / 2], [d / 2, e / 2, f]])
+
+
+def _roundness(points: np.ndarray) -> float:
+    """1 - b/a of the ellipse through a closed curve's points (0 = a circle).
+
+    Not the spread of radii about the points' mean: a homography can keep a
+    circle a circle while sliding points along it, which moves their mean.
+    """
+    (_, _), (w, h), _ = cv2.fitEllipse(points.astype(np.float32))
+    return float(1.0 - min(w, h) / max(w, h, 1e-9))
+
+
+def _perspective_unroll(outline: CakeOutline, shape: tuple[int, int], focal: float) -> np.ndarray:
+    """Camera rotation (as an image homography) that turns the cake's plane to face the camera.
+
+    A circle seen by a pinhole camera of focal length `focal` (principal point
+    at the photo centre) is an ellipse whose conic gives the plane's normal,
+    up to a two-fold ambiguity; rotating the camera onto the normal makes the
+    ellipse a circle again, undoing the perspective that an affine stretch
+    leaves (at 30 deg tilt, ~14 % in the radius). Of the candidate
+    rotations the one giving the roundest rim wins; identity when none is rounder.
+    """
+    h, w = shape
+    kmat = np.array([[focal, 0, (w - 1) / 2], [0, focal, (h - 1) / 2], [0, 0, 1.0]])
+    q = kmat.T @ _conic(outline.centre, outline.axes, outline.angle) @ kmat
+    lam, vec = np.linalg.eigh(q)
+    if (lam < 0).sum() > 1:
+        lam, vec = np.linalg.eigh(-q)
+    l3, l2, l1 = lam  # ascending: l3 < 0 < l2 <= l1
+    rim = _ellipse_points(outline.centre, outline.axes, outline.angle, 90)
+    best, best_round = np.eye(3), _roundness(rim)
+    if not (l3 < 0 < l2 <= l1) or l1 - l3 <= 0:
+        return best
+    for sign in (1.0, -1.0):
+        n = sign * np.sqrt((l1 - l2) / (l1 - l3)) * vec[:, 2] + np.sqrt((l2 - l3) / (l1 - l3)) * vec[:, 0]
+        n = n / np.linalg.norm(n) * (1 if n[2] >= 0 else -1)
+        axis = np.cross(n, [0.0, 0.0, 1.0])
+        if np.linalg.norm(axis) < 1e-9:
+            continue
+        rvec = axis / np.linalg.norm(axis) * np.arccos(np.clip(n[2], -1, 1))
+        for r in (cv2.Rodrigues(rvec)[0], cv2.Rodrigues(-rvec)[0]):
+            hmat = kmat @ r @ np.linalg.inv(kmat)
+            mapped = _apply_h(hmat, rim)
+            roundness = _roundness(mapped)
+            if roundness < best_round:
+                best, best_round = hmat, roundness
+    return best
+
+
 def _quad_homography(corners: np.ndarray, size: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Homography taking the quadrilateral to an upright rectangle; also the rectangle's corners."""
     side = [np.linalg.norm(corners[(i + 1) % 4] - corners[i]) for i in range(4)]
@@ -621,7 +685,8 @@ def _quad_homography(corners: np.ndarray, size: int, margin: float) -> tuple[np.
     return cv2.getPerspectiveTransform(corners.astype(np.float32), target.astype(np.float32)).astype(np.float64), target
 
 
-def rectify(image: np.ndarray, outline: CakeOutline, size: int = 512, margin: float = 0.04) -> Rectified:
+def rectify(image: np.ndarray, outline: CakeOutline, size: int = 512, margin: float = 0.04,
+            focal: float | None = None) -> Rectified:
     """Warp the cake to a canonical, fixed-size, masked view.
 
     Parameters
@@ -629,14 +694,18 @@ def rectify(image: np.ndarray, outline: CakeOutline, size: int = 512, margin: fl
     image : ndarray, shape (H, W) or (H, W, 3), dtype uint8
         The photo `outline` was found in.
     outline : CakeOutline
-        From `locate`. A disc's ellipse becomes a circle (the affine map that
-        undoes the tilt; the remaining perspective of a <= 40 deg phone tilt
-        is a few per cent); a brick's quadrilateral becomes a rectangle; a
-        fallback outline maps the whole photo (aspect kept).
+        From `locate`. A disc's ellipse becomes a circle: a camera rotation
+        onto the plane's normal (from the ellipse and `focal`) undoes the
+        perspective, then a similarity centres and scales it; a brick's
+        quadrilateral becomes a rectangle; a fallback outline maps the whole
+        photo (aspect kept).
     size : int
         Side of the square output, px (>= 16).
     margin : float
         Gap between the cake and the crop's edge, fraction of the cake's radius.
+    focal : float, optional
+        Camera focal length, px of `image`; default its longer side (a phone's
+        main camera, about 53 deg across the longer side).
 
     Returns
     -------
@@ -647,7 +716,10 @@ def rectify(image: np.ndarray, outline: CakeOutline, size: int = 512, margin: fl
         raise ValueError(f"need size >= 16 and 0 <= margin < 1, got {size}, {margin}")
     mask = np.zeros((size, size), np.uint8)
     if outline.shape == "disc":
-        hmat = _disc_homography(outline, size, margin)
+        unroll = _perspective_unroll(outline, image.shape[:2], focal if focal else float(max(image.shape[:2])))
+        rim = _apply_h(unroll, _ellipse_points(outline.centre, outline.axes, outline.angle, 90))
+        facing = CakeOutline("disc", *_from_cv_ellipse(cv2.fitEllipse(rim.astype(np.float32))), None, 1.0, False)
+        hmat = _disc_homography(facing, size, margin) @ unroll
         radius = (size / 2.0) / (1.0 + margin)
         yy, xx = np.mgrid[:size, :size]
         c = (size - 1) / 2.0

@@ -180,6 +180,7 @@ def render_scene(
     thumb: bool | None = None,
     glare: bool | None = None,
     out_of_frame: bool = False,
+    params: views.ViewParams | None = None,
 ) -> Scene:
     """Render one photo of cakes on a cluttered table.
 
@@ -201,6 +202,8 @@ def render_scene(
         Force a thumb over the edge / a glare spot; default: on when `hard`.
     out_of_frame : bool
         Shift the cake so that part of it leaves the frame.
+    params : views.ViewParams, optional
+        A fixed camera; by default drawn from `rng` (`hard` sets the ranges).
 
     Returns
     -------
@@ -235,7 +238,7 @@ def render_scene(
         _lay(canvas, cut_surface(sources[int(rng.integers(len(sources)))], rng, side, inner=0.6), mask)
         truth.append(box)
         shapes.append("brick")
-    params = _params(rng, hard)
+    params = _params(rng, hard) if params is None else params
     if out_of_frame:
         a = rng.uniform(0, 2 * np.pi)
         params = views.ViewParams(**{**params.__dict__, "shift": (0.3 * float(np.cos(a)), 0.3 * float(np.sin(a))), "scale": 1.1})
