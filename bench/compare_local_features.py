@@ -2,7 +2,7 @@
 """Which local features verify best, and at what cost? Method, working size, keypoint cap, estimator.
 
     python bench/compare_local_features.py BENCH_DIR [--keypoints 400,1000] [--side 640,1024]
-        [--methods sift,orb] [--estimators ransac,magsac]
+        [--methods sift,orb] [--estimators ransac,magsac] [--contrast 0.04,0.01]
 
 For every query, verifies it against every catalog entry (ratio test + robust
 homography) and ranks entries by inliers. Prints one JSON line per
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--side", default="640", help="comma-separated working sizes (longer side, px)")
     ap.add_argument("--methods", default="sift,orb")
     ap.add_argument("--estimators", default="ransac")
+    ap.add_argument("--contrast", default="0.04", help="comma-separated SIFT contrast thresholds")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N queries")
     args = ap.parse_args()
     sides = [int(v) for v in args.side.split(",")]
@@ -62,10 +63,10 @@ def main() -> None:
     registered = np.array([t != "" for t in truth])
     for method in args.methods.split(","):
         for side in sides:
-            for cap in (int(v) for v in args.keypoints.split(",")):
+            for cap, contrast in ((int(k), float(c)) for k in args.keypoints.split(",") for c in args.contrast.split(",")):
                 t0 = time.perf_counter()
-                cat_f = [extract_local(im, method, cap, side) for im in cat_px]
-                q_f = [extract_local(im, method, cap, side) for im in q_px]
+                cat_f = [extract_local(im, method, cap, side, contrast) for im in cat_px]
+                q_f = [extract_local(im, method, cap, side, contrast) for im in q_px]
                 extract_ms = (time.perf_counter() - t0) * 1e3 / (len(cat_px) + len(q_px))
                 for estimator in args.estimators.split(","):
                     t1 = time.perf_counter()
@@ -76,7 +77,8 @@ def main() -> None:
                     correct = np.array([labels[b] == t for b, t in zip(best, truth)])
                     others = np.where(labels[None, :] == labels[best][:, None], -1, inl).max(1)
                     nbytes = np.mean([f.descriptors.nbytes + f.points.nbytes for f in cat_f])
-                    print(json.dumps({"bench": args.bench.name, "method": method, "keypoints": cap, "side": side, "estimator": estimator,
+                    print(json.dumps({"bench": args.bench.name, "method": method, "keypoints": cap, "side": side, "contrast": contrast, "estimator": estimator,
+                                      "query_keypoints_median": float(np.median([len(q) for q in q_f])),
                                       "top1": round(float(correct[registered].mean()), 4),
                                       "recall_at_far1": round(recall_at_far(inl.max(1), correct, registered), 4),
                                       "recall_at_far1_margin": round(recall_at_far(inl.max(1) - np.maximum(others, 0), correct, registered), 4),

@@ -62,6 +62,7 @@ class LocalConfig:
     method: Literal["sift", "orb"] = "sift"
     max_keypoints: int = 400
     side: int = 640
+    contrast_threshold: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class AppearanceWeights:
     similarity_margin: float = 6.0
     svc_vote: float = 0.5
     lbp_distance: float = -2.0
+    lbp_margin: float = 1.0
 
 
 @dataclass(frozen=True)

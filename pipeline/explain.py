@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import Config
-from pipeline.features.local import LocalFeatures, extract_local, verify_pair
+from pipeline.features.local import LocalFeatures, extract_configured, verify_pair
 from pipeline.fsutil import atomic_write_bytes
 from pipeline.intake import IntakeError, read_photo
 from pipeline.results import MatchResult
@@ -113,4 +113,4 @@ def _fit(image: np.ndarray, height: int, max_width: int | None = None) -> tuple[
 def _local(image: np.ndarray, config: Config) -> LocalFeatures | None:
     if not config.local.enabled:
         return None
-    return extract_local(image, config.local.method, config.local.max_keypoints, config.local.side)
+    return extract_configured(image, config.local)

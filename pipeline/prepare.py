@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
-from pipeline.features.local import LocalFeatures, extract_local
+from pipeline.features.local import LocalFeatures, extract_configured
 from pipeline.intake import IntakeError, read_photo
 
 
@@ -68,7 +68,7 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
     encoder_input = prepare_input(photo.pixels, shape.size, shape.channels, shape.disc_mask)
     t3 = time.perf_counter()
     local_cfg = config.local
-    local = extract_local(photo.pixels, local_cfg.method, local_cfg.max_keypoints, local_cfg.side) if local_cfg.enabled else None
+    local = extract_configured(photo.pixels, local_cfg) if local_cfg.enabled else None
     t4 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "lbp": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3}
     if local is not None:

@@ -30,7 +30,7 @@ def synthetic_evidence(n: int = 400, seed: int = 0) -> list[QueryEvidence]:
                 sim, inl = rng.normal(0.9, 0.03), 0
             else:
                 sim, inl = rng.normal(0.6, 0.1), int(rng.poisson(3))
-            dist = rng.normal(0.05 if right else 0.12, 0.03)
+            dist = abs(rng.normal(0.05 if right else 0.12, 0.03))  # chi-square distances are >= 0
             evidence.append(LabelEvidence(f"L{i}" if right else f"N{i}-{k}", k, float(sim), float(right and rng.random() < 0.7), inl, float(dist)))
         geometric, appearance = label_features(evidence)
         out.append(QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, f"L{i}" if registered else ""))

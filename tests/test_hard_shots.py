@@ -19,7 +19,7 @@ import pytest
 from conftest import source_photos, write_rgb
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.features.local import extract_local
+from pipeline.features.local import extract_configured
 from pipeline.intake import read_photo
 from pipeline.matcher.votes import build_vote_index, vote
 from pipeline.training import views
@@ -85,8 +85,8 @@ def test_vote_source_keeps_the_right_entry_on_a_blurred_photo(bench: dict[str, P
     config = load_config()
     local, sl = config.local, config.matcher.shortlist
     names = sorted(p.name for p in (bench["teaA"].parent).iterdir())
-    feats = [extract_local(read_photo(bench["teaA"].parent / n, config.intake).pixels, local.method, local.max_keypoints, local.side) for n in names]
+    feats = [extract_configured(read_photo(bench["teaA"].parent / n, config.intake).pixels, local) for n in names]
     index = build_vote_index(feats, sl.vote_keypoints, generation=1)
-    query = extract_local(read_photo(bench["q_blurred"], config.intake).pixels, local.method, local.max_keypoints, local.side)
+    query = extract_configured(read_photo(bench["q_blurred"], config.intake).pixels, local)
     rows = vote(index, query, sl.vote_top_k, config.matcher.verify.ratio)
     assert names.index("teaB-1.jpg") in rows.tolist()[:sl.vote_top_k]

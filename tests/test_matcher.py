@@ -105,7 +105,8 @@ def test_label_features_compare_each_label_with_the_best_other() -> None:
 
     ev = [LabelEvidence("a", 0, 0.9, 1.0, 40, 0.1), LabelEvidence("b", 1, 0.6, 0.0, 3, 0.2), LabelEvidence("c", 2, 0.5, 0.0, 0, 0.3)]
     geometric, appearance = label_features(ev)
-    assert geometric.shape == (3, 2) and appearance.shape == (3, 4)
+    assert geometric.shape == (3, 2) and appearance.shape == (3, 5)
+    assert np.isclose(appearance[0, 4], np.log(0.2 + 1e-6) - np.log(0.1 + 1e-6))
     assert np.isclose(geometric[0, 1], np.log1p(40) - np.log1p(3))
     assert np.isclose(geometric[1, 1], np.log1p(3) - np.log1p(40))
     assert np.isclose(appearance[0, 1], 0.3) and np.isclose(appearance[2, 1], -0.4)
@@ -117,7 +118,7 @@ def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
     from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
     decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})

@@ -119,13 +119,14 @@ def lit(height: np.ndarray, azimuth: float, elevation: float) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Bare textures under another light: verification finds no geometry, texture evidence decides."""
+def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bare textures under another light: verification finds no geometry, and with
+    the shipped model and calibrated decision the appearance expert decides."""
     surfaces = {"fine": relief(1, 1.2), "medium": relief(2, 2.5), "coarse": relief(3, 5.0)}
     catalog = tmp_path / "catalog"
     for name, height in surfaces.items():
         write_rgb(catalog / f"{name}-1.png", lit(height, azimuth=0, elevation=45))
-    base = ["--config", str(tiny_config_file), "--root", str(tmp_path / "root")]
+    base = ["--root", str(tmp_path / "root")]
     assert main([*base, "index", str(catalog)]) == 0
     capsys.readouterr()
     for name, height in surfaces.items():
@@ -135,6 +136,8 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, tiny_config_file: P
         assert result["stages"]["verify"]["max_inliers"] == 0, "precondition: no geometry to verify"
         assert result["matches"][0]["label"] == name
         assert result["status"] == "matched" and result["label"] == name
+        decide = result["stages"]["decide"]
+        assert decide["appearance"] >= decide["accept_confidence"] > decide["geometric"]
 
 
 def test_shipped_pipeline_confirms_the_cake_and_refuses_its_sibling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

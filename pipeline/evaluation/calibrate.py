@@ -18,6 +18,7 @@ Calibrate on data the evaluation does not use: e.g. `bench/make_discs.py
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights
-from pipeline.matcher.fuse import APPEARANCE_FEATURES, GEOMETRIC_FEATURES, expert_probabilities, gather, label_features
-from pipeline.results import MatchResult
+from pipeline.matcher.fuse import APPEARANCE_FEATURES, GEOMETRIC_FEATURES, combine, expert_probabilities, gather, label_features
+from pipeline.results import MatchEvidence, MatchResult
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ class Calibration:
 
 def query_evidence(result: MatchResult, truth: str) -> QueryEvidence:
     """Per-label features of a full-pipeline result, built as the matcher builds them."""
-    m = result.matches
+    return _evidence_of(result.matches, truth)
+
+
+def _evidence_of(m: Sequence[MatchEvidence], truth: str) -> QueryEvidence:
     svc = m[0].svc_label if m else None
     evidence = gather([e.label for e in m], np.array([e.similarity for e in m]), np.array([e.lbp_distance for e in m]),
                       [e.inliers or 0 for e in m], svc)
@@ -79,14 +83,43 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     # expert's to find, and would only teach this one that inliers mean little.
     speaks = ~y | (geometric[:, 0] > 0)
     gb, gw = _fit_expert(geometric[speaks], y[speaks])
-    ab, aw = _fit_expert(np.concatenate([e.appearance for e in used]), y)
-    fusion = FusionConfig(
-        GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}),
-        AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)}),
-    )
+    geo = GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)})
+    appearance = np.concatenate([e.appearance for e in used])
+    # Likewise the appearance expert is fitted for the photos geometry does not
+    # already confirm: a blurred, tilted re-shot whose embedding is lost would
+    # only teach it that a clear texture match means little.
+    pg, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, AppearanceWeights()))
+    residual = ~y | (pg < 0.5)
+    ab, aw = _fit_expert(appearance[residual], y[residual])
+    app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})
+    fusion = align_experts(used, FusionConfig(geo, app), target_far / 2)
     threshold, far, recall, precision = choose_threshold(evidence, fusion, target_far)
     registered = sum(1 for e in evidence if e.truth)
     return Calibration(fusion, threshold, far, recall, precision, len(evidence) - registered, registered)
+
+
+def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: float) -> FusionConfig:
+    """Shift each expert's bias so that ITS false-accept point (`far` alone) lies at 0.5.
+
+    Each expert's probabilities are honest on the data it was fitted for, but
+    the two see different impostors: a relit texture's right answer rarely
+    reaches the confidence of forty inliers. Putting both operating points at
+    one value lets a single accept point serve both kinds of photo, and the
+    union of the two keeps the false-accept rate within twice `far`.
+    """
+    registered = np.array([bool(e.truth) for e in evidence])
+    best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion)] for e in evidence])
+    shifts = []
+    for column in range(2):
+        impostors = np.sort(best[~registered, column])
+        if not impostors.size:
+            shifts.append(0.0)
+            continue
+        point = float(impostors[len(impostors) - 1 - int(np.floor(far * len(impostors)))])
+        point = min(max(point, 1e-6), 1 - 1e-6)
+        shifts.append(-float(np.log(point / (1 - point))))
+    g, a = fusion.geometric, fusion.appearance
+    return FusionConfig(dataclasses.replace(g, bias=round(g.bias + shifts[0], 4)), dataclasses.replace(a, bias=round(a.bias + shifts[1], 4)))
 
 
 def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +131,7 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
             right.append(False)
         else:
             pg, pa = expert_probabilities(e.geometric, e.appearance, fusion)
-            scores = np.maximum(pg, pa)
+            scores = combine(pg, pa)
             k = int(np.argmax(scores))
             best.append(float(scores[k]))
             right.append(e.labels[k] == e.truth)
@@ -154,6 +187,8 @@ def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], tar
 
     yaml = YAML()  # round-trip: comments, order and layout survive
     yaml.width = 4096
+    yaml.preserve_quotes = True
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     data = yaml.load(config_file.read_text(encoding="utf-8"))
     try:
         decide = data["matcher"]["decide"]
@@ -161,7 +196,8 @@ def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], tar
     except (KeyError, TypeError):
         raise ValueError(f"{config_file}: has no matcher.decide.fusion section to write into") from None
     decide["accept_confidence"] = round(cal.accept_confidence, 4)
-    decide.yaml_add_eol_comment(f"answer `matched` when confidence >= this; {summary(cal, benches, target_far)}", "accept_confidence")
+    note = f"# answer `matched` when confidence >= this; {summary(cal, benches, target_far)}"
+    decide.yaml_add_eol_comment(note, "accept_confidence", column=35)
     for expert, weights in _weights_dict(cal.fusion).items():
         for name, value in weights.items():
             fusion[expert][name] = float(value)
@@ -170,9 +206,30 @@ def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], tar
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benches", type=Path, nargs="+", metavar="BENCH_DIR", help="held-out benchmark folders (not the evaluation ones)")
+    parser.add_argument("benches", type=Path, nargs="+", metavar="BENCH_DIR",
+                        help="held-out benchmark folders (not the evaluation ones), or `teaprint eval --json` result files of them")
     parser.add_argument("--target-far", type=float, default=0.01, help="false-accept rate the threshold must meet (default 0.01)")
     parser.add_argument("--write", type=Path, default=None, metavar="CONFIG", help="store the result in this YAML config file")
+
+
+def results_evidence(path: Path) -> list[QueryEvidence]:
+    """Evidence from `teaprint eval --json` output (full-pipeline lines only).
+
+    Fitting from saved answers skips re-running the pipeline; the answers
+    must come from the same features and matcher settings as the config the
+    fit is written into.
+    """
+    import json
+
+    full = "embedding+lbp+verify"
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("variant", full) == full and row["status"] != "rejected":
+            out.append(_evidence_of([MatchEvidence(**m) for m in row["matches"]], row["truth"] or ""))
+    if not out:
+        raise ValueError(f"{path}: no full-pipeline results (run `teaprint eval --stages embedding+lbp+verify --json`)")
+    return out
 
 
 def run_calibrate(args: argparse.Namespace, config: Config) -> int:
@@ -181,8 +238,11 @@ def run_calibrate(args: argparse.Namespace, config: Config) -> int:
 
     full = VARIANTS["embedding+lbp+verify"]
     evidence: list[QueryEvidence] = []
-    for bench_dir in args.benches:
-        run = run_benchmark(load_benchmark(bench_dir, config), config, args.root, [full])
+    for source in args.benches:
+        if source.is_file():
+            evidence += results_evidence(source)
+            continue
+        run = run_benchmark(load_benchmark(source, config), config, args.root, [full])
         evidence += [query_evidence(r, t) for r, t in zip(run.variants[0].results, run.bench.truth) if r.status != "rejected"]
     cal = fit(evidence, args.target_far)
     print(format_yaml(cal, args.benches, args.target_far), end="")

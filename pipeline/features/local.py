@@ -19,6 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from pipeline.config import LocalConfig
 from pipeline.features.lbp import to_grey
 
 Method = Literal["sift", "orb"]
@@ -83,7 +84,9 @@ def empty_features(method: Method, side: int = 0) -> LocalFeatures:
     return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES[method]), np.uint8), side)
 
 
-def extract_local(image: np.ndarray, method: Method = "sift", max_keypoints: int = 400, side: int = 640) -> LocalFeatures:
+def extract_local(
+    image: np.ndarray, method: Method = "sift", max_keypoints: int = 400, side: int = 640, contrast_threshold: float = 0.04
+) -> LocalFeatures:
     """Strongest `max_keypoints` keypoints of a photo.
 
     Parameters
@@ -94,6 +97,10 @@ def extract_local(image: np.ndarray, method: Method = "sift", max_keypoints: int
         Cap on stored keypoints (storage and matching cost grow with it).
     side : int
         The photo is resized so its longer side is `side` pixels.
+    contrast_threshold : float
+        SIFT's DoG contrast threshold (OpenCV's default 0.04). Lower keeps the
+        faint keypoints of blurred, dim or low-contrast shots; the strongest
+        `max_keypoints` are kept either way. Ignored for ORB.
 
     Returns
     -------
@@ -105,7 +112,10 @@ def extract_local(image: np.ndarray, method: Method = "sift", max_keypoints: int
     scale = min(1.0, side / max(h, w))
     if scale != 1.0:
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    detector = cv2.SIFT_create(nfeatures=max_keypoints) if method == "sift" else cv2.ORB_create(nfeatures=max_keypoints)
+    if method == "sift":
+        detector = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
+    else:
+        detector = cv2.ORB_create(nfeatures=max_keypoints)
     keypoints, descriptors = detector.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
         return empty_features(method, max(grey.shape))
@@ -113,6 +123,11 @@ def extract_local(image: np.ndarray, method: Method = "sift", max_keypoints: int
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
     desc = np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
     return LocalFeatures(points, desc, max(grey.shape))
+
+
+def extract_configured(image: np.ndarray, config: LocalConfig) -> LocalFeatures:
+    """`extract_local` with the `local:` settings (the one place they are unpacked)."""
+    return extract_local(image, config.method, config.max_keypoints, config.side, config.contrast_threshold)
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from pipeline.config import FusionConfig
 from pipeline.matcher.decide import Decision
 
 GEOMETRIC_FEATURES = ("inliers", "inlier_margin")
-APPEARANCE_FEATURES = ("similarity", "similarity_margin", "svc_vote", "lbp_distance")
+APPEARANCE_FEATURES = ("similarity", "similarity_margin", "svc_vote", "lbp_distance", "lbp_margin")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,12 @@ class LabelScore:
 
     @property
     def confidence(self) -> float:
-        return max(self.geometric, self.appearance)
+        return float(combine(np.float64(self.geometric), np.float64(self.appearance)))
+
+
+def combine(geometric: np.ndarray, appearance: np.ndarray) -> np.ndarray:
+    """A label's confidence from its experts' probabilities (element-wise)."""
+    return np.maximum(geometric, appearance)
 
 
 def gather(
@@ -100,7 +105,7 @@ def label_features(evidence: Sequence[LabelEvidence]) -> tuple[np.ndarray, np.nd
     Returns
     -------
     geometric : ndarray, shape (L, 2), dtype float64, in `GEOMETRIC_FEATURES` order
-    appearance : ndarray, shape (L, 4), dtype float64, in `APPEARANCE_FEATURES` order
+    appearance : ndarray, shape (L, 5), dtype float64, in `APPEARANCE_FEATURES` order
     """
     if not evidence:
         return np.zeros((0, len(GEOMETRIC_FEATURES))), np.zeros((0, len(APPEARANCE_FEATURES)))
@@ -110,7 +115,11 @@ def label_features(evidence: Sequence[LabelEvidence]) -> tuple[np.ndarray, np.nd
     sim_margin = sim - _runner_up(sim, 0.0) if len(evidence) > 1 else np.zeros(1)
     svc = np.array([e.svc_vote for e in evidence], dtype=np.float64)
     lbp = np.array([e.lbp_distance for e in evidence], dtype=np.float64)
-    return geometric, np.stack([sim, sim_margin, svc, lbp], axis=1)
+    # Texture distances scale with the texture; how much closer this label is
+    # than the closest other one (a log ratio, Lowe's test on histograms) does not.
+    log_lbp = np.log(np.maximum(lbp, 0.0) + 1e-6)
+    lbp_margin = -_runner_up(-log_lbp, 0.0) - log_lbp if len(evidence) > 1 else np.zeros(1)
+    return geometric, np.stack([sim, sim_margin, svc, lbp, lbp_margin], axis=1)
 
 
 def _logistic(x: np.ndarray, bias: float, weights: np.ndarray) -> np.ndarray:

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""teaprint against the plain peers on the same benchmark folders: one table.
+
+    python bench/quality_table.py OUT_DIR BENCH_DIR... [--config FILE] [--peers lbp,sift] [--no-peers]
+
+For each folder, runs `teaprint eval --stages embedding+lbp+verify --json`
+(the product's own answers, with the configured accept point) and
+`../shared/bench/baselines.py` (the peers), then prints a markdown table:
+top1, recall at 1% FAR (swept on the result's `confidence`), the configured
+decision's recall, precision and FAR, and ms per query for each, plus the
+lead over the best peer. Everything run on the same machine in one go, so
+the ms columns compare within the run. Per-folder outputs stay in OUT_DIR
+(`<bench>.jsonl`, `<bench>.summary.json`, `<bench>.peers.jsonl`) and the
+table's rows as JSON lines in OUT_DIR/table.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINES = REPO.parent / "shared" / "bench" / "baselines.py"
+
+
+def run_product(bench: Path, out: Path, config: Path | None) -> dict:
+    target = out / f"{bench.name}.jsonl"
+    cmd = [sys.executable, "-m", "pipeline", *(["--config", str(config)] if config else []), "eval", str(bench),
+           "--stages", "embedding+lbp+verify", "--json", str(target)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+    summary = json.loads(target.with_suffix(".summary.json").read_text())
+    return summary["variants"][0]
+
+
+def run_peers(bench: Path, out: Path, peers: str) -> list[dict]:
+    text = subprocess.run([sys.executable, str(BASELINES), str(bench), "--methods", peers], check=True,
+                          capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    (out / f"{bench.name}.peers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("benches", type=Path, nargs="+")
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--peers", default="lbp,sift")
+    ap.add_argument("--no-peers", action="store_true", help="reuse OUT_DIR/<bench>.peers.jsonl from an earlier run")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("| bench | teaprint top1 | R@FAR1 | recall | precision | FAR | ms/q | best peer top1 | best peer R@FAR1 | peer ms/q | lead top1 / R@FAR1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for bench in args.benches:
+        product = run_product(bench, args.out, args.config)
+        peers_file = args.out / f"{bench.name}.peers.jsonl"
+        peers = ([json.loads(l) for l in peers_file.read_text().splitlines()] if args.no_peers and peers_file.exists()
+                 else run_peers(bench, args.out, args.peers))
+        f = product["figures"]
+        best_top1 = max(peers, key=lambda p: p["top1"])
+        best_far = max(peers, key=lambda p: p["recall_at_far1"])
+        row = {"bench": bench.name, "top1": f["top1"], "recall_at_far1": f["recall_at_far1"], "recall": f["recall"],
+               "precision": f["precision"], "false_accept_rate": f["false_accept_rate"], "ms_per_query": product["ms_per_query"],
+               "peer_top1": best_top1["top1"], "peer_top1_method": best_top1["method"],
+               "peer_recall_at_far1": best_far["recall_at_far1"], "peer_far_method": best_far["method"],
+               "peer_ms": {p["method"]: p["ms_per_query"] for p in peers}}
+        rows.append(row)
+        peer_ms = ", ".join(f"{p['method']} {p['ms_per_query']:.0f}" for p in peers)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"| {bench.name} | {fmt(f['top1'])} | {fmt(f['recall_at_far1'])} | {fmt(f['recall'])} | {fmt(f['precision'])} | "
+              f"{fmt(f['false_accept_rate'])} | {product['ms_per_query']:.0f} | {best_top1['top1']:.3f} ({best_top1['method']}) | "
+              f"{best_far['recall_at_far1']:.3f} ({best_far['method']}) | "
+              f"{peer_ms} | "
+              f"{f['top1'] - best_top1['top1']:+.3f} / {f['recall_at_far1'] - best_far['recall_at_far1']:+.3f} |", flush=True)
+    (args.out / "table.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
