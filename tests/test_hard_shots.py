@@ -1,7 +1,10 @@
 """Hard re-shots with the shipped model and calibrated decision (issue: hard re-shots and siblings).
 
-The cakes are discs cut from one photo of gravel ("one tea": the same grains,
-colour and pressing, another arrangement), plus discs of other photos.
+The cakes are discs cut from one microscope photo of stained tissue
+(scikit-image's immunohistochemistry: "one tea", the same cells and colour
+everywhere, another arrangement in each disc), plus discs of other photos.
+Its quadrants share no content (scikit-image's gravel and grass photos repeat
+themselves: two of their quadrants give 10-19 true inliers).
 Queries are rendered with every hard condition of BENCHMARK.md at once: a
 thumb over the edge, a glare spot, strong tilt, defocus blur, sensor noise and
 JPEG quality 45, at 1024x768 against 768 px registration photos.
@@ -24,21 +27,23 @@ from pipeline.intake import read_photo
 from pipeline.matcher.votes import build_vote_index, vote
 from pipeline.training import views
 
-QUARTERS = {"teaA": (128, 128), "teaB": (384, 128), "teaC": (128, 384), "teaD": (384, 384)}  # teaD is never registered
+QUARTERS = {"teaA": (128, 128), "teaB": (384, 128), "teaC": (128, 384), "teaD": (384, 384)}  # teaC is never registered
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("hard")
     photos = source_photos()
-    tea = photos["gravel"]
+    from skimage import data as skdata
+
+    tea = np.ascontiguousarray(skdata.immunohistochemistry())
     rng = np.random.default_rng(5)
     files: dict[str, Path] = {}
     def register(name: str, image: np.ndarray, centre: tuple[float, float], radius: float) -> None:
         shot = views.disc_photo(image, rng, centre, radius, out_size=768, fill=0.85, max_tilt=5.0, scale_range=(0.98, 1.02), quality_range=(92, 95))
         files[name] = write_rgb(tmp / "catalog" / f"{name}-1.jpg", shot)
     for name, centre in QUARTERS.items():
-        if name != "teaD":
+        if name != "teaC":
             register(name, tea, centre, 124)
     for name in ("coffee", "chelsea", "rocket"):
         h, w = photos[name].shape[:2]
@@ -48,7 +53,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         shot = views.hard_disc_photo(image, rng, centre, radius, (1024, 768), params=params)
         return write_rgb(tmp / "query" / f"{name}.jpg", shot, quality=98)
     files["q_same"] = hard("same", tea, QUARTERS["teaA"], 124)
-    files["q_sibling"] = hard("sibling", tea, QUARTERS["teaD"], 124)
+    files["q_sibling"] = hard("sibling", tea, QUARTERS["teaC"], 124)
     files["q_stranger"] = hard("stranger", photos["astronaut"], (256, 200), 150)
     files["q_blurred"] = hard("blurred", tea, QUARTERS["teaB"], 124, blur=2.5)
     files["root"] = tmp / "root"
