@@ -61,3 +61,15 @@ def test_write_into_keeps_the_config_loadable_and_its_comments(tmp_path: Path) -
     assert "calibrated by `teaprint calibrate` on cal1" in text
     assert "# weight of log(1 + the label's inliers)" in text  # the other comments survive
     assert "# drop folder for photos to register" in text
+
+
+def test_write_into_states_per_benchmark_rates_once(tmp_path: Path) -> None:
+    target = tmp_path / "default.yaml"
+    shutil.copy(DEFAULT_CONFIG, target)
+    cal = fit(synthetic_evidence(), target_far=0.01)
+    for rates in (["cal1: FAR 0.0100", "cal2: FAR 0.0000"], ["cal1: FAR 0.0050", "cal2: FAR 0.0000"]):
+        write_into(target, cal, [Path("/bench/cal1"), Path("/bench/cal2")], 0.01, rates)
+    text = target.read_text()
+    assert text.count("per calibration benchmark at that accept point:") == 1
+    assert "cal1: FAR 0.0050" in text and "cal1: FAR 0.0100" not in text
+    assert load_config(target).matcher.decide.fusion == cal.fusion

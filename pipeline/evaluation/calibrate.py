@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -165,6 +165,20 @@ def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
     }
 
 
+def per_bench_rates(by_bench: dict[str, list[QueryEvidence]], cal: Calibration) -> list[str]:
+    """One line per calibration benchmark: its FAR, recall and precision at the fitted accept point."""
+    lines = []
+    for name, evidence in by_bench.items():
+        best, right, registered = decisions(evidence, cal.fusion)
+        accepted = best >= cal.accept_confidence
+        far = (accepted & ~registered).sum() / max((~registered).sum(), 1)
+        recall = (accepted & right & registered).sum() / max(registered.sum(), 1)
+        precision = (accepted & right).sum() / max(accepted.sum(), 1)
+        lines.append(f"{name}: FAR {far:.4f} ({(~registered).sum()} unregistered), recall {recall:.3f} "
+                     f"({registered.sum()} registered), precision {precision:.3f}")
+    return lines
+
+
 def summary(cal: Calibration, benches: Sequence[Path], target_far: float) -> str:
     return (f"calibrated by `teaprint calibrate` on {', '.join(b.name for b in benches)}: {cal.registered} registered and "
             f"{cal.unregistered} unregistered queries; FAR {cal.false_accept_rate:.4f} (target {target_far}), "
@@ -181,7 +195,7 @@ def format_yaml(cal: Calibration, benches: Sequence[Path], target_far: float) ->
     )
 
 
-def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], target_far: float) -> None:
+def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], target_far: float, rates: Sequence[str] = ()) -> None:
     """Replace `matcher.decide`'s accept_confidence and fusion weights in `config_file`, keeping its comments."""
     from ruamel.yaml import YAML
 
@@ -189,7 +203,7 @@ def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], tar
     yaml.width = 4096
     yaml.preserve_quotes = True
     yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    data = yaml.load(config_file.read_text(encoding="utf-8"))
+    data = yaml.load(_without_rates_block(config_file.read_text(encoding="utf-8")))
     try:
         decide = data["matcher"]["decide"]
         fusion = decide["fusion"]
@@ -198,11 +212,35 @@ def write_into(config_file: Path, cal: Calibration, benches: Sequence[Path], tar
     decide["accept_confidence"] = round(cal.accept_confidence, 4)
     note = f"# answer `matched` when confidence >= this; {summary(cal, benches, target_far)}"
     decide.yaml_add_eol_comment(note, "accept_confidence", column=35)
+    _add_comment_block(data["matcher"], "decide", [RATES_HEADER, *rates] if rates else [])
     for expert, weights in _weights_dict(cal.fusion).items():
         for name, value in weights.items():
             fusion[expert][name] = float(value)
     with config_file.open("w", encoding="utf-8") as fh:
         yaml.dump(data, fh)
+
+
+RATES_HEADER = "per calibration benchmark at that accept point:"
+
+
+def _without_rates_block(text: str) -> str:
+    """`text` less a rates block an earlier `--write` left (the header and its comment lines)."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.strip() == f"# {RATES_HEADER}":
+            skipping = True
+            continue
+        if skipping and line.lstrip().startswith("#"):
+            continue
+        skipping = False
+        out.append(line)
+    return "".join(out)
+
+
+def _add_comment_block(parent: Any, key: str, lines: Sequence[str]) -> None:
+    """Put `lines` as a comment block right above `key`."""
+    if lines:
+        parent.yaml_set_comment_before_after_key(key, before="\n".join(lines), indent=2)
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,16 +275,18 @@ def run_calibrate(args: argparse.Namespace, config: Config) -> int:
     from pipeline.evaluation.variants import VARIANTS
 
     full = VARIANTS["embedding+lbp+verify"]
-    evidence: list[QueryEvidence] = []
+    by_bench: dict[str, list[QueryEvidence]] = {}
     for source in args.benches:
         if source.is_file():
-            evidence += results_evidence(source)
+            by_bench[source.stem] = results_evidence(source)
             continue
         run = run_benchmark(load_benchmark(source, config), config, args.root, [full])
-        evidence += [query_evidence(r, t) for r, t in zip(run.variants[0].results, run.bench.truth) if r.status != "rejected"]
-    cal = fit(evidence, args.target_far)
+        by_bench[source.name] = [query_evidence(r, t) for r, t in zip(run.variants[0].results, run.bench.truth) if r.status != "rejected"]
+    cal = fit([e for group in by_bench.values() for e in group], args.target_far)
+    rates = per_bench_rates(by_bench, cal)
     print(format_yaml(cal, args.benches, args.target_far), end="")
+    print("".join(f"#   {line}\n" for line in rates), end="")
     if args.write is not None:
-        write_into(args.write, cal, args.benches, args.target_far)
+        write_into(args.write, cal, args.benches, args.target_far, rates)
         print(f"written to {args.write}")
     return 0

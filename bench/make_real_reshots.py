@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Simulated re-shots of the real pu-erh photos in ../shared/data/puerh_dev (BENCHMARK.md layout).
+
+    python bench/make_real_reshots.py OUT_DIR [--seed S] [--shots 2] [--side 1600]
+
+Each of the 15 real photos (cake faces, bare cakes and bricks, chunks) is one
+object. Every fifth photo (by sorted name, offset by the seed) is never
+registered; the others are registered as they are. Every photo gets `--shots`
+re-shots: the whole photo photographed again by another phone (any rotation,
+tilt up to 30 degrees, zoom 0.8-1.25, light, colour cast, blur, noise, JPEG
+50-90) at `--side` px. The photos are read from ../shared/data/puerh_dev and
+never copied anywhere but OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.training import views  # noqa: E402
+
+DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "puerh_dev"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shots", type=int, default=2)
+    ap.add_argument("--side", type=int, default=1600)
+    ap.add_argument("--dev", type=Path, default=DEV)
+    args = ap.parse_args(argv)
+    photos = sorted(p for p in args.dev.rglob("*.jpg"))
+    rng = np.random.default_rng([args.seed, 15])
+    (args.out / "catalog").mkdir(parents=True, exist_ok=True)
+    (args.out / "query").mkdir(parents=True, exist_ok=True)
+    numbers = rng.permutation(len(photos) * args.shots) + 1
+    rows, qn = [], 0
+    for i, path in enumerate(photos):
+        label = f"real{i:02d}"
+        registered = (i + args.seed) % 5 != 0
+        bgr = cv2.imread(str(path))
+        if registered:
+            cv2.imwrite(str(args.out / "catalog" / f"{label}-1.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        for _ in range(args.shots):
+            shot = views.rephotograph(rgb, rng, out_size=args.side, max_tilt=30.0, scale_range=(0.8, 1.25), quality_range=(50, 90))
+            name = f"q{numbers[qn]:04d}.jpg"
+            qn += 1
+            cv2.imwrite(str(args.out / "query" / name), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98])
+            rows.append((name, label if registered else "", path.relative_to(args.dev).as_posix()))
+    with open(args.out / "truth.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query", "label", "source"])
+        w.writerows(sorted(rows))
+    print(f"{sum(1 for r in rows if r[1]) // args.shots} catalog {len(rows)} queries from {len(photos)} real photos")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
