@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
+import pytest
 import numpy as np
 
 from conftest import REPO, source_photos
@@ -119,3 +120,12 @@ def write_slowly(path: Path, data: bytes, seconds: float = 2.0, chunks: int = 10
 
 def results(outbox: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(outbox.glob("*.json"))]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A daemon root with empty drop folders (import this fixture into a test module to use it)."""
+    r = tmp_path / "root"
+    (r / "inbox" / "catalog").mkdir(parents=True)
+    (r / "inbox" / "query").mkdir(parents=True)
+    return r

@@ -14,19 +14,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from daemon_support import QUIET, DaemonProcess, distinct_photos, jpeg_bytes, results, wait_until, write_slowly
+from daemon_support import QUIET, DaemonProcess, distinct_photos, jpeg_bytes, results, root, wait_until, write_slowly  # noqa: F401 (root: fixture)
 from pipeline.catalog import CatalogIndex
 from pipeline.results import load_schema
 
 SCHEMA = load_schema()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "root"
-    (r / "inbox" / "catalog").mkdir(parents=True)
-    (r / "inbox" / "query").mkdir(parents=True)
-    return r
 
 
 def drop_burst(root: Path, staging: Path, n_catalog: int, n_query: int, seed: int = 0) -> tuple[list[str], list[str]]:

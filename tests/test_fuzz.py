@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import requests
 
-from daemon_support import QUIET, DaemonProcess, results, wait_until
+from daemon_support import QUIET, DaemonProcess, results, root, wait_until  # noqa: F401 (root: fixture)
 from fuzz_corpus import GOOD_LABEL, Case, build_cases, drop, photo, prepare_outside, _jpeg
 from pipeline.catalog import CatalogIndex
 from pipeline.daemon.journal import Journal, error_name
@@ -65,14 +65,6 @@ def _drop_all(cases: list[Case], root: Path, outside: Path, sockets: list[socket
     for thread in threads:
         thread.join()
     return inodes
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "root"
-    (r / "inbox" / "catalog").mkdir(parents=True)
-    (r / "inbox" / "query").mkdir(parents=True)
-    return r
 
 
 def test_fuzz_corpus_cannot_stop_the_daemon(root: Path, tmp_path: Path, tiny_config_file: Path) -> None:
