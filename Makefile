@@ -30,9 +30,9 @@ opencv-doc:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y opencv-doc; }
 
-# Reproduces models/teaprint-encoder.keras (the command is in models/teaprint-encoder.json).
+# Reproduces the shipped encoder, pipeline/data/models/teaprint-encoder.keras (the command is in its .json).
 train: $(STAMP) opencv-doc
-	$(VENV)/bin/teaprint train --out models/teaprint-encoder.keras
+	$(VENV)/bin/teaprint train --out pipeline/data/models/teaprint-encoder.keras
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_engine.py

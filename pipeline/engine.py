@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from pipeline.catalog import CatalogIndex, NewEntry, label_from_path
-from pipeline.config import REPO_ROOT, Config
+from pipeline.config import Config
+from pipeline.data import shipped
 from pipeline.features.embedding import Encoder
 from pipeline.intake import IntakeError
 from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
@@ -35,12 +36,12 @@ class IndexReport:
 
 
 def resolve_model_path(config: Config, root: Path) -> Path:
-    """The model file: relative paths are tried under `root`, then the install."""
+    """The model file: relative paths are tried under `root`, then among the package's shipped files."""
     path = Path(config.model.path)
     if path.is_absolute():
         return path
     candidate = root / path
-    return candidate if candidate.exists() else REPO_ROOT / path
+    return candidate if candidate.exists() else shipped(*path.parts)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Match results: the JSON object written to `outbox/` and printed by `match --json`.
 
-The published contract is `schema/result.schema.json`; tests validate real
+The published contract is `pipeline/data/result.schema.json`; tests validate real
 outputs against it.
 """
 
@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import REPO_ROOT
+from pipeline.data import RESULT_SCHEMA
 from pipeline.fsutil import atomic_write_bytes
 
-SCHEMA_PATH = REPO_ROOT / "schema" / "result.schema.json"
+SCHEMA_PATH = RESULT_SCHEMA
 SCHEMA_VERSION = "teaprint-result/1"
 
 Status = Literal["matched", "no_match", "rejected"]
