@@ -108,8 +108,8 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0) ->
             replay.bit_generator.state = state
             queries.append((jpeg(cake(src, replay, view=True), 85), f"cake{i:04d}"))
     engine = Engine.load(load_config(config_path), root)
-    if len(engine.catalog) >= entries:  # a kept root: already indexed
-        print(f"catalog already holds {len(engine.catalog)} entries", flush=True)
+    if len(engine.snapshot()) >= entries:  # a kept root: already indexed
+        print(f"catalog already holds {len(engine.snapshot())} entries", flush=True)
         return queries
     t0 = time.perf_counter()
     report = engine.index_files(sorted(folder.glob("*.jpg")), catalog_root=folder, batch=64)

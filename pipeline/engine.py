@@ -1,31 +1,37 @@
-"""The identification engine: photo in, descriptors, catalog, matcher, result out.
+"""The identification engine: the one face every front-end (CLI, daemon, server, evaluation) uses.
 
 `pipeline.prepare.prepare` does the model-free work of a file (decode, LBP,
-encoder input) and can run in a worker process; `Engine` holds the loaded model and the catalog and
-does what needs them (embedding, committing, matching). The daemon, the CLI,
-the evaluation and the server all go through here.
+keypoints, encoder input) and can run in a worker process. `Engine` holds the
+loaded encoder and the catalog and offers what front-ends need: warm-up,
+embedding, matching, registering / renaming / removing / re-embedding through
+the catalog's one writer, the model's identity and one status document.
+
+Thread-safety: every read goes through `snapshot()`, one immutable catalog
+generation, and the encoder is thread-safe, so `match_prepared`, `embed` and
+`status` may run in many threads at once; writes go through the writer,
+which serialises them. Front-ends keep no catalog objects or locks of their
+own.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipeline.catalog import CatalogIndex, NewEntry, label_from_path
+from pipeline.catalog import CatalogEntry, CatalogIndex, CatalogSnapshot, CatalogWriter, NewEntry, Registered, label_from_path
 from pipeline.config import Config
 from pipeline.data import shipped
 from pipeline.features.embedding import Encoder
 from pipeline.intake import IntakeError
-from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
-from pipeline.matcher.fuse import LabelScore
-from pipeline.matcher.votes import VoteIndex, vote, build_vote_index
+from pipeline.matcher import Query, Ranked, run
+from pipeline.matcher.votes import VoteIndex, build_vote_index
 from pipeline.prepare import EncoderInput, Prepared, prepare
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
+from pipeline.state import daemon_state
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,15 @@ class IndexReport:
     added: tuple[str, ...] = ()
     duplicates: tuple[str, ...] = ()
     failed: tuple[tuple[str, str, str], ...] = ()  # (path, code, reason)
+
+
+@dataclass(frozen=True)
+class ReembedReport:
+    """What `Engine.reembed` did: `count` entries re-described with `model_id`, or nothing when some were `unreadable`."""
+
+    count: int
+    model_id: str
+    unreadable: tuple[str, ...] = ()
 
 
 def resolve_model_path(config: Config, root: Path) -> Path:
@@ -44,76 +59,93 @@ def resolve_model_path(config: Config, root: Path) -> Path:
     return candidate if candidate.exists() else shipped(*path.parts)
 
 
-@dataclass(frozen=True)
-class CatalogView:
-    """One catalog generation as a match reads it: entries, their matrices, the vote index.
-
-    Taken together under the engine's lock, so a concurrent refresh can never
-    pair one generation's entries with another's matrices; the objects are
-    never mutated afterwards (a refresh builds new ones).
-    """
-
-    entries: list
-    embeddings: np.ndarray
-    lbps: np.ndarray
-    votes: VoteIndex | None
-
-
 class Engine:
     """A loaded encoder and an open catalog, with the operations on them.
 
-    `match_prepared` and `embed` may be called from many threads at once (the
-    HTTP server does): the catalog is read through `catalog_view` and the
-    encoder is thread-safe; the stages after it are pure functions.
+    Parameters
+    ----------
+    config : Config
+    root : Path
+        The folder holding the index (`paths.index`) and the drop folders.
+    encoder : Encoder
+    check_model : bool
+        Refuse a catalog built with another encoder (`ModelMismatchError`);
+        False only for `status` and `reembed`.
     """
 
     def __init__(self, config: Config, root: Path, encoder: Encoder, check_model: bool = True) -> None:
-        self.config = config
+        self._config = config
         self.root = Path(root).resolve()
-        self.encoder = encoder
-        self.catalog = CatalogIndex(self.path("index"), model_id=encoder.info.model_id if check_model else None)
-        self.shape = EncoderInput(encoder.info.input_size, encoder.info.channels, encoder.info.disc_mask)
-        self._votes: VoteIndex | None = None
-        self._view_lock = threading.Lock()
+        self._encoder = encoder
+        info = encoder.info
+        self._record = CatalogIndex(self.index_dir, model_id=info.model_id if check_model else None)
+        self._writer = CatalogWriter(self._record, info.model_id, require_local=config.local.enabled)
+        self.encoder_input = EncoderInput(info.input_size, info.channels, info.disc_mask)
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True) -> "Engine":
         return cls(config, root, Encoder.load(resolve_model_path(config, Path(root))), check_model=check_model)
 
-    def path(self, name: str) -> Path:
-        """A configured path (`paths.<name>`) resolved under the root."""
-        return self.root / getattr(self.config.paths, name)
+    @property
+    def index_dir(self) -> Path:
+        return self.root / self._config.paths.index
 
     @property
     def model_info(self) -> ModelInfo:
-        configured = self.config.matcher.shortlist.threshold
+        """The encoder's id and the shortlist threshold in force, with where it came from."""
+        configured = self._config.matcher.shortlist.threshold
         if configured is not None:
-            return ModelInfo(self.encoder.info.model_id, configured, "config")
-        if self.encoder.info.threshold is not None:
-            return ModelInfo(self.encoder.info.model_id, float(self.encoder.info.threshold), "model")
-        return ModelInfo(self.encoder.info.model_id, self.config.matcher.shortlist.fallback_threshold, "fallback")
+            return ModelInfo(self._encoder.info.model_id, configured, "config")
+        if self._encoder.info.threshold is not None:
+            return ModelInfo(self._encoder.info.model_id, float(self._encoder.info.threshold), "model")
+        return ModelInfo(self._encoder.info.model_id, self._config.matcher.shortlist.fallback_threshold, "fallback")
 
-    # ---------------------------------------------------------------- indexing
+    def warm_up(self) -> None:
+        """Run the encoder once now, so the first photo does not pay for its set-up."""
+        shape = self.encoder_input
+        self._encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+
+    # ---------------------------------------------------------------- descriptors
     def prepare(self, path: Path, root: Path | None = None) -> Prepared:
-        return prepare(path, self.config, self.shape, root=root)
+        return prepare(path, self._config, self.encoder_input, root=root)
 
     def embed(self, prepared: Sequence[Prepared]) -> np.ndarray:
         """Embeddings (N, D) of prepared photos, in batches of `model.batch_size`."""
         if not prepared:
-            return np.zeros((0, self.encoder.info.embedding_dim), np.float32)
-        size = self.config.model.batch_size
+            return np.zeros((0, self._encoder.info.embedding_dim), np.float32)
+        size = self._config.model.batch_size
         batches = [
-            self.encoder.embed_prepared(np.stack([p.encoder_input for p in prepared[i : i + size]]))
+            self._encoder.embed_prepared(np.stack([p.encoder_input for p in prepared[i : i + size]]))
             for i in range(0, len(prepared), size)
         ]
         return np.concatenate(batches)
 
-    def new_entries(self, prepared: Sequence[Prepared], catalog_root: Path | None = None) -> list[NewEntry]:
+    # ---------------------------------------------------------------- the catalog
+    def snapshot(self) -> CatalogSnapshot:
+        """The catalog's latest committed generation (immutable; safe to keep while others write)."""
+        return self._record.snapshot()
+
+    def describe(self, prepared: Sequence[Prepared], catalog_root: Path | None = None,
+                 labels: Sequence[str] | None = None) -> list[NewEntry]:
+        """Catalog entries for prepared photos: embedded, labelled, ready for `register`.
+
+        Parameters
+        ----------
+        catalog_root : Path, optional
+            Labels come from the subfolder under it, else from the file name.
+        labels : sequence of str, optional
+            One label per photo, instead of deriving them from the paths.
+        """
         vectors = self.embed(prepared)
         return [
-            NewEntry(p.sha256, str(Path(p.path).absolute()), label_from_path(p.path, catalog_root), v, p.lbp, p.local)
-            for p, v in zip(prepared, vectors)
+            NewEntry(sha256=p.sha256, path=str(Path(p.path).absolute()), embedding=v, lbp=p.lbp, local=p.local,
+                     label=labels[i] if labels is not None else label_from_path(p.path, catalog_root))
+            for i, (p, v) in enumerate(zip(prepared, vectors))
         ]
+
+    def register(self, entries: Sequence[NewEntry], place: Callable[[NewEntry], NewEntry] | None = None) -> Registered:
+        """Store new entries through the catalog's writer, in one commit (see `CatalogWriter.register`)."""
+        return self._writer.register(entries, place=place)
 
     def index_files(
         self,
@@ -123,7 +155,7 @@ class Engine:
         progress: Callable[[int], None] | None = None,
         root: Path | None = None,
     ) -> IndexReport:
-        """Register photos, one catalog commit per `batch` files.
+        """Register photo files, one catalog commit per `batch` files.
 
         A file that cannot be taken, or fails in any way while prepared, is
         reported in `failed` (code, reason) and the others go on. With `root`,
@@ -136,9 +168,9 @@ class Engine:
 
         def flush() -> None:
             if pending:
-                result = self.catalog.commit(self.new_entries(pending, catalog_root))
-                added.extend(result.added)
-                duplicates.extend(result.duplicates)
+                result = self.register(self.describe(pending, catalog_root))
+                added.extend(e.sha256 for e in result.added)
+                duplicates.extend(e.sha256 for e in result.duplicates)
                 pending.clear()
 
         for path in paths:
@@ -154,6 +186,45 @@ class Engine:
                 flush()
         flush()
         return IndexReport(tuple(added), tuple(duplicates), tuple(failed))
+
+    def rename(self, src: Path, dest: Path, catalog_root: Path | None = None) -> CatalogEntry | None:
+        """The entry registered at `src` now lives at `dest` (label from `dest`); None when `src` was not registered."""
+        entry = self.snapshot().by_path(str(src))
+        if entry is None:
+            return None
+        return self._writer.rename(entry, str(dest), label_from_path(dest, catalog_root))
+
+    def remove(self, entries: Sequence[CatalogEntry]) -> tuple[str, ...]:
+        """Remove entries; returns the sha256 of those that were still registered."""
+        return self._writer.remove(entries)
+
+    def reembed(self) -> ReembedReport:
+        """Re-describe every entry from its photo with the loaded encoder, in one step.
+
+        All or nothing: when a photo is missing, unreadable or no longer holds
+        the registered bytes, the catalog is left as it was and the report
+        names each such photo.
+        """
+        model_id = self._encoder.info.model_id
+        self._record.refresh_unchecked()
+        readable: list[tuple[CatalogEntry, Prepared]] = []
+        unreadable: list[str] = []
+        for entry in self._record.entries():
+            try:
+                prepared = self.prepare(Path(entry.path))
+            except IntakeError as err:
+                unreadable.append(f"{entry.path}: {err}")
+                continue
+            if prepared.sha256 != entry.sha256:
+                unreadable.append(f"{entry.path}: the file no longer holds the registered photo (sha256 changed)")
+                continue
+            readable.append((entry, prepared))
+        if unreadable:
+            return ReembedReport(0, model_id, tuple(unreadable))
+        vectors = self.embed([p for _, p in readable])
+        fresh = [replace(entry, embedding=v, lbp=p.lbp, local=p.local) for (entry, p), v in zip(readable, vectors)]
+        self._writer.reembed(fresh, model_id)
+        return ReembedReport(len(fresh), model_id)
 
     # ---------------------------------------------------------------- matching
     def match_file(self, path: Path, root: Path | None = None) -> MatchResult:
@@ -172,131 +243,77 @@ class Engine:
                             sha256=prepared.sha256, model=self.model_info)
 
     def match_prepared(self, prepared: Prepared, query_name: str, embedding: np.ndarray | None = None) -> MatchResult:
-        """Run shortlist -> refine -> verify -> decide for one prepared photo."""
+        """Run the matcher on one prepared photo against the latest catalog generation."""
         clock = _Clock(prepared.timings_ms)
-        query = self.embed([prepared])[0] if embedding is None else embedding
+        vector = self.embed([prepared])[0] if embedding is None else embedding
         clock.lap("embed")
-        cfg = self.config.matcher
-        view = self.catalog_view(with_votes=cfg.shortlist.vote_top_k > 0 and cfg.verify.enabled)
-        entries, embeddings, lbps = view.entries, view.embeddings, view.lbps
+        snap = self.snapshot()
         info = self.model_info
-        sl = cfg.shortlist
-        short = shortlist(query, embeddings, sl.top_k, info.threshold, sl.min_candidates, sl.floor)
-        extras = [("lbp", lbp_nearest(prepared.lbp, lbps, sl.lbp_top_k))]
-        if sl.vote_top_k > 0 and cfg.verify.enabled:
-            extras.append(("votes", vote(view.votes, prepared.local, sl.vote_top_k, cfg.verify.ratio)))
-        candidates = widen(short, extras, query, embeddings)
-        clock.lap("shortlist")
-        rows = candidates.indices
-        labels = [entries[i].label for i in rows]
-        refined = refine(
-            prepared.lbp,
-            lbps[rows] if len(rows) else np.zeros((0, prepared.lbp.size), np.float32),
-            labels,
-            c=cfg.refine.svc_c,
-            kernel=cfg.refine.kernel,
-            enabled=cfg.refine.enabled,
-        )
-        clock.lap("refine")
-        verified = None
-        if cfg.verify.enabled:
-            v = cfg.verify
-            verified = verify(prepared.local, [entries[i].local for i in rows], v.max_candidates, v.ratio, v.ransac_px, v.min_matches)
-            clock.lap("verify")
-        decision, scores = self._decide(candidates, refined, labels, verified)
-        clock.lap("decide")
-        matches = tuple(self._evidence(entries[rows[i]], i, candidates, refined, verified, scores) for i in decision.order)
-        stages = {
-            "shortlist": {
-                "candidates": len(entries),
-                "kept": len(short),
-                "widened_to": len(candidates),
-                "threshold": info.threshold,
-                "top_k": cfg.shortlist.top_k,
-                "lbp_top_k": cfg.shortlist.lbp_top_k,
-                "vote_top_k": cfg.shortlist.vote_top_k if cfg.verify.enabled else 0,
-                "best_rejected_similarity": short.best_rejected,
-            },
-            "refine": {"mode": refined.mode, "svc_label": refined.label, "votes": refined.votes, "kept": int(refined.kept.size)},
-            "verify": {
-                "enabled": verified is not None,
-                "query_keypoints": verified.query_keypoints if verified else 0,
-                "verified": len(verified.positions) if verified else 0,
-                "max_inliers": max((r.inliers for r in verified.results), default=0) if verified else 0,
-            },
-            "decide": {"agreed": list(decision.agreed),
-                       "accept_confidence": cfg.decide.accept_confidence if verified is not None else cfg.decide.similarity_accept,
-                       "method": "fusion" if verified is not None else "similarity",
-                       **_expert_report(scores, matches)},
-        }
+        outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap), clock.lap)
+        decision = outcome.decision
         return MatchResult(
             query=query_name,
             status=decision.status,
             label=decision.label,
             confidence=round(decision.confidence, 6),
-            matches=matches,
-            stages=stages,
+            matches=tuple(_evidence(snap.entries[r.row], r) for r in outcome.ranked),
+            stages=outcome.stages(),
             timings_ms=clock.totals(),
             model=info,
             sha256=prepared.sha256,
         )
 
-    def catalog_view(self, with_votes: bool = True) -> CatalogView:
-        """The catalog's latest committed generation, refreshed and read as one consistent view."""
-        with self._view_lock:
-            self.catalog.refresh()
-            entries = self.catalog.entries()
-            embeddings, lbps = self.catalog.matrices()
-            return CatalogView(entries, embeddings, lbps, self._vote_index(entries) if with_votes else None)
+    def _votes(self, snap: CatalogSnapshot) -> VoteIndex | None:
+        """The generation's catalog-wide keypoint index, built once per snapshot (None when the source is off)."""
+        per_entry = self._config.matcher.shortlist.vote_keypoints
+        if self._config.matcher.shortlist.vote_top_k <= 0:
+            return None
+        return snap.derived(("votes", per_entry), lambda s: build_vote_index(s.keypoints(range(len(s))), per_entry, s.generation))
 
-    def _vote_index(self, entries: list) -> VoteIndex:
-        """The catalog-wide keypoint index, rebuilt only when the catalog changed."""
-        generation = self.catalog.generation
-        if self._votes is None or self._votes.generation != generation:
-            per_entry = self.config.matcher.shortlist.vote_keypoints
-            self._votes = build_vote_index([e.local for e in entries], per_entry, generation)
-        return self._votes
+    # ---------------------------------------------------------------- status
+    def status(self, daemon: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+        """The one status document: catalog, model, daemon, and any front-end's own `sections`.
 
-    def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, LabelScore]]:
-        cfg = self.config.matcher.decide
-        if verified is None:
-            return decide(candidates, refined, labels, cfg.similarity_accept), {}
-        inliers = [verified.inliers_at(i) for i in range(len(labels))]
-        evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
-        embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
-        best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
-        first_choices = {
-            "shortlist": embedding_first,
-            "refine": refined.label if refined.mode == "svc" else None,
-            "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
+        `teaprint status` prints it, the daemon stores it (with its live
+        `daemon` section) in its status file, and the server answers it at
+        `/status` (with a `server` section). Without `daemon`, the daemon's
+        state is read from the root's state files.
+        """
+        snap = self.snapshot()
+        info = self.model_info
+        encoder = self._encoder.info
+        if daemon is None:
+            daemon = daemon_state(self.root, self._config, {e.path for e in snap.entries})
+        return {
+            "root": str(self.root),
+            "entries": len(snap),
+            "labels": len(set(snap.labels)),
+            "index": {"path": str(self.index_dir), "generation": snap.generation, "size_bytes": self._record.size_bytes(),
+                      "model_id": snap.model_id},
+            "model": {"id": info.id, "path": encoder.path, "runtime": encoder.runtime, "threshold": info.threshold,
+                      "threshold_source": info.threshold_source},
+            "model_matches_index": snap.model_id in (None, info.id),
+            "daemon": daemon,
+            **sections,
         }
-        return fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices)
-
-    @staticmethod
-    def _evidence(entry, position: int, candidates: Shortlist, refined: Refinement, verified: Verified | None, scores: dict[str, LabelScore]) -> MatchEvidence:
-        check = verified.result_at(position) if verified else None
-        return MatchEvidence(
-            image=entry.path,
-            id=entry.id,
-            label=entry.label,
-            similarity=round(float(candidates.similarities[position]), 6),
-            svc_label=refined.label,
-            lbp_distance=round(float(refined.lbp_distances[position]), 6),
-            source=candidates.sources[position] if candidates.sources else "embedding",
-            rank=int(position),
-            inliers=check.inliers if check else None,
-            rotation_deg=round(check.rotation_deg, 2) if check and check.rotation_deg is not None and check.inliers else None,
-            scale=round(check.scale, 4) if check and check.scale is not None and check.inliers else None,
-            score=round(scores[entry.label].confidence, 6) if entry.label in scores else None,
-        )
 
 
-def _expert_report(scores: dict[str, LabelScore], matches: Sequence[MatchEvidence]) -> dict[str, float]:
-    """The fused decision's two expert probabilities for the best label (empty without fusion)."""
-    if not scores or not matches or matches[0].label not in scores:
-        return {}
-    best = scores[matches[0].label]
-    return {"geometric": round(best.geometric, 6), "appearance": round(best.appearance, 6)}
+def _evidence(entry: CatalogEntry, ranked: Ranked) -> MatchEvidence:
+    """One offered match as the result contract writes it (values rounded for JSON)."""
+    return MatchEvidence(
+        image=entry.path,
+        id=entry.id,
+        label=entry.label,
+        similarity=round(ranked.similarity, 6),
+        svc_label=ranked.svc_label,
+        lbp_distance=round(ranked.lbp_distance, 6),
+        source=ranked.source,
+        rank=ranked.position,
+        inliers=ranked.inliers,
+        rotation_deg=round(ranked.rotation_deg, 2) if ranked.rotation_deg is not None else None,
+        scale=round(ranked.scale, 4) if ranked.scale is not None else None,
+        score=round(ranked.score, 6) if ranked.score is not None else None,
+    )
 
 
 class _Clock:

@@ -154,11 +154,22 @@ def test_polling_mode_and_catalog_rename(root: Path, tmp_path: Path, tiny_config
     daemon = DaemonProcess(root, config).start()
     try:
         wait_until(lambda: len(CatalogIndex(root / "index")) == 3, 60, "3 entries")
+        before = next(e for e in CatalogIndex(root / "index").entries() if e.label == "p1")
+        assert before.local is not None and len(before.local) > 0
         (root / "inbox/catalog/p1-1.jpg").rename(root / "inbox/catalog/renamed-1.jpg")
         wait_until(lambda: "renamed" in CatalogIndex(root / "index").labels(), 30, "rename applied")
         assert len(CatalogIndex(root / "index")) == 3
+        # A rename changes the path and label only: every descriptor, keypoints
+        # included (they were once dropped), and the registration time stay.
+        after = CatalogIndex(root / "index").get(before.sha256)
+        assert after.local is not None and len(after.local) == len(before.local)
+        assert after.path == str(root / "inbox/catalog/renamed-1.jpg") and after.added_at == before.added_at
+        for a, b in ((after.embedding, before.embedding), (after.lbp, before.lbp), (after.local.points, before.local.points),
+                     (after.local.descriptors, before.local.descriptors)):
+            assert (a == b).all()
         (root / "inbox/query/x.jpg").write_bytes(jpeg_bytes(photos[1]))
         wait_until(lambda: (root / "outbox/x.json").exists(), 30, "polling answer")
-        assert json.loads((root / "outbox/x.json").read_text())["matches"][0]["label"] == "renamed"
+        best = json.loads((root / "outbox/x.json").read_text())["matches"][0]
+        assert best["label"] == "renamed" and best["inliers"] > 0  # still verified after the rename
     finally:
         assert daemon.signal(signal.SIGTERM) == 0

@@ -99,11 +99,14 @@ class Health(_Model):
 
 
 class ServerStatus(_Model):
+    """`Engine.status`, the document `teaprint status --json` prints, plus this server's section."""
+
     root: str
     entries: int
     labels: int
     index: dict[str, Any]
     model: dict[str, Any]
+    model_matches_index: bool
     daemon: dict[str, Any] = Field(description="The drop-folder daemon on the same root, as `teaprint status` shows it.")
     server: dict[str, Any]
 
@@ -157,7 +160,7 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
         version=VERSION,
         description=(
             "Register tea-cake photos and identify a cake from a photo. Same engine, catalog and "
-            "result object (`MatchResult`, schema/result.schema.json) as the drop-folder daemon. "
+            "result object (`MatchResult`, pipeline/data/result.schema.json) as the drop-folder daemon. "
             "Send `Authorization: Bearer <token>` on every call but /health."
         ),
         docs_url=None,

@@ -1,7 +1,7 @@
 """`teaprint serve`: check the address against auth, load the engine, run uvicorn.
 
 uvicorn is the production ASGI server (one process: the model is loaded once
-and requests share it through the thread pool; see `service` for the locks).
+and requests share it through the thread pool; see `service` on thread-safety).
 It handles SIGTERM/SIGINT by finishing requests in flight and exiting 0.
 """
 
@@ -117,7 +117,7 @@ def serve(root: Path, config: Config, port: int | None = None, host: str | None 
     ))
     shown = f"[{host}]" if ":" in host else host
     log.info("serving", url=f"http://{shown}:{actual}/", host=host, port=actual, auth=token is not None,
-             root=str(service.root), entries=len(service.engine.catalog), model=service.engine.encoder.info.model_id)
+             root=str(service.root), entries=len(service.engine.snapshot()), model=service.engine.model_info.id)
     server.run(sockets=[sock])
     log.info("stopped", port=actual)
     return 0

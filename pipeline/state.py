@@ -1,15 +1,22 @@
-"""The single-daemon lock and the status file that `teaprint status` reads."""
+"""The files a daemon keeps under a root's state folder, and what anyone may read of them.
+
+``<paths.state>/daemon.lock`` (one daemon per root), ``daemon.pid`` and
+``status.json`` (the daemon's last status, written by `Engine.status`).
+The daemon takes the lock and writes the status; `daemon_state` reads them
+for `teaprint status` and the server's `/status` without importing the daemon.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from filelock import FileLock, Timeout
 
 from pipeline.config import Config
+from pipeline.photos import photo_files
 from pipeline.results import write_json_atomic
 
 
@@ -47,14 +54,18 @@ def _read_pid(folder: Path) -> str:
 
 
 def write_status(root: Path, config: Config, status: dict[str, Any]) -> None:
+    """Store the daemon's status document (`Engine.status` with its live `daemon` section)."""
     write_json_atomic(state_dir(root, config) / "status.json", json.dumps(status, indent=1))
 
 
-def daemon_status(root: Path, config: Config) -> dict[str, Any]:
-    """Whether a daemon runs on `root`, pending files, and its last error."""
-    from pipeline.daemon.watcher import scan
-    from pipeline.intake import is_candidate
+def daemon_state(root: Path, config: Config, indexed: Collection[str]) -> dict[str, Any]:
+    """Whether a daemon runs on `root`, the photos waiting in its folders, and what it last reported.
 
+    Parameters
+    ----------
+    indexed : collection of str
+        Paths already in the catalog (a catalog photo among them is not pending).
+    """
     root = Path(root).resolve()
     folder = state_dir(root, config)
     running = False
@@ -66,15 +77,12 @@ def daemon_status(root: Path, config: Config) -> dict[str, Any]:
         except Timeout:
             running = True
     try:
-        saved = json.loads((folder / "status.json").read_text())
-    except (OSError, ValueError):
+        saved = json.loads((folder / "status.json").read_text()).get("daemon") or {}
+    except (OSError, ValueError, AttributeError):
         saved = {}
-    patterns = config.daemon.watch.ignore_patterns
-    wanted = lambda p: is_candidate(p, config.intake)  # noqa: E731
-    catalog_dir = root / config.paths.inbox_catalog
-    indexed = _indexed_paths(root, config)
-    pending_catalog = sum(1 for p in scan(catalog_dir, True, wanted, patterns) if str(p.absolute()) not in indexed)
-    pending_query = sum(1 for _ in scan(root / config.paths.inbox_query, False, wanted, patterns))
+    catalog = photo_files(root / config.paths.inbox_catalog, config, recursive=True)
+    pending_catalog = sum(1 for p in catalog if str(p.absolute()) not in indexed)
+    pending_query = sum(1 for _ in photo_files(root / config.paths.inbox_query, config, recursive=False))
     return {
         "running": running,
         "pid": _read_pid(folder) if running else None,
@@ -84,9 +92,3 @@ def daemon_status(root: Path, config: Config) -> dict[str, Any]:
         "processed": saved.get("processed"),
         "started_at": saved.get("started_at") if running else None,
     }
-
-
-def _indexed_paths(root: Path, config: Config) -> set[str]:
-    from pipeline.catalog import CatalogIndex
-
-    return {e.path for e in CatalogIndex(root / config.paths.index).entries()}
