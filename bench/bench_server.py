@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="teaprint-bench-server-"))
     root.mkdir(parents=True, exist_ok=True)
-    model = args.model or REPO / "models" / "teaprint-encoder.keras"
+    model = args.model or REPO / "pipeline" / "data" / "models" / "teaprint-encoder.keras"
     if not model.is_file():
         model = root / "tiny.keras" if (root / "tiny.keras").is_file() else tiny_model(root)
         which = "tiny test encoder (no shipped model found)"

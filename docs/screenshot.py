@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from selenium.webdriver.support.ui import WebDriverWait
 
     root = Path(tempfile.mkdtemp(prefix="teaprint-screenshot-"))
-    model = REPO / "models" / "teaprint-encoder.keras"
+    model = REPO / "pipeline" / "data" / "models" / "teaprint-encoder.keras"
     model = model if model.is_file() else tiny_model(root)
     config = root / "config.yaml"
     config.write_text(f"model:\n  path: {model}\n")

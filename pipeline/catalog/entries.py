@@ -9,6 +9,7 @@ keeps every descriptor (a hand-built copy once dropped the keypoints).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.features.local import LocalFeatures
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +82,7 @@ def check_entry(entry: NewEntry, require_local: bool) -> None:
         and an entry without them would never be verified again).
     """
     name = entry.path or entry.sha256
-    if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
+    if not _SHA256.fullmatch(entry.sha256):
         raise EntryError(f"{name}: sha256 {entry.sha256!r} is not 64 lowercase hex digits")
     for what, vector in (("embedding", entry.embedding), ("lbp", entry.lbp)):
         if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.size == 0 or not np.isfinite(vector).all():
