@@ -144,7 +144,7 @@ class CatalogIndex:
         with self._state_lock:
             self.refresh()
             state = self._state
-            if self._snapshot is None or self._snapshot.generation != state.generation or self._snapshot.directory != self.directory:
+            if self._snapshot is None or self._snapshot.generation != state.generation:
                 self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, list(state.entries.values()))
             return self._snapshot
 
@@ -267,7 +267,8 @@ class CatalogIndex:
 
     def _remove_files(self, names: Iterable[str]) -> None:
         for old in names:
-            self._cache.pop(old, None)
+            with self._state_lock:
+                self._cache.pop(old, None)
             try:
                 (self.directory / old).unlink()
             except FileNotFoundError:
