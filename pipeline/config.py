@@ -151,6 +151,7 @@ class WatchConfig:
 class DaemonConfig:
     watch: WatchConfig
     catalog_batch_size: int
+    catalog_batch_max: int
     catalog_batch_wait_s: float
     workers: int
     explain_images: bool
@@ -237,6 +238,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("daemon.watch.stable_after_s", lambda v: v >= 0, ">= 0"),
     ("daemon.watch.reconcile_interval_s", lambda v: v > 0, "> 0"),
     ("daemon.catalog_batch_size", lambda v: v >= 1, ">= 1"),
+    ("daemon.catalog_batch_max", lambda v: v >= 1, ">= 1"),
     ("daemon.catalog_batch_wait_s", lambda v: v >= 0, ">= 0"),
     ("daemon.workers", lambda v: v >= 1, ">= 1"),
     ("daemon.file_budget_s", lambda v: v >= 0, ">= 0 (0 = no budget)"),

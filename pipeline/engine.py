@@ -30,7 +30,7 @@ from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.votes import VoteIndex, build_vote_index
 from pipeline.prepare import EncoderInput, Prepared, prepare
-from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
+from pipeline.results import CatalogRef, MatchEvidence, MatchResult, ModelInfo, rejected
 from pipeline.state import daemon_state
 
 
@@ -242,12 +242,16 @@ class Engine:
             return rejected(name, f"{path}: matching failed: {type(exc).__name__}: {exc}", "processing_failed",
                             sha256=prepared.sha256, model=self.model_info)
 
-    def match_prepared(self, prepared: Prepared, query_name: str, embedding: np.ndarray | None = None) -> MatchResult:
-        """Run the matcher on one prepared photo against the latest catalog generation."""
+    def match_prepared(self, prepared: Prepared, query_name: str, embedding: np.ndarray | None = None,
+                       snapshot: CatalogSnapshot | None = None) -> MatchResult:
+        """Run the matcher on one prepared photo against `snapshot` (default: the latest catalog generation).
+
+        The result names the generation it was matched against (`catalog`).
+        """
         clock = _Clock(prepared.timings_ms)
         vector = self.embed([prepared])[0] if embedding is None else embedding
         clock.lap("embed")
-        snap = self.snapshot()
+        snap = self.snapshot() if snapshot is None else snapshot
         info = self.model_info
         outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap), clock.lap)
         decision = outcome.decision
@@ -261,7 +265,19 @@ class Engine:
             timings_ms=clock.totals(),
             model=info,
             sha256=prepared.sha256,
+            catalog=CatalogRef(snap.generation, len(snap)),
         )
+
+    def serving_snapshot(self) -> CatalogSnapshot:
+        """The latest generation with everything the matcher derives from it already built.
+
+        A match against it pays nothing for the generation (building the
+        keypoint vote index costs O(catalog)); the daemon's catalog lane calls
+        this before it publishes a generation to the query lane.
+        """
+        snap = self.snapshot()
+        self._votes(snap)
+        return snap
 
     def _votes(self, snap: CatalogSnapshot) -> VoteIndex | None:
         """The generation's catalog-wide keypoint index, built once per snapshot (None when the source is off)."""

@@ -48,6 +48,14 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class CatalogRef:
+    """The catalog generation a query was matched against, and its size."""
+
+    generation: int
+    entries: int
+
+
+@dataclass(frozen=True)
 class MatchResult:
     query: str
     status: Status
@@ -60,6 +68,7 @@ class MatchResult:
     error: str | None = None
     error_code: str | None = None
     sha256: str | None = None
+    catalog: CatalogRef | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
 
     def to_dict(self) -> dict[str, Any]:

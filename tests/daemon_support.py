@@ -60,6 +60,10 @@ class DaemonProcess:
             time.sleep(0.1)
         raise AssertionError(f"no {name!r} event in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
+    def published_generation(self) -> int:
+        """The newest catalog generation the daemon made visible to queries (-1 before any)."""
+        return max((e["generation"] for e in self.events() if e.get("event") == "published"), default=-1)
+
     def signal(self, sig: int) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)

@@ -461,6 +461,9 @@ def test_server_and_daemon_share_one_root(api: Api, server: ServerProcess, daemo
         gone = [index.get(hashlib.sha256(via_api[0][1]).hexdigest()), index.get(hashlib.sha256(dropped["drop0-1.jpg"]).hexdigest())]
         for entry in gone:
             api.call("DELETE", "/catalog/{entry_id}", expect=200, at={"entry_id": entry.id})
+        # The daemon answers against the generation it last published to its query lane.
+        latest = CatalogIndex(root / "index").generation
+        wait_until(lambda: daemon.published_generation() >= latest, 30, "the daemon to publish the latest generation")
         # A query through the daemon and one through the API: the same result object.
         (root / "inbox" / "query" / "shot.jpg").write_bytes(dropped["drop2-1.jpg"])
         wait_until(lambda: any(r.get("query") == "shot.jpg" for r in results(root / "outbox")), 30, "the daemon's answer")
@@ -469,6 +472,7 @@ def test_server_and_daemon_share_one_root(api: Api, server: ServerProcess, daemo
         for result in (from_daemon, from_api):
             jsonschema.validate(result, RESULT_SCHEMA)
         assert from_daemon["label"] == from_api["label"] == "drop2" and set(from_daemon) == set(from_api)
+        assert from_daemon["catalog"]["generation"] >= latest
         time.sleep(1.5)  # over one reconcile period
     finally:
         stop.set()

@@ -52,14 +52,15 @@ def test_every_front_end_path_stores_complete_entries(tmp_path: Path, tiny_confi
     engine = Engine.load(config, root)
     daemon = Daemon(root, config, engine)
     name, rgb = photos[2]
-    dropped = write_rgb(daemon.catalog_dir / f"{name}-1.jpg", rgb)
-    prepared = prepare_within(dropped, config, engine.encoder_input, daemon.catalog_dir)
-    daemon.batch = [(FileReady(dropped, "catalog", "scan", dropped.stat().st_size, dropped.stat().st_mtime_ns), prepared)]
-    daemon.commit_batch()
-    renamed = daemon.catalog_dir / "moved" / "x.jpg"
+    lane = daemon.catalog
+    dropped = write_rgb(daemon.folders.catalog / f"{name}-1.jpg", rgb)
+    prepared = prepare_within(dropped, config, engine.encoder_input, daemon.folders.catalog)
+    lane.batch = [(FileReady(dropped, "catalog", "scan", dropped.stat().st_size, dropped.stat().st_mtime_ns), prepared)]
+    lane.commit_batch()
+    renamed = daemon.folders.catalog / "moved" / "x.jpg"
     renamed.parent.mkdir()
     dropped.rename(renamed)
-    daemon.renamed(FileRenamed(dropped, renamed))
+    lane.renamed(FileRenamed(dropped, renamed))
     stored = {e.path: e for e in index()}
     assert stored[str(renamed)].label == "moved" and str(dropped) not in stored
     written["daemon"] = {stored[str(renamed)].sha256}
