@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """Daemon benchmark: query latency (idle and under catalog ingest), ingest rate, RSS, clean stop.
 
-    .venv/bin/python bench/bench_daemon.py [--quick]
+    .venv/bin/python bench/bench_daemon.py [--quick] [--base N --keep-base DIR] [--catalog N] [--size WxH]
 
 Starts the real daemon (`python -m pipeline --config CFG --root TMP run`,
 TF_CPP_MIN_LOG_LEVEL=3) on a temp root with the default settings (only
 `model.path` and `logging.format: json` are set) and measures, from outside:
 
-(b) ingest: 1,000 distinct 1-3 MP JPEGs are moved into inbox/catalog at once
-    (renames from a staging folder on the same filesystem); meanwhile a query
-    photo is written+closed into inbox/query every 0.3 s, for at most 60 s
-    (10 s with --quick) or until the ingest ends. The daemon answers every
-    waiting query before any catalog work, so a query stream it cannot keep up
-    with stalls the ingest; the window keeps the run bounded, and the ingest
-    rate is given overall, inside the query window and after it. Ingest rate =
+(b) ingest: 1,000 (`--catalog`) distinct 1-3 MP JPEGs (`--size WxH`: all of
+    one size, e.g. 4000x3000 for 12 MP phone photos) are moved into
+    inbox/catalog at once (renames from a staging folder on the same
+    filesystem); meanwhile a query photo is written+closed into inbox/query
+    every 0.3 s, for at most 60 s (10 s with --quick) or until the ingest
+    ends. Queries are answered in their own lane; `blocked` is the part of a
+    query's wait that is neither file-event detection nor queueing behind
+    the previous query (answer start - max(close, previous answer's end)),
+    so a query that waited for catalog work shows there. The ingest rate is
+    given overall, inside the query window and after it. Ingest rate =
     photos / (last "catalog" log event's timestamp - time of the first
     rename); it is compared with plain single-process `cv2.imread` of the same
     files, measured in this run (before the daemon starts and after it stops;
@@ -23,7 +26,12 @@ TF_CPP_MIN_LOG_LEVEL=3) on a temp root with the default settings (only
 For every query: latency = time its JSON appears in outbox/ - time the writer
 closed the photo. The outbox is polled every 5 ms (a thread doing
 os.scandir), so latencies carry up to ~5 ms of polling granularity.
-Also: the daemon's startup time, its peak RSS (VmHWM of the daemon process
+With `--base N` the daemon starts on a catalog that already holds N disc
+photos (bench_server's cakes, 256 px, indexed in-process with 2 worker
+processes; built once in `--keep-base DIR` and hard-linked into the run's
+root), so every figure is measured against a catalog of N + the ingest.
+Also: the per-stage times of the queries (p50 of the daemon's `timings_ms`),
+the daemon's startup time, its peak RSS (VmHWM of the daemon process
 and of its worker processes, read from /proc just before SIGTERM), CPU time
 of the daemon process and its workers during the ingest, and that SIGTERM
 exits 0. `--quick`: 100 catalog photos and 10 idle queries.
@@ -50,6 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import REPO, SOURCE_NAMES, choose_model, decode_only_rate, pct, print_table, write_jpegs  # noqa: E402
+from bench_server import build_catalog  # noqa: E402
 
 QUERY_EVERY_S = 0.3
 POLL_S = 0.005
@@ -185,14 +194,22 @@ def wait_for(predicate, timeout: float, what: str, tail: LogTail | None = None, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 catalog photos, 10 idle queries")
+    parser.add_argument("--base", type=int, default=0, help="entries already in the catalog when the daemon starts")
+    parser.add_argument("--keep-base", type=Path, default=None, help="build (once) and reuse the base catalog in this folder")
+    parser.add_argument("--catalog", type=int, default=None, help="photos dropped at once (default 1000, --quick 100)")
+    parser.add_argument("--size", default=None, help="WxH of every dropped photo (default: 1.2-3.1 MP mixed)")
     args = parser.parse_args()
-    n_catalog = 100 if args.quick else 1000
+    n_catalog = args.catalog or (100 if args.quick else 1000)
     n_idle = 10 if args.quick else 30
     n_query_sources = 10 if args.quick else 24
     window_s = 10.0 if args.quick else 60.0  # at most this long of queries during the ingest
     sizes = [(1280, 960), (1600, 1200), (2048, 1536), (960, 1280), (1200, 1600), (1536, 2048)]  # 1.2-3.1 MP
+    if args.size:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        sizes = [(w, h)]
 
-    figures: dict = {"bench": "daemon", "quick": args.quick, "latency_probe": f"outbox polled every {POLL_S * 1e3:.0f} ms"}
+    figures: dict = {"bench": "daemon", "quick": args.quick, "latency_probe": f"outbox polled every {POLL_S * 1e3:.0f} ms",
+                     "base_entries": args.base, "cpus": os.cpu_count(), "load_avg_start": round(os.getloadavg()[0], 1)}
     tmp = Path(tempfile.mkdtemp(prefix="teaprint-bench-daemon-"))
     proc: subprocess.Popen | None = None
     poller: OutboxPoller | None = None
@@ -217,7 +234,7 @@ def main() -> int:
         write_jpegs(specs)
         mean_mb = statistics.mean(p.stat().st_size for p in staged) / 1e6
         mean_mp = statistics.mean(w * h for _, w, h, *_ in specs[:n_catalog]) / 1e6
-        print(f"made {n_catalog} catalog JPEGs (1.2-3.1 MP, mean {mean_mp:.1f} MP, {mean_mb:.2f} MB) and "
+        print(f"made {n_catalog} catalog JPEGs (mean {mean_mp:.1f} MP, {mean_mb:.2f} MB) and "
               f"{n_query_sources} 1600x1200 query JPEGs in {time.perf_counter() - t0:.0f}s")
         query_bytes = [p.read_bytes() for p in qfiles]
 
@@ -226,7 +243,17 @@ def main() -> int:
 
         # ---------------------------------------------------------- start
         root = tmp / "root"
-        root.mkdir()
+        if args.base:
+            base = args.keep_base or tmp / "base"
+            base.mkdir(parents=True, exist_ok=True)
+            (base / "bench.yaml").write_text(f"model:\n  path: {model_path}\n", encoding="utf-8")
+            t0 = time.perf_counter()
+            build_catalog(base, base / "bench.yaml", args.base)
+            print(f"base catalog of {args.base} entries ready in {time.perf_counter() - t0:.0f} s")
+            # Hard links: the daemon only adds files and renames new ones into place, so the kept base stays as it was.
+            subprocess.run(["cp", "-al", str(base), str(root)], check=True)
+        else:
+            root.mkdir()
         cfg = tmp / "bench.yaml"
         cfg.write_text(f"model:\n  path: {model_path}\nlogging:\n  format: json\n", encoding="utf-8")
         log_path = tmp / "daemon.log"
@@ -280,6 +307,8 @@ def main() -> int:
         t_queries_done = time.perf_counter()
         wait_for(catalog_done, 900, f"{n_catalog} 'catalog' events", tail, proc)
         t_ingest_seen = time.perf_counter()
+        workers = sorted(set(workers) | set(children_of(proc.pid)))  # the catalog lane starts its workers after 'ready'
+        cpu0.update({pid: 0.0 for pid in workers if pid not in cpu0})
         cpu1 = {pid: cpu_s(pid) for pid in cpu0}
 
         cat_events = [e for e in tail.events if e.get("event") == "catalog"]
@@ -344,6 +373,26 @@ def main() -> int:
             if e.get("event") == "query":
                 outcomes_q[e.get("outcome")] = outcomes_q.get(e.get("outcome"), 0) + 1
                 ready_q[e.get("ready")] = ready_q.get(e.get("ready"), 0) + 1
+        # The part of each wait that is neither detection nor queueing behind the previous query.
+        order = sorted(qevents, key=lambda n: log_time(qevents[n]))
+        blocked: dict[str, list[float]] = {"idle": [], "ingest": []}
+        for prev, n in zip([None, *order], order):
+            if n not in phase_of or walls.get(n) is None:
+                continue
+            start = log_time(qevents[n]) - walls[n] / 1e3
+            ready_at = max(CLOSE_WALL[n], log_time(qevents[prev]) if prev else 0.0)
+            blocked[phase_of[n]].append(max(0.0, start - ready_at) * 1e3)
+        stage_names = ("decode", "lbp", "prepare", "local", "embed", "shortlist", "refine", "verify", "decide")
+        for ph in ("idle", "ingest"):
+            stages = {k: [qevents[n]["timings_ms"][k] for n in closes if phase_of[n] == ph and k in qevents.get(n, {}).get("timings_ms", {})]
+                      for k in stage_names}
+            figures[f"{ph}_stage_p50_ms"] = {k: round(pct(v, 50), 1) for k, v in stages.items() if v}
+            figures[f"{ph}_blocked_p50_ms"] = round(pct(blocked[ph], 50), 1) if blocked[ph] else None
+            figures[f"{ph}_blocked_p95_ms"] = round(pct(blocked[ph], 95), 1) if blocked[ph] else None
+            figures[f"{ph}_blocked_max_ms"] = round(max(blocked[ph]), 1) if blocked[ph] else None
+        generations = {qevents[n].get("generation") for n in closes if phase_of[n] == "ingest" and n in qevents}
+        figures["ingest_query_generations"] = len(generations)
+        figures["published_during_ingest"] = sum(1 for e in tail.events if e.get("event") == "published")
         for ph in ("idle", "ingest"):
             figures[f"{ph}_queries"] = len(lat[ph])
             figures[f"{ph}_latency_p50_ms"] = round(pct(lat[ph], 50), 1)
@@ -364,7 +413,7 @@ def main() -> int:
             worker_prepare_p50_ms=round(pct(worker_ms, 50), 1), embed_total_s=round(embed_total_s, 2), commit_total_s=round(commit_total_s, 2),
             ingest_cpu_daemon_s=round(daemon_cpu, 1), ingest_cpu_workers_s=round(worker_cpu, 1), ingest_wall_s=round(ingest_wall, 1),
             query_outcomes=outcomes_q, query_ready_reasons=ready_q, startup_s=round(startup_s, 1),
-            daemon_vmhwm_mb=rss["daemon_vmhwm_mb"], daemon_vmrss_mb=rss["daemon_vmrss_mb"],
+            load_avg_end=round(os.getloadavg()[0], 1), daemon_vmhwm_mb=rss["daemon_vmhwm_mb"], daemon_vmrss_mb=rss["daemon_vmrss_mb"],
             worker_vmhwm_mb=[round(w, 1) for w in worker_hwm], sigterm_exit=rc, stop_s=round(stop_s, 2),
         )
         figures["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -375,6 +424,10 @@ def main() -> int:
             (f"(b) during ingest, {len(lat['ingest'])} queries every {QUERY_EVERY_S} s over {query_window_s:.0f} s", f"{figures['ingest_latency_p50_ms']:.0f} / {figures['ingest_latency_p95_ms']:.0f} ms",
              f"p50 / p95 (max {figures['ingest_latency_max_ms']:.0f}); p50 split: wait {figures['ingest_wait_before_answer_p50_ms']:.0f} + answer {figures['ingest_daemon_wall_p50_ms']:.0f} ms"),
         ])
+        print_table("query stages, p50 of the daemon's timings_ms (ms)", [
+            (ph, " ".join(f"{k} {v:.0f}" for k, v in figures[f"{ph}_stage_p50_ms"].items()),
+             f"blocked p50/p95/max {figures[f'{ph}_blocked_p50_ms']} / {figures[f'{ph}_blocked_p95_ms']} / {figures[f'{ph}_blocked_max_ms']} ms")
+            for ph in ("idle", "ingest")])
         print_table(f"catalog ingest, {n_catalog} JPEGs ({mean_mp:.1f} MP mean) moved in at once", [
             ("ingest rate (drop -> last 'catalog' event)", f"{ingest_rate:.1f} img/s", f"{ingest_s:.1f} s; outcomes {outcomes}"),
             (f"  of which during the {query_window_s:.0f} s query window", f"{rate_with_queries:.1f} img/s",
@@ -382,10 +435,10 @@ def main() -> int:
             ("  after the last query was answered", f"{rate_after_queries:.1f} img/s" if rate_after_queries else "n/a",
              f"{len(after)} photos, no queries; commit batch median {figures['commit_batch_median']}"),
             ("decode-only cv2.imread, 1 process", f"{decode_rate:.1f} img/s", f"mean of before {decode_before:.1f} / after {decode_after:.1f}"),
-            ("ratio ingest / decode-only", f"{ingest_rate / decode_rate:.2f}x", "whole ingest; daemon: 2 workers decode (reduced) + LBP, main process embeds + commits"),
+            ("ratio ingest / decode-only", f"{ingest_rate / decode_rate:.2f}x", "whole ingest; daemon: 2 workers decode (reduced) + LBP + keypoints, the catalog lane embeds + commits"),
             ("ratio ingest without queries / decode-only", f"{rate_after_queries / decode_rate:.2f}x" if rate_after_queries else "n/a", ""),
             ("worker prepare p50 (decode+LBP+input)", f"{pct(worker_ms, 50):.0f} ms", "per photo, in a worker (from the 'catalog' log events)"),
-            ("main process: embed / commit, total", f"{embed_total_s:.1f} / {commit_total_s:.1f} s", "sum over batches (from the 'catalog' log events)"),
+            ("catalog lane: embed / commit, total", f"{embed_total_s:.1f} / {commit_total_s:.1f} s", "sum over batches (from the 'catalog' log events)"),
             ("CPU during ingest: daemon / workers", f"{daemon_cpu:.0f} / {worker_cpu:.0f} s", f"over {ingest_wall:.0f} s wall (2 cores shared with other jobs)"),
         ])
         print_table("daemon process", [

@@ -88,9 +88,22 @@ def tiny_model(folder: Path) -> Path:
     return path
 
 
-def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0) -> list[tuple[bytes, str]]:
-    """Write and index `entries` cakes; return query photos (bytes, true label)."""
+def _prepare_one(job: tuple) -> object:
+    from pipeline.daemon.budget import prepare_within
+
+    path, config, shape, root = job
+    return prepare_within(path, config, shape, root)
+
+
+def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0, workers: int = 2) -> list[tuple[bytes, str]]:
+    """Write and index `entries` cakes (decode and features in `workers` processes); return query photos (bytes, true label).
+
+    The photos are `inbox/catalog/cake<i>-1.jpg` under `root` (label `cake<i>`), so a daemon on `root` keeps them.
+    """
+    import multiprocessing
+
     from pipeline.config import load_config
+    from pipeline.daemon.budget import Failure
     from pipeline.engine import Engine
 
     rng = np.random.default_rng(seed)
@@ -98,23 +111,36 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0) ->
     folder = root / "inbox" / "catalog"
     folder.mkdir(parents=True, exist_ok=True)
     queries = []
+    width = max(4, len(str(entries - 1)))
+    paths = []
     for i in range(entries):
         src = srcs[i % len(srcs)]
         state = rng.bit_generator.state
         img = cake(src, rng)
-        (folder / f"cake{i:04d}-1.jpg").write_bytes(jpeg(img, 92))
+        path = folder / f"cake{i:0{width}d}-1.jpg"
+        if not path.exists():
+            path.write_bytes(jpeg(img, 92))
+        paths.append(path)
         if i % max(1, entries // 64) == 0:
             replay = np.random.default_rng()
             replay.bit_generator.state = state
-            queries.append((jpeg(cake(src, replay, view=True), 85), f"cake{i:04d}"))
-    engine = Engine.load(load_config(config_path), root)
+            queries.append((jpeg(cake(src, replay, view=True), 85), path.stem.rsplit("-", 1)[0]))
+    config = load_config(config_path)
+    engine = Engine.load(config, root)
     if len(engine.snapshot()) >= entries:  # a kept root: already indexed
         print(f"catalog already holds {len(engine.snapshot())} entries", flush=True)
         return queries
     t0 = time.perf_counter()
-    report = engine.index_files(sorted(folder.glob("*.jpg")), catalog_root=folder, batch=64)
-    print(f"indexed {len(report.added)} entries in {time.perf_counter() - t0:.1f} s "
-          f"({len(report.duplicates)} duplicates, {len(report.failed)} refused)", flush=True)
+    added = refused = 0
+    chunk = 256
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for start in range(0, len(paths), chunk):
+            jobs = [(p, config, engine.encoder_input, folder) for p in paths[start : start + chunk]]
+            prepared = [p for p in pool.map(_prepare_one, jobs, chunksize=8) if not isinstance(p, Failure)]
+            refused += len(jobs) - len(prepared)
+            added += len(engine.register(engine.describe(prepared, catalog_root=folder)).added)
+            print(f"  indexed {start + len(jobs)}/{entries} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"indexed {added} entries in {time.perf_counter() - t0:.1f} s ({refused} refused)", flush=True)
     return queries
 
 

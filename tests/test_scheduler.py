@@ -51,14 +51,6 @@ def test_a_short_batch_waits_for_its_deadline_unless_the_pool_will_fill_it() -> 
     assert isinstance(next_step(LaneState(inflight=30, batch=3, batch_age_s=5.0), POLICY), Wait)
 
 
-def test_queries_go_first_but_never_starve_the_catalog() -> None:
-    due = LaneState(batch=3, queries=1)
-    assert next_step(due, POLICY) == Wait(0.01)
-    assert next_step(LaneState(batch=3, queries=0), POLICY) == Commit()
-    # A full batch commits whatever the query lane does.
-    assert next_step(LaneState(inflight=10, batch=256, queries=3), POLICY) == Commit()
-
-
 def test_publication_right_after_the_last_commit_and_rate_limited_under_load() -> None:
     assert next_step(LaneState(unpublished=True, since_publish_s=0.0, publish_cost_s=5.0), POLICY) == Publish()
     busy = LaneState(inflight=100, batch=10, unpublished=True, since_publish_s=1.0, publish_cost_s=0.5)

@@ -75,15 +75,12 @@ class CatalogSync:
         Files it is done with are forgotten there; scans feed it.
     board : SnapshotBoard
         Where published generations go.
-    queries : callable
-        Queries waiting or being answered now (the query lane goes first).
     clock : callable
         Monotonic seconds.
     """
 
     def __init__(self, engine: Engine, config: Config, folders: DropFolders, failed: FailedFolder, tally: Tally,
-                 tracker: ReadinessTracker, board: SnapshotBoard, queries: Callable[[], int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 tracker: ReadinessTracker, board: SnapshotBoard, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.config = config
         self.folders = folders
@@ -91,7 +88,6 @@ class CatalogSync:
         self.tally = tally
         self.tracker = tracker
         self.board = board
-        self.queries = queries
         self.clock = clock
         d = config.daemon
         self.policy = BatchPolicy(d.catalog_batch_size, max(d.catalog_batch_size, d.catalog_batch_max), d.catalog_batch_wait_s,
@@ -112,12 +108,15 @@ class CatalogSync:
         lane asks first); after it, no query waits for catalog work.
         """
         _lower_priority()
-        warm = self.pool.warm_up()
-        self.publish()
-        self.engine.warm_up()  # this thread's own encoder handle
-        for future in warm:
-            future.result()
-        self.reconcile()
+        try:
+            warm = self.pool.warm_up()
+            self.publish()
+            self.engine.warm_up()  # this thread's own encoder handle
+            for future in warm:
+                future.result()
+            self.reconcile()
+        except Exception as exc:  # noqa: BLE001 - the turns below retry what is left (publication, the pool)
+            log.error("catalog_lane_error", error=f"{type(exc).__name__}: {exc}")
         next_reconcile = self.clock() + self.config.daemon.watch.reconcile_interval_s
         try:
             while not stop.is_set():
@@ -137,7 +136,7 @@ class CatalogSync:
         return LaneState(
             waiting=len(self.pool.waiting), inflight=len(self.pool.inflight), finished=self.pool.finished(),
             batch=len(self.batch), batch_age_s=now - self.batch_started if self.batch else 0.0,
-            suspects=bool(self.pool.suspects), queries=self.queries(), unpublished=self.dirty,
+            suspects=bool(self.pool.suspects), unpublished=self.dirty,
             since_publish_s=now - self.published.at, publish_cost_s=self.published.cost_s,
         )
 

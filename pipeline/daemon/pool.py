@@ -69,7 +69,7 @@ class PreparePool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # native libraries' threads don't survive fork
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_worker_init)
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
 
     def _replace(self) -> None:
         """A worker died or hangs: end the pool's processes and start a fresh pool."""
@@ -170,12 +170,15 @@ class PreparePool:
         return [(r, Failure("timeout", f"{r.path.name}: decoding took more than {hard:g} s; the worker was ended")) for r, _ in stalled]
 
 
-def _worker_init() -> None:
+def _worker_init(daemon_pid: int) -> None:
     """Catalog workers yield the CPU to queries and die with the daemon.
 
     Lower priority: queries are prepared in the daemon process, and with both
     cores busy decoding a catalog burst they waited ~10 s at equal priority.
-    PR_SET_PDEATHSIG: without it, workers of a SIGKILLed daemon lived on.
+    PR_SET_PDEATHSIG: without it, workers of a SIGKILLed daemon lived on. It
+    only covers a parent alive when it is set: a daemon killed while this
+    worker was still starting (a spawn takes seconds on a loaded machine)
+    has already left it to init, so the worker checks and exits.
     """
     import ctypes
     import signal
@@ -185,6 +188,8 @@ def _worker_init() -> None:
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != daemon_pid:
+        os._exit(1)
 
 
 def _worker_ready() -> bool:

@@ -2,7 +2,11 @@
 
 The daemon runs two lanes (see `pipeline.daemon.service`): queries are
 answered in one, catalog photos are decoded, embedded and committed in the
-other, and each catalog commit becomes visible to queries when the catalog
+other. Queries go first by construction, not by turns: the query lane shares
+no lock with this one and runs at a higher CPU priority, so the catalog lane
+need not pause for queries (it did, in an earlier version, and a steady
+query stream then stalled indexing whenever the backlog was below a full
+batch). Each catalog commit becomes visible to queries when the catalog
 lane *publishes* a snapshot (an immutable generation with everything the
 matcher derives from it already built). This module decides, for the catalog
 lane, what to do now: collect finished photos from the worker pool, give it
@@ -17,9 +21,7 @@ Rules, in order:
    at a time while the suspects of a worker crash are re-run).
 3. Commit the batch when it reached the target size; when nothing more is
    coming (no photo waiting or in flight); or when its first photo waited
-   `wait_s` and the photos in flight cannot fill it. Queries first: while a
-   query is waiting or being answered, a batch below `most` waits (it
-   never starves: at `most` it commits whatever the query lane does).
+   `wait_s` and the photos in flight cannot fill it.
 4. Publish a committed generation when no catalog work is left, or once the
    time since the last publication is `PUBLISH_COST_RATIO` times what that
    publication cost: building the derived data of a big catalog (the
@@ -93,8 +95,6 @@ class LaneState:
         Seconds since the batch's first photo was prepared (0 when empty).
     suspects : bool
         Files in flight when a worker died are being re-run one at a time.
-    queries : int
-        Queries waiting or being answered in the query lane.
     unpublished : bool
         A committed generation is not yet visible to queries.
     since_publish_s : float
@@ -109,7 +109,6 @@ class LaneState:
     batch: int = 0
     batch_age_s: float = 0.0
     suspects: bool = False
-    queries: int = 0
     unpublished: bool = False
     since_publish_s: float = 0.0
     publish_cost_s: float = 0.0
@@ -182,8 +181,6 @@ def _commit_now(state: LaneState, policy: BatchPolicy) -> tuple[bool, float | No
     waited = state.batch_age_s >= policy.wait_s
     more_coming = state.batch + state.inflight >= target
     due = state.batch >= target or nothing_coming or (waited and not more_coming)
-    if due and state.queries:
-        return False, 0.01  # queries first: look again shortly
     if due:
         return True, None
     return False, max(0.0, policy.wait_s - state.batch_age_s) if not more_coming else None

@@ -65,8 +65,7 @@ class Daemon:
         self.board = SnapshotBoard(engine.snapshot())
         self.answerer = QueryAnswerer(engine, config, self.folders, Journal(state_dir(self.root, config) / "journal"),
                                       failed, self.tally, self.board.get)
-        self.catalog = CatalogSync(engine, config, self.folders, failed, self.tally, self.tracker, self.board,
-                                   lambda: self.queries.qsize() + self.in_hand)
+        self.catalog = CatalogSync(engine, config, self.folders, failed, self.tally, self.tracker, self.board)
         self.status = StatusWriter(self.root, config, engine, self.daemon_section)
 
     # ------------------------------------------------------------- lifecycle
