@@ -38,7 +38,9 @@ from pipeline.prepare import Prepared
 
 log = structlog.get_logger("teaprint.daemon")
 
-CATALOG_LANE_NICE = 10  # the catalog lane's thread (and its encoder's threads) yield the CPU to queries
+# The catalog lane's thread (and its encoder's threads) yield the CPU to queries, but less than the
+# workers (nice 10): on a machine busy with other work a nice-10 lane got too little CPU to keep up.
+CATALOG_LANE_NICE = 5
 
 
 class SnapshotBoard:
@@ -193,7 +195,7 @@ class CatalogSync:
     def commit_batch(self) -> None:
         batch, self.batch = self.batch, []
         try:
-            self.commit(batch)
+            self.describe_and_register(batch)
         except Exception as exc:  # noqa: BLE001 - find the file at fault: commit each alone
             if len(batch) == 1:
                 ready, _ = batch[0]
@@ -204,7 +206,7 @@ class CatalogSync:
                 self.batch = [item]
                 self.commit_batch()
 
-    def commit(self, batch: list[tuple[FileReady, Prepared]]) -> None:
+    def describe_and_register(self, batch: list[tuple[FileReady, Prepared]]) -> None:
         t0 = time.perf_counter()
         entries = self.engine.describe([p for _, p in batch], catalog_root=self.folders.catalog)
         t1 = time.perf_counter()

@@ -28,6 +28,7 @@ from pipeline.prepare import EncoderInput, Prepared
 log = structlog.get_logger("teaprint.daemon")
 
 Outcome = tuple[FileReady, Prepared | Failure]
+WORKER_NICE = 10  # workers' priority below the daemon's query lane
 
 
 class PreparePool:
@@ -57,6 +58,9 @@ class PreparePool:
         # time, so the next crash names the file that causes it.
         self.suspects: set[Path] = set()
         self.running_since: dict[Future, float] = {}
+        # Absolute, from the daemon's own nice: workers started by a thread
+        # that already runs at a lower priority must not add to it.
+        self.worker_nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
         self.executor = self._new_executor()
 
     # ------------------------------------------------------------- lifecycle
@@ -69,7 +73,8 @@ class PreparePool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # native libraries' threads don't survive fork
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_worker_init,
+                                   initargs=(os.getpid(), self.worker_nice))
 
     def _replace(self) -> None:
         """A worker died or hangs: end the pool's processes and start a fresh pool."""
@@ -170,7 +175,7 @@ class PreparePool:
         return [(r, Failure("timeout", f"{r.path.name}: decoding took more than {hard:g} s; the worker was ended")) for r, _ in stalled]
 
 
-def _worker_init(daemon_pid: int) -> None:
+def _worker_init(daemon_pid: int, nice: int) -> None:
     """Catalog workers yield the CPU to queries and die with the daemon.
 
     Lower priority: queries are prepared in the daemon process, and with both
@@ -184,7 +189,8 @@ def _worker_init(daemon_pid: int) -> None:
     import signal
     import sys
 
-    os.nice(10)
+    if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
