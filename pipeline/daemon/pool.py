@@ -58,6 +58,7 @@ class PreparePool:
         # time, so the next crash names the file that causes it.
         self.suspects: set[Path] = set()
         self.running_since: dict[Future, float] = {}
+        self.closed = False
         # Absolute, from the daemon's own nice: workers started by a thread
         # that already runs at a lower priority must not add to it.
         self.worker_nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
@@ -69,7 +70,12 @@ class PreparePool:
         return [self.executor.submit(_worker_ready) for _ in range(self.workers)]
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """End the workers now: what they hold is not committed and is indexed again after a restart.
+
+        Waiting for them would hold a stop for up to a file's budget.
+        """
+        self.closed = True
+        self._kill(self.executor)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # native libraries' threads don't survive fork
@@ -77,14 +83,18 @@ class PreparePool:
                                    initargs=(os.getpid(), self.worker_nice))
 
     def _replace(self) -> None:
-        """A worker died or hangs: end the pool's processes and start a fresh pool."""
-        old = self.executor
-        for process in list(getattr(old, "_processes", {}).values()):  # no public way to end one task
+        """A worker died or hangs: end the pool's processes and start a fresh pool (not once shut down)."""
+        self._kill(self.executor)
+        if not self.closed:
+            self.executor = self._new_executor()
+        self.running_since.clear()
+
+    @staticmethod
+    def _kill(executor: ProcessPoolExecutor) -> None:
+        for process in list((getattr(executor, "_processes", None) or {}).values()):  # no public way to end one task
             if process.is_alive():
                 process.kill()
-        old.shutdown(wait=False, cancel_futures=True)
-        self.executor = self._new_executor()
-        self.running_since.clear()
+        executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------- counts
     def add(self, ready: FileReady) -> None:

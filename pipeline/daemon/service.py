@@ -44,6 +44,7 @@ from pipeline.state import AlreadyRunning, acquire_lock, state_dir
 log = structlog.get_logger("teaprint.daemon")
 
 STATUS_EVERY_S = 2.0
+STOP_WAIT_S = 2.0  # at SIGTERM, how long the catalog lane may take to finish its step
 
 
 class Daemon:
@@ -94,9 +95,9 @@ class Daemon:
         finally:
             self.stop_requested.set()
             observer.stop()
-            for thread in (catalog_lane, status):
-                if thread.is_alive():
-                    thread.join(timeout=60)
+            self.stop_catalog_lane(catalog_lane)
+            if status.is_alive():
+                status.join(timeout=STOP_WAIT_S)
             observer.join(timeout=5)
             self.status.write(running=False)
             log.info("stop", **self.tally.counts())
@@ -134,6 +135,18 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - e.g. disk full: the status is not worth a daemon
                 log.warning("status_failed", error=f"{type(exc).__name__}: {exc}")
             self.stop_requested.wait(STATUS_EVERY_S)
+
+    def stop_catalog_lane(self, lane: threading.Thread) -> None:
+        """Give the catalog lane `STOP_WAIT_S` to finish its step, then leave it.
+
+        Leaving it is safe at any instant: a commit is atomic, and photos not
+        yet committed are still in the catalog folder, indexed after restart.
+        """
+        if lane.is_alive():
+            lane.join(timeout=STOP_WAIT_S)
+        if lane.is_alive():
+            log.warning("catalog_lane_left", reason=f"busy after {STOP_WAIT_S:g} s; its uncommitted photos are indexed after restart")
+            self.catalog.pool.shutdown()
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
