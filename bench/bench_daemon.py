@@ -332,6 +332,12 @@ def main() -> int:
         ingest_wall = t_ingest_seen - t_drop
 
         # ---------------------------------------------------------- (a) idle queries
+        # Idle means idle: the catalog lane has published the last commit (its vote index built).
+        last_generation = max(e.get("generation", 0) for e in tail.events if e.get("event") == "catalog")
+        t0 = time.perf_counter()
+        wait_for(lambda: any(e.get("generation", -1) >= last_generation for e in tail.events if e.get("event") == "published"),
+                 3600, f"generation {last_generation} published", tail, proc)
+        figures["last_publication_wait_s"] = round(time.perf_counter() - t0, 1)
         time.sleep(1.0)
         for i in range(n_idle):
             name = f"idle-{i:03d}"

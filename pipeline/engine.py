@@ -28,6 +28,7 @@ from pipeline.data import shipped
 from pipeline.features.embedding import Encoder
 from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
+from pipeline.matcher.refine import load_classifier
 from pipeline.matcher.votes import VoteIndex, build_vote_index
 from pipeline.prepare import EncoderInput, Prepared, prepare
 from pipeline.results import CatalogRef, MatchEvidence, MatchResult, ModelInfo, rejected
@@ -104,6 +105,15 @@ class Engine:
         """Run the encoder once now, so the first photo does not pay for its set-up."""
         shape = self.encoder_input
         self._encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+
+    def warm_up_matcher(self) -> None:
+        """Load what the matcher loads on first use (the texture classifier's library, seconds on a loaded machine).
+
+        A front-end that answers as soon as it can calls this in the
+        background after it is up: a query that comes first waits for the
+        same import, never does it twice.
+        """
+        load_classifier()
 
     # ---------------------------------------------------------------- descriptors
     def prepare(self, path: Path, root: Path | None = None) -> Prepared:

@@ -91,6 +91,7 @@ class Daemon:
             self.scan_queries()
             log.info("ready", entries=len(self.board.get()), generation=self.board.get().generation,
                      pending=self.tracker.pending_count() + self.queries.qsize())
+            threading.Thread(target=self.warm_up_matcher, name="warm-up", daemon=True).start()
             self.answer_until_stopped()
         finally:
             self.stop_requested.set()
@@ -135,6 +136,12 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - e.g. disk full: the status is not worth a daemon
                 log.warning("status_failed", error=f"{type(exc).__name__}: {exc}")
             self.stop_requested.wait(STATUS_EVERY_S)
+
+    def warm_up_matcher(self) -> None:
+        """After `ready`: load what the matcher loads on first use; the log's `warm` says when it is done."""
+        t0 = time.perf_counter()
+        self.engine.warm_up_matcher()
+        log.info("warm", seconds=round(time.perf_counter() - t0, 2))
 
     def stop_catalog_lane(self, lane: threading.Thread) -> None:
         """Give the catalog lane `STOP_WAIT_S` to finish its step, then leave it.

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from sklearn.svm import SVC
 
 from pipeline.features.lbp import chi2_distance
 
@@ -79,6 +78,8 @@ def refine(
     elif len(votes) == 1:
         label, mode = labels[0], "single_label"
     else:
+        from sklearn.svm import SVC  # on first use: scikit-learn and the SciPy it loads are most of a cold start (load_classifier)
+
         classifier = SVC(C=c, kernel=kernel, gamma="scale")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,3 +87,8 @@ def refine(
         label, mode = str(classifier.predict(query_lbp[None])[0]), "svc"
     kept = np.array([i for i, lab in enumerate(labels) if lab == label], dtype=np.int64)
     return Refinement(label, kept, distances, mode, votes)
+
+
+def load_classifier() -> None:
+    """Import the classifier's library now (~1.5 s idle), so that a long-running front-end's first query does not pay it."""
+    import sklearn.svm  # noqa: F401
