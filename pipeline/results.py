@@ -61,11 +61,14 @@ class MatchResult:
     error_code: str | None = None
     sha256: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    record: dict[str, Any] | None = None  # the matched cake's record (pipeline.records.result_record)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["schema"] = SCHEMA_VERSION
         data["matches"] = list(data["matches"])
+        if data["record"] is None:
+            del data["record"]  # results without a record keep exactly their old fields
         return data
 
     def to_json(self, indent: int | None = None) -> str:
