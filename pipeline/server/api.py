@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import Config
+from pipeline.i18n import pick_language, render_page
 from pipeline.results import load_schema
 from pipeline.server.service import INTAKE_STATUS, ServiceError, TeaprintService, Upload, iso_time
 
@@ -163,7 +164,7 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
         docs_url=None,
         redoc_url=None,
     )
-    page = (STATIC / "index.html").read_bytes()
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
     bearer = HTTPBearer(auto_error=False, description="The token from http.token or TEAPRINT_TOKEN.")
     expected = token.encode() if token else None
 
@@ -220,8 +221,10 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
 
     # ------------------------------------------------------------ routes
     @app.get("/", include_in_schema=False)
-    def index_page() -> Response:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+    def index_page(request: Request) -> Response:
+        language = pick_language(request.headers.get("accept-language"))
+        return HTMLResponse(render_page(page, language), headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                           "Content-Language": language, "Vary": "Accept-Language",
                                            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
                                            "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
                                            "connect-src 'self'; frame-ancestors 'none'"})
