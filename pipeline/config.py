@@ -172,6 +172,18 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    path: str = ".teaprint/history.sqlite"
+    busy_timeout_s: float = 0.25
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    min_free_mb: float = 1024.0
+    inotify_max_user_watches: int | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,6 +194,8 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
 
 
 def load_config(path: Path | None = None) -> Config:
