@@ -14,11 +14,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/teaprint --root . run
 
-# Debian's Chromium + chromedriver for tests/test_browser.py (the test is never skipped).
+# Debian's Chromium + chromedriver for tests/test_browser.py (the test is never skipped), and a CJK font
+# so that the Chinese page renders as text, not boxes (tests/test_i18n.py, docs/screenshot.py).
 chromium:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver fonts-wqy-microhei; \
 	fi
 
 # Debian's systemd package for `systemd-analyze verify` of contrib/*.service in tests/test_service_unit.py
