@@ -93,6 +93,7 @@ class Check:
 
 
 COLUMNS = tuple(f.name for f in fields(Check))
+EXPORT_COLUMNS = ("at", "source", "query", "status", "label", "confidence", "sha256", "result_path", "error_code", "key")  # for people: when first
 
 
 @dataclass(frozen=True)
@@ -393,9 +394,9 @@ def write_csv(checks: Iterable[Check], stream: TextIO, bom: bool = False) -> Non
     if bom:
         stream.write("\ufeff")
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(EXPORT_COLUMNS)
     for check in checks:
-        writer.writerow(["" if v is None else v for v in (getattr(check, name) for name in COLUMNS)])
+        writer.writerow(["" if v is None else v for v in (getattr(check, name) for name in EXPORT_COLUMNS)])
 
 
 def read_csv(stream: TextIO) -> list[Check]:

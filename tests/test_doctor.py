@@ -134,5 +134,6 @@ def test_a_drop_folder_on_a_network_share_advises_polling(tmp_path: Path, tiny_c
 
 
 def test_token_bits_ranks_tokens() -> None:
-    assert token_bits("aaaaaaaaaaaaaaaaaaaa") < 80 < token_bits(STRONG)
-    assert token_bits("0123456789012345") < 80
+    assert token_bits("aaaaaaaaaaaaaaaaaaaa") < 100 < token_bits(STRONG)
+    assert token_bits("abcdefgh12345678") < 100 and token_bits("0123456789012345") < 100
+    assert token_bits("Xq7#mP2v!Lr9sK4z") > 100  # 16 random characters of four classes

@@ -387,18 +387,22 @@ def check_token(setup: Setup) -> list[Finding]:
             return [Finding("token", "ok", "no token: the API and page answer on this machine only")]
         return [Finding("token", "fail", f"no token but http.host is {host}: `teaprint serve` refuses to start", TOKEN_FIX)]
     bits = token_bits(token)
-    if bits < 80:
+    if bits < 100:
         return [Finding("token", "warn", f"the token is weak (about {bits:.0f} bits; 128 wanted): it can be guessed", TOKEN_FIX)]
     return [Finding("token", "ok", f"token strong enough (about {bits:.0f} bits)")]
 
 
 def token_bits(token: str) -> float:
-    """A rough guessing strength: length x log2(alphabet of the character classes used), capped by variety."""
+    """A rough guessing strength, in bits: characters that are not a run or a repeat x log2(alphabet of the classes used).
+
+    "abcdefgh12345678" and "aaaaaaaaaaaaaaaa" count as a couple of characters; a
+    `secrets.token_urlsafe(32)` token as about 250 bits.
+    """
     classes = [(str.islower, 26), (str.isupper, 26), (str.isdigit, 10)]
     alphabet = sum(size for test, size in classes if any(test(c) for c in token))
     alphabet += 32 if any(not c.isalnum() for c in token) else 0
-    variety = len(set(token))
-    return len(token) * math.log2(max(2, min(alphabet, variety * 4)))
+    runs = sum(1 for a, b in zip(token, token[1:]) if abs(ord(b) - ord(a)) <= 1)
+    return (len(token) - runs) * math.log2(max(2, alphabet))
 
 
 # ---------------------------------------------------------------- accounts
