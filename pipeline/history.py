@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 import structlog
 
-from pipeline.results import dumps
+from pipeline.results import dumps, escape_surrogates
 
 log = structlog.get_logger("teaprint.history")
 
@@ -45,7 +45,6 @@ SOURCES = ("folder", "cli", "http")
 SCHEMA_VERSION = 1
 MAX_PAGE = 500
 _BACKOFF_S = (1.0, 60.0)
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -451,6 +450,4 @@ def _micros(moment: datetime) -> int:
 
 def _storable(value: Any) -> Any:
     """Text SQLite can hold: a lone surrogate (a non-UTF-8 file name byte) as its `\\udcXX` escape."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
-    return value
+    return escape_surrogates(value) if isinstance(value, str) else value

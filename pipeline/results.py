@@ -87,8 +87,12 @@ def dumps(data: Any, indent: int | None = None, sort_keys: bool = False) -> str:
     written as JSON escapes (`\\udcff`), so `os.fsencode(json.loads(text)[...])`
     gives back the name's original bytes.
     """
-    text = json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
     # Surrogates can only occur inside JSON strings, where an escape is valid.
+    return escape_surrogates(json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys))
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (a non-UTF-8 name byte, from `os.fsdecode`) as its `\\udcXX` escape: encodable as UTF-8."""
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

@@ -14,6 +14,7 @@ import os
 import pwd
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -142,7 +143,12 @@ def install_service(root: Path, *, user_mode: bool, serve: bool = False, config:
         base += ["--config", str(Path(config).resolve())]
     base += ["--root", str(root)]
     folder = unit_dir or (Path.home() / ".config" / "systemd" / "user" if user_mode else SYSTEM_UNIT_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".teaprint-")
+        probe.close()
+    except PermissionError:
+        raise ValueError(f"{folder}: no permission to write units there; run as root (sudo) or install for yourself with --user") from None
     info = root.stat()
     owner, group = (None, None) if user_mode else (pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name)
     written = []

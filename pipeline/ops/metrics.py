@@ -52,10 +52,12 @@ class Metrics:
         self._history_pending = Gauge("teaprint_history_pending", "Checks waiting for the history database.", ["component"], registry=r)
         self._record_problems = Gauge("teaprint_record_problems", "Problems in the cake-record files.", ["component"], registry=r)
 
-    def observe_result(self, result: Mapping[str, Any], source: str) -> None:
-        """Count one answer (`MatchResult.to_dict()`) and its stage timings."""
-        self._queries.labels(self.component, source, str(result["status"])).inc()
-        for stage, ms in (result.get("timings_ms") or {}).items():
+    def observe_result(self, result: Any, source: str) -> None:
+        """Count one answer (a `MatchResult` or its `to_dict()`) and its stage timings."""
+        status = result["status"] if isinstance(result, Mapping) else result.status
+        timings = result.get("timings_ms") if isinstance(result, Mapping) else result.timings_ms
+        self._queries.labels(self.component, source, str(status)).inc()
+        for stage, ms in (timings or {}).items():
             self._stages.labels(self.component, stage).observe(max(0.0, float(ms)) / 1e3)
 
     def failed_file(self, folder: str, code: str) -> None:

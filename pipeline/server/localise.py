@@ -36,7 +36,9 @@ class LocalisedErrors:
 
         async def localising_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), (b"vary", b"Accept-Language")]
+                headers = list(message.get("headers", ()))
+                if not any(k.lower() == b"vary" and b"accept-language" in v.lower() for k, v in headers):
+                    headers.append((b"vary", b"Accept-Language"))
                 message = {**message, "headers": headers}
                 if language != DEFAULT_LANGUAGE and message["status"] >= 400 and _is_json(headers):
                     held["start"] = message
