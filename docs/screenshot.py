@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate docs/web-page.png (English) and docs/web-page.zh-CN.png: the phone page identifying a rendered cake.
 
-    python docs/screenshot.py [--out-dir docs] [--model models/teaprint-encoder.keras] [--expect-record]
+    python docs/screenshot.py [--out-dir docs] [--model pipeline/data/models/teaprint-encoder.keras] [--expect-record]
 
 Starts `teaprint serve` on a temp root with the shipped model, registers three
 rendered cakes (`pipeline.training.views.disc_photo` of tea-leaf textures: the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import source_photos, write_rgb
-from pipeline.ops.doctor import Diagnosis, diagnose, filesystem_type, token_bits
+from pipeline.ops.doctor import Diagnosis, Finding, diagnose, filesystem_type, token_bits
 
 STRONG = "kV3r-7yQ_pL9mZ2x-Ht5wN8bC4dF6gJ1s"
 
@@ -33,7 +34,22 @@ def by_check(diagnosis: Diagnosis) -> dict[str, list]:
     return out
 
 
-def test_a_good_setup_exits_0(tmp_path: Path, tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def teaprint_doctor(capsys: pytest.CaptureFixture[str], root: Path, config: Path) -> tuple[int, Diagnosis, str]:
+    """`teaprint doctor` twice, as a user runs it: the findings (--json) and the screen, with the exit codes."""
+    from pipeline.cli import main
+
+    base = ["--config", str(config), "--root", str(root), "doctor"]
+    code = main([*base, "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit_code"] == code
+    screen_code = main(base)
+    screen = capsys.readouterr().out.rstrip("\n")
+    assert screen_code == code
+    return code, Diagnosis(Path(data["root"]), tuple(Finding(**f) for f in data["findings"])), screen
+
+
+def test_a_good_setup_exits_0(tmp_path: Path, tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline.config import load_config
     from pipeline.engine import Engine
 
@@ -47,20 +63,20 @@ def test_a_good_setup_exits_0(tmp_path: Path, tiny_config_file: Path, monkeypatc
     engine.index_files(sorted((root / "inbox" / "catalog").rglob("*.jpg")), catalog_root=root / "inbox" / "catalog")
     monkeypatch.setenv("TEAPRINT_TOKEN", STRONG)
 
-    diagnosis = diagnose(root, config)
+    code, diagnosis, text = teaprint_doctor(capsys, root, config)
 
     found = by_check(diagnosis)
-    assert diagnosis.exit_code == 0, diagnosis.text()
+    assert code == 0, text
     assert [f.level for f in found["daemon"]] == ["warn"]  # not running here: said, but not a failure
     assert all(f.level == "ok" for check, fs in found.items() if check != "daemon" for f in fs), diagnosis.text()
     assert "agrees with" in found["index"][0].message and "2 photos, 2 cakes" in found["index"][0].message
     assert found["records"][0].message == "1 cake records, no problems"
     assert "strong" in found["token"][0].message and "is free" in found["port"][0].message
-    text = diagnosis.text()
-    assert len(text.splitlines()) < 25 and text.splitlines()[-1] == "0 problems, 1 warning; exit 0"
+    assert text == diagnosis.text() and len(text.splitlines()) < 25 and text.splitlines()[-1] == "0 problems, 1 warning; exit 0"
 
 
-def test_a_broken_setup_exits_1_with_the_fixes(tmp_path: Path, tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_setup_exits_1_with_the_fixes(tmp_path: Path, tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
     for i in range(6):
         (root / "inbox" / "catalog" / f"cake-{i}").mkdir(parents=True)
@@ -77,13 +93,12 @@ def test_a_broken_setup_exits_1_with_the_fixes(tmp_path: Path, tiny_config_file:
                       f"http:\n  port: {port}\n  host: 0.0.0.0\n")
     monkeypatch.setenv("TEAPRINT_TOKEN", "aaaaaaaaaaaaaaaaaaaa")
     try:
-        diagnosis = diagnose(root, config)
+        code, diagnosis, text = teaprint_doctor(capsys, root, config)
     finally:
         busy.close()
 
     found = by_check(diagnosis)
-    text = diagnosis.text()
-    assert diagnosis.exit_code == 1, text
+    assert code == 1, text
     assert found["model"][0].level == "fail" and "model file missing" in found["model"][0].message
     (outbox,) = [f for f in found["folders"] if f.message.startswith("outbox ")]
     assert outbox.level == "fail" and "no write permission for nobody" in outbox.message
@@ -99,11 +114,11 @@ def test_a_broken_setup_exits_1_with_the_fixes(tmp_path: Path, tiny_config_file:
     assert len(text.splitlines()) < 30
 
 
-def test_bad_config_history_and_records_are_reported(tmp_path: Path, tiny_config_file: Path) -> None:
+def test_bad_config_history_and_records_are_reported(tmp_path: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("daemon:\n  wachers: 3\n")
-    diagnosis = diagnose(tmp_path, bad)
-    assert diagnosis.exit_code == 1 and "unknown config key 'daemon.wachers'" in diagnosis.findings[0].message
+    code, diagnosis, text = teaprint_doctor(capsys, tmp_path, bad)  # a config error is a finding, not a usage error (exit 2)
+    assert code == 1 and "unknown config key 'daemon.wachers'" in diagnosis.findings[0].message and "FAIL  config" in text
 
     root = tmp_path / "root"
     (root / ".teaprint").mkdir(parents=True)

@@ -199,3 +199,37 @@ def test_parse_since_takes_relative_and_local_times() -> None:
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError, match="folder, cli, http"):
         check_from_result(answer("a.jpg", "x", 0), "email")
+
+
+def test_a_restart_replays_a_killed_answer_into_the_history_once(tmp_path: Path, tiny_config_file: Path) -> None:
+    """The daemon's order (result JSON, history row, then the journal record dropped) with a kill at either gap."""
+    from pipeline.config import load_config
+    from pipeline.daemon.journal import Intent, Journal
+    from pipeline.engine import Engine
+    from pipeline.results import write_json_atomic
+
+    root = tmp_path / "root"
+    engine = Engine.load(load_config(tiny_config_file), root, component="daemon")
+    journal = Journal(root / ".teaprint" / "journal")
+    (root / "outbox").mkdir()
+
+    def answered_until_killed(name: str, noted: bool) -> Path:
+        photo = tmp_path / name
+        photo.write_bytes(b"not a photo " + name.encode())
+        result = engine.match_file(photo)
+        result_path = root / "outbox" / f"{photo.stem}.json"
+        journal.begin(Intent(str(photo), result.sha256 or "", str(result_path), str(root / "failed" / name)))
+        write_json_atomic(result_path, result.to_json(indent=2))
+        if noted:
+            engine.answered(result, "folder", result_path)
+        return result_path  # killed here: the journal record stays
+
+    before_row = answered_until_killed("a.jpg", noted=False)
+    after_row = answered_until_killed("b.jpg", noted=True)
+    replayed = journal.recover(answered=lambda intent: engine.replayed(Path(intent.result)))
+    assert sorted(i.result for i in replayed) == sorted([str(before_row), str(after_row)])
+    engine.replayed(before_row)  # a kill inside recovery repeats the call: still one row
+    assert journal.recover(answered=lambda intent: engine.replayed(Path(intent.result))) == []
+    checks = History(root / ".teaprint" / "history.sqlite").checks()
+    assert sorted(c.result_path or "" for c in checks) == sorted([str(before_row), str(after_row)])
+    assert [c.status for c in checks] == ["rejected", "rejected"] and {c.source for c in checks} == {"folder"}

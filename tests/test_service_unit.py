@@ -87,3 +87,23 @@ def test_enable_reports_systemctl_failure_instead_of_raising(tmp_path: Path) -> 
     assert any(line.startswith("FAILED") and "not been booted with systemd" in line for line in lines)
     with pytest.raises(ValueError, match="not a folder"):
         install_service(tmp_path / "missing", user_mode=True, unit_dir=tmp_path / "units", enable=False)
+
+
+def test_teaprint_install_service_writes_units_that_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["--root", str(root), "install-service", "--user", "--serve", "--no-enable"]) == 0
+    out = capsys.readouterr().out
+    units = tmp_path / "home" / ".config" / "systemd" / "user"
+    assert f"wrote {units / 'teaprint.service'}" in out and f"wrote {units / 'teaprint-serve.service'}" in out
+    assert "  systemctl --user enable --now teaprint.service teaprint-serve.service" in out
+    for name in ("teaprint.service", "teaprint-serve.service"):
+        done = verify(units / name, True, tmp_path)
+        assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    assert f"--root {root} serve" in (units / "teaprint-serve.service").read_text()
+    assert main(["--root", str(tmp_path / "missing"), "install-service", "--user", "--no-enable"]) == 2
+    assert "not a folder" in capsys.readouterr().err
