@@ -15,8 +15,8 @@ with its language menu and saves that one (palette PNGs, kept small).
 
 Prints one JSON line: the answer (status, label, confidence, similarities,
 model id), whether the page showed the cake's record, and the files written.
-`--expect-record` fails when the page shows no record (the server attaches
-records to results once issue 15's wiring is in).
+`--expect-record` fails when the page shows no record (tests/test_screenshot.py
+runs it so).
 """
 
 from __future__ import annotations

@@ -62,9 +62,11 @@ def metrics_path(root: Path, config: Config) -> Path:
 
 def write_status(root: Path, config: Config, status: dict[str, Any], metrics: str | None = None) -> None:
     """Store the daemon's status document (`Engine.status` with its live `daemon` section) and its metrics text."""
+    folder = state_dir(root, config)
+    folder.mkdir(parents=True, exist_ok=True)
     if metrics is not None:
         atomic_write_bytes(metrics_path(root, config), metrics.encode("utf-8"))
-    write_json_atomic(state_dir(root, config) / "status.json", dumps(status, indent=1))
+    write_json_atomic(folder / "status.json", dumps(status, indent=1))
 
 
 def daemon_state(root: Path, config: Config, indexed: Collection[str]) -> dict[str, Any]:
