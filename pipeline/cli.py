@@ -13,7 +13,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, LoggingConfig, load_config
 from pipeline.evaluation.calibrate import add_calibrate_arguments, run_calibrate
 from pipeline.evaluation.cli import add_eval_arguments, run_eval
 from pipeline.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
@@ -30,14 +30,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(encoding="utf-8", errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "raw_config", False):  # doctor: a broken config is one of its findings, not an exit 2
+    from pipeline.logs import configure_logging
+
+    if getattr(args, "raw_config", False):
+        # doctor: a broken config is one of its findings, not an exit 2; what the log would
+        # warn about is among its findings too, so only errors are logged (on stderr).
+        configure_logging(LoggingConfig(level="error", format="auto"))
         return int(args.handler(args, None))
     try:
         config = load_config(args.config)
     except ConfigError as err:
         print(f"teaprint: config error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    from pipeline.logs import configure_logging
 
     configure_logging(config.logging)
     try:

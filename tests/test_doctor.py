@@ -34,11 +34,11 @@ def by_check(diagnosis: Diagnosis) -> dict[str, list]:
     return out
 
 
-def teaprint_doctor(capsys: pytest.CaptureFixture[str], root: Path, config: Path) -> tuple[int, Diagnosis, str]:
+def teaprint_doctor(capsys: pytest.CaptureFixture[str], root: Path, config: Path, *options: str) -> tuple[int, Diagnosis, str]:
     """`teaprint doctor` twice, as a user runs it: the findings (--json) and the screen, with the exit codes."""
     from pipeline.cli import main
 
-    base = ["--config", str(config), "--root", str(root), "doctor"]
+    base = ["--config", str(config), "--root", str(root), "doctor", *options]
     code = main([*base, "--json"])
     data = json.loads(capsys.readouterr().out)
     assert data["exit_code"] == code
@@ -125,8 +125,9 @@ def test_bad_config_history_and_records_are_reported(tmp_path: Path, tiny_config
     (root / ".teaprint" / "history.sqlite").write_bytes(b"garbage, not sqlite" * 64)
     (root / "inbox" / "catalog").mkdir(parents=True)
     (root / "inbox" / "catalog" / "cakes.csv").write_text("名称\n无标签\n", encoding="utf-8")
-    found = by_check(diagnose(root, config_file(tmp_path, tiny_config_file), serve=False))
-    assert found["history"][0].level == "fail" and "mv " in (found["history"][0].fix or "")
+    code, diagnosis, _ = teaprint_doctor(capsys, root, config_file(tmp_path, tiny_config_file), "--no-serve")
+    found = by_check(diagnosis)
+    assert code == 1 and found["history"][0].level == "fail" and "mv " in (found["history"][0].fix or "")
     assert found["records"][0].level == "warn" and "no label column" in found["records"][0].message
     assert "port" not in found and "token" not in found
 
