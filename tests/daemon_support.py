@@ -76,6 +76,29 @@ class DaemonProcess:
             self.signal(signal.SIGTERM)
 
 
+def children(pid: int) -> dict[int, tuple[int, str]]:
+    """Live child processes of `pid` (read from /proc): pid -> (nice, command line)."""
+    out = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, ...; nice is field 19 of proc(5)'s stat, index 16 here.
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(proc.name)] = (int(fields[16]), cmdline)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""The query answerer in-process, with a real engine, journal and files: its one 'published' hook, and the status sections."""
+"""The query answerer in-process, with a real engine, journal, history database and files:
+each answer is noted once (history of checks, metrics), live or finished by recovery, and the status file."""
 
 from __future__ import annotations
 
@@ -10,19 +11,20 @@ import pytest
 
 from conftest import source_photos, write_rgb
 from pipeline.config import load_config
-from pipeline.daemon.answerer import Answered, QueryAnswerer
+from pipeline.daemon.answerer import QueryAnswerer
 from pipeline.daemon.events import FileReady
 from pipeline.daemon.folders import DropFolders, FailedFolder
 from pipeline.daemon.journal import Intent, Journal
 from pipeline.daemon.status import StatusWriter, Tally
 from pipeline.engine import Engine
+from pipeline.history import History
 
 
 @pytest.fixture
 def parts(tmp_path: Path, tiny_config_file: Path) -> tuple[Engine, QueryAnswerer, DropFolders, Journal]:
     config = load_config(tiny_config_file)
     root = tmp_path / "root"
-    engine = Engine.load(config, root)
+    engine = Engine.load(config, root, component="daemon")
     folders = DropFolders.of(root, config)
     photos = list(source_photos().items())
     for name, rgb in photos[:3]:
@@ -38,52 +40,56 @@ def ready(path: Path) -> FileReady:
     return FileReady(path, "query", "closed", st.st_size, st.st_mtime_ns)
 
 
-def test_every_published_answer_reaches_the_observers_once(parts) -> None:
+def checks(engine: Engine) -> list:
+    return History(engine.root / ".teaprint" / "history.sqlite").checks()
+
+
+def test_every_answer_is_noted_once_in_the_history_and_the_metrics(parts) -> None:
     engine, answerer, folders, _ = parts
-    seen: list[Answered] = []
-    answerer.add_observer(seen.append)
-    answerer.add_observer(lambda answered: 1 / 0)  # a broken observer costs nothing
     name, rgb = list(source_photos().items())[1]
     good = write_rgb(folders.query / "shot.jpg", rgb)
     bad = folders.query / "bad.jpg"
     bad.write_bytes(b"not a photo")
     events = [ready(good), ready(bad)]
-    for event in events:
-        answerer.answer(event)
-    assert [a.photo.name for a in seen] == ["shot.jpg", "bad.jpg"]
-    shot, refused = seen
+    shot, refused = (answerer.answer(event) for event in events)
     assert shot.result == json.loads((folders.outbox / "shot.json").read_text())
     assert shot.result["label"] == name and shot.result["catalog"]["generation"] == engine.snapshot().generation
-    assert shot.destination == folders.processed / "shot.jpg" and shot.destination.exists() and not shot.recovered
+    assert shot.destination == folders.processed / "shot.jpg" and shot.destination.exists()
     assert refused.result["status"] == "rejected" and refused.destination.parent == folders.failed
     assert (folders.failed / "bad.jpg.error.json").exists()
-    assert answerer.answer(events[0]) is None and len(seen) == 2  # gone: no second answer
+    assert answerer.answer(events[0]) is None  # gone: no second answer
+    rows = checks(engine)
+    assert [(c.query, c.status, c.result_path) for c in rows] == [
+        ("shot.jpg", "matched", str(folders.outbox / "shot.json")), ("bad.jpg", "rejected", str(folders.outbox / "bad.json"))]
+    metrics = engine.metrics_text(with_daemon=False)
+    assert 'teaprint_queries_total{component="daemon",source="folder",status="matched"} 1.0' in metrics
+    assert 'teaprint_failed_files_total{code="not_an_image",component="daemon",folder="query"} 1.0' in metrics
 
 
-def test_an_answer_finished_by_recovery_reaches_the_observers(parts) -> None:
-    _, answerer, folders, journal = parts
-    seen: list[Answered] = []
-    answerer.add_observer(seen.append)
-    # A kill after the result JSON was written, before the photo moved.
+@pytest.mark.parametrize("noted_before_kill", [False, True])
+def test_an_answer_finished_by_recovery_is_noted_exactly_once(parts, noted_before_kill: bool) -> None:
+    engine, answerer, folders, journal = parts
     photo = write_rgb(folders.query / "late.jpg", list(source_photos().values())[0])
-    result = folders.outbox / "late.json"
-    journal.begin(Intent(str(photo), "0" * 64, str(result), str(folders.processed / "late.jpg")))
-    result.write_text(json.dumps({"query": "late.jpg", "status": "no_match"}))
+    result = engine.match_prepared(engine.prepare(photo, root=folders.query), "late.jpg")
+    result_path = folders.outbox / "late.json"
+    # A kill after the result JSON was written, before its record went (and, or not, before it was noted).
+    journal.begin(Intent(str(photo), result.sha256 or "", str(result_path), str(folders.processed / "late.jpg")))
+    result_path.write_text(result.to_json(indent=2))
+    if noted_before_kill:
+        engine.answered(result, "folder", result_path)
     assert [i.photo for i in answerer.recover()] == [str(photo)]
-    assert len(seen) == 1 and seen[0].recovered and seen[0].result == {"query": "late.jpg", "status": "no_match"}
     assert not photo.exists() and (folders.processed / "late.jpg").exists()
+    assert [(c.query, c.result_path, c.at) for c in checks(engine)] == [("late.jpg", str(result_path), result.created_at)]
+    assert answerer.recover() == [] and len(checks(engine)) == 1
 
 
-def test_the_status_file_carries_added_sections(parts, tmp_path: Path, tiny_config_file: Path) -> None:
+def test_the_status_file_carries_the_daemon_section_and_the_metrics(parts) -> None:
     engine, _, _, _ = parts
-    config = load_config(tiny_config_file)
-    writer = StatusWriter(engine.root, config, engine, lambda: {"processed": {"answered": 3}})
-    writer.add_section("metrics", lambda: {"answers_total": 3})
-    writer.add_section("broken", lambda: 1 / 0)
-    with pytest.raises(ValueError, match="taken"):
-        writer.add_section("daemon", dict)
+    writer = StatusWriter(engine, lambda: {"processed": {"answered": 3}, "queue": {"query": 2, "catalog": 5}})
     writer.write()
-    status = json.loads((engine.root / ".teaprint" / "status.json").read_text())
-    assert status["metrics"] == {"answers_total": 3} and "broken" not in status
+    state = engine.root / ".teaprint"
+    status = json.loads((state / "status.json").read_text())
     assert status["daemon"]["processed"] == {"answered": 3} and status["daemon"]["pid"] == os.getpid()
-    assert status["entries"] == 3
+    assert status["daemon"]["running"] is True and status["entries"] == 3
+    assert status["metrics"]["backlog"] == {"catalog": 5, "query": 2}
+    assert 'teaprint_ingest_backlog{component="daemon",folder="catalog"} 5.0' in (state / "metrics.prom").read_text()

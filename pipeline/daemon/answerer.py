@@ -6,9 +6,11 @@ inbox, record dropped. A kill at any instant leaves either no answer (the
 photo is still in the inbox and is answered after restart) or an answer
 whose move `recover` finishes; never two answers.
 
-Every published answer, live or finished by recovery, goes through one call
-site, `QueryAnswerer.published`, which runs the observers (history, metrics)
-given to `add_observer`. An observer's error is logged and costs nothing else.
+Every answer is noted once (the history of checks and the metrics, through
+`Engine.answered`) after its photo moved and before its record goes: a kill
+in between leaves the record, and recovery notes it again through
+`Engine.replayed`, which adds nothing when the first note was made (the
+history's key comes from the answer itself).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ log = structlog.get_logger("teaprint.daemon")
 
 @dataclass(frozen=True)
 class Answered:
-    """One answer, published: the event observers receive.
+    """One answer, published (what `QueryAnswerer.answer` returns).
 
     Attributes
     ----------
@@ -52,21 +54,15 @@ class Answered:
         The result JSON in `outbox/`.
     result : dict
         The result as published (the JSON's content).
-    recovered : bool
-        True when journal recovery finished it after a crash (answered then, moved now).
-    wall_ms : float or None
-        Milliseconds from taking the photo to publishing (None when recovered).
+    wall_ms : float
+        Milliseconds from taking the photo to publishing.
     """
 
     photo: Path
     destination: Path
     result_path: Path
     result: dict[str, Any]
-    recovered: bool = False
-    wall_ms: float | None = None
-
-
-AnswerObserver = Callable[[Answered], None]
+    wall_ms: float
 
 
 class QueryAnswerer:
@@ -93,37 +89,18 @@ class QueryAnswerer:
         self.failed = failed
         self.tally = tally
         self.snapshot = snapshot
-        self.observers: list[AnswerObserver] = []
         # Query files whose answer could not be published (e.g. disk full):
         # not retried in this run; the journal completes them on restart.
         self.stuck: set[Path] = set()
 
-    def add_observer(self, observer: AnswerObserver) -> None:
-        """Run `observer(answered)` after every published answer, live or recovered."""
-        self.observers.append(observer)
-
-    def published(self, answered: Answered) -> None:
-        """The one place an answer is announced: after its JSON is written and its photo moved."""
-        for observer in self.observers:
-            try:
-                observer(answered)
-            except Exception as exc:  # noqa: BLE001 - an observer must never cost an answer
-                log.warning("observer_failed", observer=getattr(observer, "__name__", repr(observer)),
-                            error=f"{type(exc).__name__}: {exc}")
-
     # ------------------------------------------------------------- start
     def recover(self) -> list[Intent]:
-        """Finish what a crash left: temp files go, answered photos leave the inbox (observers run)."""
+        """Finish what a crash left: temp files go, answered photos leave the inbox, each answer is noted once."""
         for stale in self.journal.clean_temp_files():
             log.info("removed_stale_temp", file=stale.name)
-        done = self.journal.recover()
+        done = self.journal.recover(answered=lambda intent: self.engine.replayed(Path(intent.result)))
         for intent in done:
             log.info("recovered", file=intent.photo, result=intent.result)
-            try:
-                result = json.loads(Path(intent.result).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            self.published(Answered(Path(intent.photo), Path(intent.destination), Path(intent.result), result, recovered=True))
         return done
 
     # ------------------------------------------------------------- one query
@@ -165,7 +142,6 @@ class QueryAnswerer:
                  label=result.label, confidence=result.confidence, code=result.error_code, ready=ready.reason,
                  generation=result.catalog.generation if result.catalog else None,
                  timings_ms={**result.timings_ms, "wall": answered.wall_ms})
-        self.published(answered)
         return answered
 
     def result_for(self, path: Path, outcome: Prepared | Failure) -> MatchResult:
@@ -202,6 +178,7 @@ class QueryAnswerer:
             if error_file and error_text:
                 write_json_atomic(error_file, error_text)
             moved = move_aside(path, destination)
+            self.engine.answered(result, "folder", result_path)  # before the record goes: a kill here is replayed
             self.journal.finish(record)
         wall_ms = round((time.perf_counter() - t0) * 1e3, 1)
         return Answered(path, moved, result_path, json.loads(text), wall_ms=wall_ms)

@@ -242,6 +242,7 @@ class CatalogSync:
         if destination is None:
             return
         self.tally.count("failed")
+        self.engine.failed_file("catalog", failure.code)
         self.tally.error(path, failure.code, failure.reason)
         log.warning("catalog", file=str(path), outcome="failed", code=failure.code, reason=failure.reason, moved_to=str(destination))
 

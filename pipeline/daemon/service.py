@@ -67,7 +67,7 @@ class Daemon:
         self.answerer = QueryAnswerer(engine, config, self.folders, Journal(state_dir(self.root, config) / "journal"),
                                       failed, self.tally, self.board.get)
         self.catalog = CatalogSync(engine, config, self.folders, failed, self.tally, self.tracker, self.board)
-        self.status = StatusWriter(self.root, config, engine, self.daemon_section)
+        self.status = StatusWriter(engine, self.daemon_section)
 
     # ------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -204,7 +204,7 @@ def run_daemon(root: Path, config: Config) -> int:
         print(f"teaprint: {err}", file=sys.stderr)
         return 1
     try:
-        engine = Engine.load(config, Path(root))
+        engine = Engine.load(config, Path(root), component="daemon")
         daemon = Daemon(root, config, engine)
         signal.signal(signal.SIGTERM, daemon.request_stop)
         signal.signal(signal.SIGINT, daemon.request_stop)
