@@ -259,6 +259,8 @@ def main() -> int:
             print(f"base catalog of {args.base} entries ready in {time.perf_counter() - t0:.0f} s")
             # Hard links: the daemon only adds files and renames new ones into place, so the kept base stays as it was.
             subprocess.run(["cp", "-al", str(base), str(root)], check=True)
+            # Not the base's state (its history database is written in place: a hard link would change the base).
+            shutil.rmtree(root / ".teaprint", ignore_errors=True)
         else:
             root.mkdir()
         cfg = tmp / "bench.yaml"

@@ -130,6 +130,10 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0, wo
     if len(engine.snapshot()) >= entries:  # a kept root: already indexed
         print(f"catalog already holds {len(engine.snapshot())} entries", flush=True)
         return queries
+    indexed = {entry.path for entry in engine.snapshot().entries}
+    if indexed:  # a kept root whose build was interrupted: index the rest
+        print(f"catalog holds {len(indexed)} entries; indexing the other {entries - len(indexed)}", flush=True)
+        paths = [p for p in paths if str(p) not in indexed]
     t0 = time.perf_counter()
     added = refused = 0
     chunk = 256
@@ -139,7 +143,7 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0, wo
             prepared = [p for p in pool.map(_prepare_one, jobs, chunksize=8) if not isinstance(p, Failure)]
             refused += len(jobs) - len(prepared)
             added += len(engine.register(engine.describe(prepared, catalog_root=folder)).added)
-            print(f"  indexed {start + len(jobs)}/{entries} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"  indexed {start + len(jobs)}/{len(paths)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"indexed {added} entries in {time.perf_counter() - t0:.1f} s ({refused} refused)", flush=True)
     return queries
 
