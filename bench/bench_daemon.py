@@ -54,6 +54,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -159,6 +160,34 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def keep_base_state(base: Path) -> Callable[[], None]:
+    """Let a daemon run on the base catalog `base`; returns the function that puts the base back as it was.
+
+    The index is immutable segments under an atomically replaced manifest, so
+    a hard-linked copy of the index folder keeps it whole; photos and folders
+    the run adds are removed afterwards. The base's own state (history,
+    journal, status) is left out of the run.
+    """
+    runtime = (".teaprint", "outbox", "inbox/query", "inbox/failed")
+    for name in runtime:
+        shutil.rmtree(base / name, ignore_errors=True)
+    kept = base / "index.bench-kept"
+    shutil.rmtree(kept, ignore_errors=True)
+    subprocess.run(["cp", "-al", str(base / "index"), str(kept)], check=True)
+    photos = {p.name for p in (base / "inbox" / "catalog").iterdir()}
+
+    def restore() -> None:
+        for name in runtime:
+            shutil.rmtree(base / name, ignore_errors=True)
+        for p in (base / "inbox" / "catalog").iterdir():
+            if p.name not in photos:
+                p.unlink()
+        shutil.rmtree(base / "index")
+        kept.rename(base / "index")
+
+    return restore
+
+
 def log_time(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
@@ -214,6 +243,7 @@ def main() -> int:
     proc: subprocess.Popen | None = None
     poller: OutboxPoller | None = None
     log_file = None
+    restore_base: Callable[[], None] | None = None
     try:
         t_start = time.perf_counter()
         model_path, model_desc = choose_model(tmp)
@@ -257,10 +287,10 @@ def main() -> int:
             t0 = time.perf_counter()
             build_catalog(base, base / "bench.yaml", args.base)
             print(f"base catalog of {args.base} entries ready in {time.perf_counter() - t0:.0f} s")
-            # Hard links: the daemon only adds files and renames new ones into place, so the kept base stays as it was.
-            subprocess.run(["cp", "-al", str(base), str(root)], check=True)
-            # Not the base's state (its history database is written in place: a hard link would change the base).
-            shutil.rmtree(root / ".teaprint", ignore_errors=True)
+            # The index stores absolute paths, so the daemon runs on the base itself (on a copy elsewhere it
+            # would take every base photo for a new one); the base is put back as it was afterwards.
+            root = base
+            restore_base = keep_base_state(base)
         else:
             root.mkdir()
         cfg = tmp / "bench.yaml"
@@ -371,7 +401,7 @@ def main() -> int:
         poller.stop.set()
         poller.join()
 
-        decode_after = decode_only_rate(sorted(inbox_catalog.glob("*.jpg")))
+        decode_after = decode_only_rate([inbox_catalog / p.name for p in staged])
         decode_rate = (decode_before + decode_after) / 2
         print(f"decode-only after the daemon stopped: {decode_after:.1f} img/s")
 
@@ -494,6 +524,8 @@ def main() -> int:
                     pass
         if log_file is not None:
             log_file.close()
+        if restore_base is not None:
+            restore_base()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
