@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights
-from pipeline.matcher.fuse import APPEARANCE_FEATURES, GEOMETRIC_FEATURES, combine, expert_probabilities, gather, label_features
+from pipeline.matcher.fuse import APPEARANCE_FEATURES, APPEARANCE_SIGNS, GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, combine, expert_probabilities, gather, label_features
 from pipeline.results import MatchEvidence, MatchResult
 
 
@@ -64,13 +64,29 @@ def _evidence_of(m: Sequence[MatchEvidence], truth: str) -> QueryEvidence:
     return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth)
 
 
-def _fit_expert(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    from sklearn.linear_model import LogisticRegression
+def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[float, np.ndarray]:
+    """Logistic regression (L2, C = 1) whose weights keep the sign `signs` allows.
 
-    # Unweighted classes: the fitted output is a probability, so the two
-    # experts are on one scale and taking their maximum is meaningful.
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
-    return round(float(model.intercept_[0]), 4), np.round(model.coef_[0], 4)
+    Each weight is bounded to its side (+1: >= 0, -1: <= 0, 0: free): a
+    feature that counts against a label on every kind of photo (an LBP
+    distance) must not be learned as counting for it because the calibration
+    mixes kinds of photo on which it scales differently. Unweighted classes:
+    the output is a probability, so the two experts are on one scale and
+    taking their maximum is meaningful.
+    """
+    from scipy.optimize import minimize
+
+    x, target = np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = w[0] + x @ w[1:]
+        residual = 1.0 / (1.0 + np.exp(-z)) - target
+        value = float((np.logaddexp(0.0, z) - target * z).sum() + 0.5 * w[1:] @ w[1:])
+        return value, np.concatenate([[residual.sum()], x.T @ residual + w[1:]])
+
+    bounds = [(None, None)] + [(0.0, None) if s > 0 else (None, 0.0) if s < 0 else (None, None) for s in signs]
+    found = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+    return round(float(found.x[0]), 4), np.round(found.x[1:], 4) + 0.0  # + 0.0: no -0.0 in the YAML
 
 
 def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibration:
@@ -82,7 +98,7 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     # that verification gave no inlier at all (a relit texture) is the other
     # expert's to find, and would only teach this one that inliers mean little.
     speaks = ~y | (geometric[:, 0] > 0)
-    gb, gw = _fit_expert(geometric[speaks], y[speaks])
+    gb, gw = _fit_expert(geometric[speaks], y[speaks], GEOMETRIC_SIGNS)
     geo = GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)})
     appearance = np.concatenate([e.appearance for e in used])
     # Likewise the appearance expert is fitted for the photos geometry does not
@@ -91,7 +107,7 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     unused = AppearanceWeights(**dict.fromkeys(("bias", *APPEARANCE_FEATURES), 0.0))  # only the geometric column is read
     pg, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, unused))
     residual = ~y | (pg < 0.5)
-    ab, aw = _fit_expert(appearance[residual], y[residual])
+    ab, aw = _fit_expert(appearance[residual], y[residual], APPEARANCE_SIGNS)
     app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})
     fusion = align_experts(used, FusionConfig(geo, app), target_far / 2)
     threshold, far, recall, precision = choose_threshold(evidence, fusion, target_far)

@@ -175,7 +175,7 @@ def run(
     verified = None
     if settings.verify.enabled:
         v = settings.verify
-        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches)
+        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio)
         lap("verify")
     decided = _decide(candidates.widened, refined, labels, verified, settings)
     lap("decide")
