@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.engine import Engine, resolve_model_path  # noqa: E402
-from pipeline.evaluation.bench import index_catalog, load_benchmark, prepare_queries, shared_config, warm_up  # noqa: E402
+from pipeline.evaluation.bench import index_catalog, load_benchmark, prepare_queries, shared_config  # noqa: E402
 from pipeline.evaluation.variants import VARIANTS  # noqa: E402
 from pipeline.features.embedding import Encoder  # noqa: E402
 from pipeline.features.lbp import chi2_distance  # noqa: E402
@@ -76,23 +76,24 @@ def diagnose(bench_dir: Path, config_file: Path | None) -> list[dict]:
     encoder = Encoder.load(resolve_model_path(config, Path(".")))
     out = []
     with tempfile.TemporaryDirectory(prefix="teaprint-diag-") as tmp:
-        engine = Engine(full.derive(base), Path(tmp), encoder)
-        warm_up(engine)
+        config = full.derive(base)
+        engine = Engine(config, Path(tmp), encoder)
+        engine.warm_up()
         index_catalog(engine, bench, progress=False)
         queries, _ = prepare_queries(engine, bench, progress=False)
-        view = engine.catalog_view(with_votes=False)
-        entries = view.entries
-        labels = np.array([e.label for e in entries])
-        v = engine.config.matcher.verify
-        votes_index = build_vote_index([e.local for e in entries], engine.config.matcher.shortlist.vote_keypoints, -1)
+        snap = engine.snapshot()
+        labels = np.array(snap.labels)
+        keypoints = snap.keypoints(range(len(snap)))
+        v = config.matcher.verify
+        votes_index = build_vote_index(keypoints, config.matcher.shortlist.vote_keypoints, -1)
         for q in queries:
             if q.prepared is None:
                 continue
             result = engine.match_prepared(q.prepared, q.name, embedding=q.embedding)
             local = q.prepared.local
-            checks = [verify_pair(local, e.local, v.ratio, v.ransac_px, v.min_matches) for e in entries]
+            checks = [verify_pair(local, k, v.ratio, v.ransac_px, v.min_matches, guided_ratio=v.guided_ratio) for k in keypoints]
             inliers = np.array([c.inliers for c in checks])
-            cos = view.embeddings @ q.embedding
+            cos = snap.embeddings @ q.embedding
             row = {"query": q.name, "truth": q.truth, "status": result.status, "label": result.label,
                    "best": result.matches[0].label if result.matches else None, "confidence": result.confidence,
                    "accept": result.stages["decide"]["accept_confidence"],
@@ -101,10 +102,10 @@ def diagnose(bench_dir: Path, config_file: Path | None) -> list[dict]:
             if q.truth:
                 right = np.flatnonzero(labels == q.truth)
                 wrong = np.flatnonzero(labels != q.truth)
-                lbp = -chi2_distance(q.prepared.lbp, view.lbps)
+                lbp = -chi2_distance(q.prepared.lbp, snap.lbps)
                 row.update({
                     "rank_cosine": rank_of(cos, right), "rank_lbp": rank_of(lbp, right),
-                    "rank_votes": rank_of(vote_counts(votes_index, local, v.ratio, len(entries)).astype(float), right),
+                    "rank_votes": rank_of(vote_counts(votes_index, local, v.ratio, len(snap)).astype(float), right),
                     "shortlisted": any(m.label == q.truth for m in result.matches),
                     "verified_right": any(m.label == q.truth and m.inliers is not None for m in result.matches),
                     "right_inliers": int(inliers[right].max()), "right_matches": int(max(checks[i].matches for i in right)),
