@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -110,7 +111,10 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     ab, aw = _fit_expert(appearance[residual], y[residual], APPEARANCE_SIGNS)
     app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})
     fusion = align_experts(used, FusionConfig(geo, app), target_far / 2)
-    threshold, far, recall, precision = choose_threshold(evidence, fusion, target_far)
+    # The config stores 4 decimals: round the threshold UP, never below an
+    # impostor it was chosen to refuse, and state the rates at the stored value.
+    threshold = math.ceil(choose_threshold(evidence, fusion, target_far)[0] * 1e4) / 1e4
+    far, recall, precision = rates_at(evidence, fusion, threshold)
     registered = sum(1 for e in evidence if e.truth)
     return Calibration(fusion, threshold, far, recall, precision, len(evidence) - registered, registered)
 
@@ -182,15 +186,22 @@ def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
     }
 
 
+def rates_at(evidence: Sequence[QueryEvidence], fusion: FusionConfig, threshold: float) -> tuple[float, float, float]:
+    """(false-accept rate, recall, precision) of the decision accepting confidence >= `threshold`."""
+    best, right, registered = decisions(evidence, fusion)
+    accepted = best >= threshold
+    far = (accepted & ~registered).sum() / max((~registered).sum(), 1)
+    recall = (accepted & right & registered).sum() / max(registered.sum(), 1)
+    precision = (accepted & right).sum() / max(accepted.sum(), 1)
+    return float(far), float(recall), float(precision)
+
+
 def per_bench_rates(by_bench: dict[str, list[QueryEvidence]], cal: Calibration) -> list[str]:
     """One line per calibration benchmark: its FAR, recall and precision at the fitted accept point."""
     lines = []
     for name, evidence in by_bench.items():
-        best, right, registered = decisions(evidence, cal.fusion)
-        accepted = best >= cal.accept_confidence
-        far = (accepted & ~registered).sum() / max((~registered).sum(), 1)
-        recall = (accepted & right & registered).sum() / max(registered.sum(), 1)
-        precision = (accepted & right).sum() / max(accepted.sum(), 1)
+        registered = np.array([bool(e.truth) for e in evidence])
+        far, recall, precision = rates_at(evidence, cal.fusion, cal.accept_confidence)
         lines.append(f"{name}: FAR {far:.4f} ({(~registered).sum()} unregistered), recall {recall:.3f} "
                      f"({registered.sum()} registered), precision {precision:.3f}")
     return lines
