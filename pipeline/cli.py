@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, LoggingConfig, load_config
 from pipeline.evaluation.calibrate import add_calibrate_arguments, run_calibrate
 from pipeline.evaluation.cli import add_eval_arguments, run_eval
 from pipeline.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
@@ -22,17 +23,25 @@ from pipeline.training.train import add_train_arguments, run_train
 def main(argv: Sequence[str] | None = None) -> int:
     # File names are data: one that is not UTF-8 is shown with its bytes
     # escaped rather than crashing the output (`--json` escapes it exactly).
+    # Output is UTF-8 whatever the locale (a service's is often C): labels
+    # and records in Chinese reach JSON and CSV as text, never as escapes.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.logs import configure_logging
+
+    if getattr(args, "raw_config", False):
+        # doctor: a broken config is one of its findings, not an exit 2; what the log would
+        # warn about is among its findings too, so only errors are logged (on stderr).
+        configure_logging(LoggingConfig(level="error", format="auto"))
+        return int(args.handler(args, None))
     try:
         config = load_config(args.config)
     except ConfigError as err:
         print(f"teaprint: config error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    from pipeline.logs import configure_logging
 
     configure_logging(config.logging)
     try:
@@ -67,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="catalog, model and daemon state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("history", help="the history of checks: every answered query (newest last)")
+    p.add_argument("--label", help="only checks that identified this cake")
+    p.add_argument("--since", help="only checks since: 7d, 12h, 30m, 2w ago, or a date/time (2024-05-01, local time)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per line (UTF-8)")
+    form.add_argument("--csv", action="store_true", help="CSV with a header row (UTF-8 with a BOM, which Excel needs)")
+    p.set_defaults(handler=cmd_history)
+
+    p = sub.add_parser("doctor", help="check this setup and say how to mend what is wrong (exit 1 when something fails)")
+    p.add_argument("--no-serve", action="store_true", help="skip what only `teaprint serve` needs (port, token)")
+    p.add_argument("--json", action="store_true", help="the findings as one JSON object")
+    p.set_defaults(handler=cmd_doctor, raw_config=True)
+
+    p = sub.add_parser("install-service", help="write and enable the systemd unit(s) running this install on --root")
+    p.add_argument("--user", action="store_true", help="for your own systemd (systemctl --user), not the system's (needs root)")
+    p.add_argument("--serve", action="store_true", help="also a unit running `teaprint serve`")
+    p.add_argument("--no-enable", action="store_true", help="only write the units; print the systemctl commands")
+    p.set_defaults(handler=cmd_install_service)
 
     p = sub.add_parser("remove", help="delete catalog entries by id, sha256 prefix or path")
     p.add_argument("keys", nargs="+")
@@ -115,7 +143,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 def _engine(args: argparse.Namespace, config: Config, check_model: bool = True) -> Any:
     from pipeline.engine import Engine
 
-    return Engine.load(config, args.root, check_model=check_model)
+    return Engine.load(config, args.root, check_model=check_model, component="cli")
 
 
 def iter_photo_files(paths: Sequence[Path], config: Config) -> Iterator[tuple[Path, Path | None]]:
@@ -164,6 +192,7 @@ def cmd_match(args: argparse.Namespace, config: Config) -> int:
     worst = EXIT_OK
     for image in args.images:
         result = engine.match_file(image)
+        engine.answered(result, "cli")
         if args.explain is not None and result.status != "rejected":
             _explain(engine, config, image, result, args.explain)
         if result.status == "rejected":
@@ -191,9 +220,22 @@ def _describe(result: Any) -> str:
     if result.label is not None:
         head += f" {result.label}"
     lines = [f"{head} (confidence {result.confidence:.3f})"]
+    if result.record is not None:
+        lines.append("  " + _describe_record(result.record))
     for m in result.matches[:5]:
         lines.append(f"  {m.label:<16} sim {m.similarity:.3f}  lbp {m.lbp_distance:.3f}  {m.image}")
     return "\n".join(lines)
+
+
+def _describe_record(record: dict[str, Any]) -> str:
+    """One line for a result's cake record: name, year, producer, weight, and earlier checks."""
+    parts = [str(record[k]) for k in ("display_name", "year", "batch", "producer") if record.get(k) is not None]
+    if record.get("weight_g") is not None:
+        parts.append(f"{record['weight_g']:g} g")
+    checks = record.get("checks")
+    if checks:
+        parts.append(f"identified {checks['count']} times before" + (f", last {checks['last_at']}" if checks["last_at"] else ""))
+    return "record: " + ", ".join(parts)
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -215,7 +257,59 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"ignored   directories in the query folder: {', '.join(ignored_dirs)}")
     if daemon.get("last_error"):
         print(f"last error {daemon['last_error']}")
+    records, history = status["records"], status["history"]
+    n = records["problem_count"]
+    print(f"records   {records['cakes']} cakes with a record, {n} problem{'s' * (n != 1)} in record files")
+    for problem in records["problems"][:5]:
+        print(f"  {problem['message']}")
+    print(f"history   {history['path']}: {'ok' if history['ok'] else 'FAILING: ' + str(history['error'])}, {history['pending']} waiting")
+    from pipeline.ops.metrics import summary_lines
+
+    for line in summary_lines(status["metrics"]):
+        print(line)
     return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    """Read the history straight from its file: no model is loaded to print it."""
+    from pipeline.history import Filters, history_at, parse_since, write_csv, write_json_lines
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as err:
+        raise UsageError(f"--since: {err}") from None
+    label = unicodedata.normalize("NFC", args.label) if args.label is not None else None
+    checks = history_at(args.root, config).checks(Filters(label=label, since=since))
+    if args.csv:
+        write_csv(checks, sys.stdout, bom=True)
+    elif args.json:
+        write_json_lines(checks, sys.stdout)
+    else:
+        for c in checks:
+            outcome = f"{c.status} {c.label}" if c.label else c.status
+            print(f"{c.at}  {c.source:<6} {outcome}  (confidence {c.confidence:.3f})  {c.query}")
+        print(f"{len(checks)} checks", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace, _: None) -> int:
+    from pipeline.ops.doctor import diagnose
+
+    diagnosis = diagnose(args.root, args.config, serve=not args.no_serve)
+    print(json.dumps(diagnosis.to_dict(), ensure_ascii=False, indent=1) if args.json else diagnosis.text())
+    return diagnosis.exit_code
+
+
+def cmd_install_service(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.ops.install import install_service
+
+    try:
+        report = install_service(args.root, user_mode=args.user, serve=args.serve, config=args.config, enable=not args.no_enable)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for line in report.lines():
+        print(line)
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def cmd_remove(args: argparse.Namespace, config: Config) -> int:

@@ -176,6 +176,18 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    path: str
+    busy_timeout_s: float
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    min_free_mb: float
+    inotify_max_user_watches: int | None
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     model: ModelConfig
@@ -186,6 +198,8 @@ class Config:
     daemon: DaemonConfig
     logging: LoggingConfig
     http: HttpConfig
+    history: HistoryConfig
+    doctor: DoctorConfig
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -247,6 +261,9 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("http.max_files", lambda v: v >= 1, ">= 1"),
     ("http.page_size", lambda v: 1 <= v <= 500, "in 1-500"),
     ("http.thumbnail_px", lambda v: v >= 16, ">= 16"),
+    ("history.busy_timeout_s", lambda v: v >= 0, ">= 0"),
+    ("doctor.min_free_mb", lambda v: v >= 0, ">= 0"),
+    ("doctor.inotify_max_user_watches", lambda v: v is None or v >= 0, "null or >= 0"),
 )
 
 

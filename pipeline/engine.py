@@ -6,6 +6,12 @@ loaded encoder and the catalog and offers what front-ends need: warm-up,
 embedding, matching, registering / renaming / removing / re-embedding through
 the catalog's one writer, the model's identity and one status document.
 
+It also owns what follows an answer: a matched result carries the cake's
+record (`pipeline.records`, with how often the cake was identified before),
+and every answer a front-end gives is noted once (`answered`) in the history
+of checks (`pipeline.history`) and the metrics (`pipeline.ops.metrics`).
+Front-ends say when they answered; they never write either themselves.
+
 Thread-safety: every read goes through `snapshot()`, one immutable catalog
 generation, and the encoder is thread-safe, so `match_prepared`, `embed` and
 `status` may run in many threads at once; writes go through the writer,
@@ -16,22 +22,32 @@ own.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import structlog
 
 from pipeline.catalog import CatalogEntry, CatalogIndex, CatalogSnapshot, CatalogWriter, NewEntry, Registered, label_from_path
 from pipeline.config import Config
 from pipeline.data import shipped
 from pipeline.features.embedding import Encoder
+from pipeline.history import Filters, History, HistoryPage, check_from_result, check_from_result_file, history_at
 from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.votes import VoteIndex, build_vote_index
+from pipeline.ops.metrics import Metrics, merge_expositions, summary
 from pipeline.prepare import EncoderInput, Prepared, prepare
+from pipeline.records import RecordScan, RecordStore, result_record
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
-from pipeline.state import daemon_state
+from pipeline.state import daemon_state, metrics_path, write_status
+
+log = structlog.get_logger("teaprint.engine")
+
+STATUS_PROBLEMS = 20  # record problems listed in status (all are counted)
+RECORD_SCAN_MAX_AGE_S = 30.0  # status shows record problems at most this old: a scan stats every sidecar
 
 
 @dataclass(frozen=True)
@@ -71,9 +87,17 @@ class Engine:
     check_model : bool
         Refuse a catalog built with another encoder (`ModelMismatchError`);
         False only for `status` and `reembed`.
+    component : str
+        Who answers through this engine (`daemon`, `server`, `cli`): the
+        `component` label of its metrics.
+    serving : bool
+        Answers go to people: matched results carry cake records and answers
+        are kept in the history of checks. False for evaluation and
+        benchmarks, which answer no one (no records, no history file).
     """
 
-    def __init__(self, config: Config, root: Path, encoder: Encoder, check_model: bool = True) -> None:
+    def __init__(self, config: Config, root: Path, encoder: Encoder, check_model: bool = True,
+                 component: str = "engine", serving: bool = True) -> None:
         self._config = config
         self.root = Path(root).resolve()
         self._encoder = encoder
@@ -81,10 +105,15 @@ class Engine:
         self._record = CatalogIndex(self.index_dir, model_id=info.model_id if check_model else None)
         self._writer = CatalogWriter(self._record, info.model_id, require_local=config.local.enabled)
         self.encoder_input = EncoderInput(info.input_size, info.channels, info.disc_mask)
+        paths = config.paths
+        self._records = RecordStore(self.root / paths.inbox_catalog, self.root / paths.failed) if serving else None
+        self._history = history_at(self.root, config) if serving else None
+        self._metrics = Metrics(component)
+        self._record_scan: tuple[float, RecordScan] | None = None
 
     @classmethod
-    def load(cls, config: Config, root: Path, check_model: bool = True) -> "Engine":
-        return cls(config, root, Encoder.load(resolve_model_path(config, Path(root))), check_model=check_model)
+    def load(cls, config: Config, root: Path, check_model: bool = True, component: str = "engine") -> "Engine":
+        return cls(config, root, Encoder.load(resolve_model_path(config, Path(root))), check_model=check_model, component=component)
 
     @property
     def index_dir(self) -> Path:
@@ -251,6 +280,7 @@ class Engine:
         info = self.model_info
         outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap), clock.lap)
         decision = outcome.decision
+        record = self._result_record(decision.label) if decision.status == "matched" and decision.label else None
         return MatchResult(
             query=query_name,
             status=decision.status,
@@ -261,6 +291,7 @@ class Engine:
             timings_ms=clock.totals(),
             model=info,
             sha256=prepared.sha256,
+            record=record,
         )
 
     def _votes(self, snap: CatalogSnapshot) -> VoteIndex | None:
@@ -270,20 +301,152 @@ class Engine:
             return None
         return snap.derived(("votes", per_entry), lambda s: build_vote_index(s.keypoints(range(len(s))), per_entry, s.generation))
 
+    # ---------------------------------------------------------------- records
+    def record(self, label: str) -> dict[str, Any] | None:
+        """The `record` object of a result for `label` (its cake record, and `checks`: how often and
+        when it was identified, from the history); None when no record names it."""
+        if self._records is None:
+            return None
+        found = self._records.get(label)
+        if found is None:
+            return None
+        checks = self._history.label_checks(label) if self._history is not None else None
+        return result_record(found, checks.to_dict() if checks is not None else None)
+
+    def set_record(self, label: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace `label`'s own sidecar (`<catalog>/<label>/<label>.json`) with `values`; the merged record.
+
+        Raises
+        ------
+        RecordError
+            A label that cannot name a folder, or fields that cannot be taken (nothing is written).
+        """
+        if self._records is None:
+            raise RuntimeError("this engine keeps no cake records (serving=False)")
+        self._records.set(label, values)
+        record = self.record(label)
+        assert record is not None  # just written
+        return record
+
+    def _result_record(self, label: str) -> dict[str, Any] | None:
+        """`record(label)` for a result: a record that cannot be read never costs the answer."""
+        try:
+            return self.record(label)
+        except Exception as exc:  # noqa: BLE001 - the answer matters more than its record
+            log.error("record_failed", label=label, error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    def record_scan(self, max_age_s: float = RECORD_SCAN_MAX_AGE_S) -> RecordScan:
+        """Every record and every record-file problem, rescanned when older than `max_age_s`."""
+        if self._records is None:
+            return RecordScan({}, ())
+        now = time.monotonic()
+        if self._record_scan is None or now - self._record_scan[0] >= max_age_s:
+            self._record_scan = (now, self._records.scan())
+        return self._record_scan[1]
+
+    # ---------------------------------------------------------------- answers given
+    def answered(self, result: MatchResult, source: str, result_path: Path | None = None) -> None:
+        """Note one answer given to someone: its row in the history of checks, and the metrics. Never raises.
+
+        Parameters
+        ----------
+        source : {"folder", "cli", "http"}
+            Where the query came from. A rejected drop-folder query is also
+            counted as a failed file (the daemon moves it to `failed/`).
+        result_path : Path, optional
+            The result file (the drop folder's). The history row's key then
+            comes from the answer itself, so noting it again after a restart
+            (`replayed`) adds nothing; without it, every call is a new check.
+        """
+        try:
+            self._metrics.observe_result(result, source)
+            if source == "folder" and result.status == "rejected":
+                self._metrics.failed_file("query", result.error_code or "")
+            if self._history is not None:
+                key = None if result_path is not None else uuid.uuid4().hex
+                self._history.append(check_from_result(result.to_dict(), source, result_path, key=key))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping never costs an answer
+            log.error("answer_not_noted", query=result.query, error=f"{type(exc).__name__}: {exc}")
+
+    def replayed(self, result_path: Path) -> None:
+        """A drop-folder answer found already written after a restart (journal recovery): its history row, once.
+
+        The row's key is the one `answered` gave it, so an answer noted before
+        the kill is not noted twice. Never raises.
+        """
+        if self._history is None:
+            return
+        try:
+            self._history.append(check_from_result_file(Path(result_path)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a result file edited by hand
+            log.error("answer_not_noted", result=str(result_path), error=f"{type(exc).__name__}: {exc}")
+
+    def failed_file(self, folder: str, code: str) -> None:
+        """Count a file moved to `failed/` (folder `catalog` or `query`) in the metrics."""
+        self._metrics.failed_file(folder, code)
+
+    def history_page(self, filters: Filters = Filters(), offset: int = 0, limit: int = 50) -> HistoryPage:
+        """One page of the history of checks, newest first (raises `HistoryError` when it cannot be read now)."""
+        if self._history is None:
+            raise RuntimeError("this engine keeps no history (serving=False)")
+        return self._history.page(filters, offset, limit)
+
+    # ---------------------------------------------------------------- metrics
+    def metrics_text(self, with_daemon: bool = True) -> str:
+        """The Prometheus exposition of this engine's metrics, its gauges refreshed now.
+
+        With `with_daemon` (every front-end but the daemon itself), the
+        daemon's metrics file on this root is merged in, so one scrape sees both.
+        """
+        snap = self.snapshot()
+        self._metrics.set_catalog(len(snap), len(set(snap.labels)))
+        self._metrics.set_record_problems(len(self.record_scan().problems))
+        if self._history is not None:
+            self._metrics.set_history_pending(self._history.pending)
+        own = self._metrics.render()
+        if not with_daemon:
+            return own
+        try:
+            daemon = metrics_path(self.root, self._config).read_text(encoding="utf-8")
+        except OSError:
+            return own
+        try:
+            return merge_expositions(own, daemon)
+        except ValueError as err:  # a torn or foreign file: serve our own part
+            log.warning("daemon_metrics_unreadable", error=str(err))
+            return own
+
+    def publish_status(self, daemon: dict[str, Any]) -> None:
+        """The daemon's state files: `status.json` (`status` with its live `daemon` section) and `metrics.prom`.
+
+        The section's `queue` (photos waiting per folder) sets the backlog
+        gauges; checks waiting for the history database are retried first.
+        """
+        if self._history is not None:
+            self._history.flush()
+        queue = daemon.get("queue") or {}
+        self._metrics.set_backlog(catalog=int(queue.get("catalog", 0)), query=int(queue.get("query", 0)))
+        status = self.status(daemon=daemon)
+        write_status(self.root, self._config, status, self.metrics_text(with_daemon=False))
+
     # ---------------------------------------------------------------- status
     def status(self, daemon: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
-        """The one status document: catalog, model, daemon, and any front-end's own `sections`.
+        """The one status document: catalog, model, daemon, records, history, metrics, and any front-end's own `sections`.
 
         `teaprint status` prints it, the daemon stores it (with its live
         `daemon` section) in its status file, and the server answers it at
         `/status` (with a `server` section). Without `daemon`, the daemon's
-        state is read from the root's state files.
+        state is read from the root's state files, and its metrics are
+        merged into `metrics` (a summary of the Prometheus exposition).
         """
         snap = self.snapshot()
         info = self.model_info
         encoder = self._encoder.info
+        metrics = summary(self.metrics_text(with_daemon=daemon is None))
         if daemon is None:
             daemon = daemon_state(self.root, self._config, {e.path for e in snap.entries})
+        scan = self.record_scan()
         return {
             "root": str(self.root),
             "entries": len(snap),
@@ -294,6 +457,10 @@ class Engine:
                       "threshold_source": info.threshold_source},
             "model_matches_index": snap.model_id in (None, info.id),
             "daemon": daemon,
+            "records": {"cakes": len(scan.records), "problem_count": len(scan.problems),
+                        "problems": [p.to_dict() for p in scan.problems[:STATUS_PROBLEMS]]},
+            "history": self._history.health() if self._history is not None else None,
+            "metrics": metrics,
             **sections,
         }
 

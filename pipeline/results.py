@@ -61,11 +61,14 @@ class MatchResult:
     error_code: str | None = None
     sha256: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    record: dict[str, Any] | None = None  # the matched cake's record (pipeline.records.result_record)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["schema"] = SCHEMA_VERSION
         data["matches"] = list(data["matches"])
+        if data["record"] is None:
+            del data["record"]  # results without a record keep exactly their old fields
         return data
 
     def to_json(self, indent: int | None = None) -> str:
@@ -84,8 +87,12 @@ def dumps(data: Any, indent: int | None = None, sort_keys: bool = False) -> str:
     written as JSON escapes (`\\udcff`), so `os.fsencode(json.loads(text)[...])`
     gives back the name's original bytes.
     """
-    text = json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
     # Surrogates can only occur inside JSON strings, where an escape is valid.
+    return escape_surrogates(json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys))
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (a non-UTF-8 name byte, from `os.fsdecode`) as its `\\udcXX` escape: encodable as UTF-8."""
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

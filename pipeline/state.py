@@ -1,7 +1,8 @@
 """The files a daemon keeps under a root's state folder, and what anyone may read of them.
 
-``<paths.state>/daemon.lock`` (one daemon per root), ``daemon.pid`` and
-``status.json`` (the daemon's last status, written by `Engine.status`).
+``<paths.state>/daemon.lock`` (one daemon per root), ``daemon.pid``,
+``status.json`` (the daemon's last status, written by `Engine.status`) and
+``metrics.prom`` (its Prometheus metrics, node_exporter's textfile format).
 The daemon takes the lock and writes the status; `daemon_state` reads them
 for `teaprint status` and the server's `/status` without importing the daemon.
 """
@@ -17,7 +18,8 @@ from filelock import FileLock, Timeout
 
 from pipeline.config import Config
 from pipeline.photos import photo_files
-from pipeline.results import write_json_atomic
+from pipeline.fsutil import atomic_write_bytes
+from pipeline.results import dumps, write_json_atomic
 
 
 class AlreadyRunning(RuntimeError):
@@ -53,9 +55,18 @@ def _read_pid(folder: Path) -> str:
         return "unknown"
 
 
-def write_status(root: Path, config: Config, status: dict[str, Any]) -> None:
-    """Store the daemon's status document (`Engine.status` with its live `daemon` section)."""
-    write_json_atomic(state_dir(root, config) / "status.json", json.dumps(status, indent=1))
+def metrics_path(root: Path, config: Config) -> Path:
+    """The daemon's metrics file (Prometheus text), which the server merges into `GET /metrics`."""
+    return state_dir(root, config) / "metrics.prom"
+
+
+def write_status(root: Path, config: Config, status: dict[str, Any], metrics: str | None = None) -> None:
+    """Store the daemon's status document (`Engine.status` with its live `daemon` section) and its metrics text."""
+    folder = state_dir(root, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    if metrics is not None:
+        atomic_write_bytes(metrics_path(root, config), metrics.encode("utf-8"))
+    write_json_atomic(folder / "status.json", dumps(status, indent=1))
 
 
 def daemon_state(root: Path, config: Config, indexed: Collection[str]) -> dict[str, Any]:

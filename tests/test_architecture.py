@@ -13,7 +13,9 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "pipeline"
-FRONT_ENDS = ("pipeline.cli", "pipeline.__main__", "pipeline.daemon", "pipeline.server", "pipeline.evaluation", "pipeline.training")
+# `teaprint doctor` and `install-service` are commands: they look at every part, the server's rules included.
+FRONT_ENDS = ("pipeline.cli", "pipeline.__main__", "pipeline.daemon", "pipeline.server", "pipeline.evaluation", "pipeline.training",
+              "pipeline.ops.doctor", "pipeline.ops.install")
 
 
 def module_name(path: Path) -> str:

@@ -37,7 +37,7 @@ from pipeline.engine import Engine
 from pipeline.fsutil import is_inside
 from pipeline.photos import is_photo, photo_files
 from pipeline.prepare import Prepared
-from pipeline.state import AlreadyRunning, acquire_lock, state_dir, write_status
+from pipeline.state import AlreadyRunning, acquire_lock, state_dir
 from pipeline.results import MatchResult, dumps, rejected, write_json_atomic
 
 log = structlog.get_logger("teaprint.daemon")
@@ -85,7 +85,7 @@ class Daemon:
         """Recover, watch, scan, then loop until `stop_requested` is set."""
         for stale in self.journal.clean_temp_files():
             log.info("removed_stale_temp", file=stale.name)
-        for intent in self.journal.recover():
+        for intent in self.journal.recover(answered=lambda i: self.engine.replayed(Path(i.result))):
             log.info("recovered", file=intent.photo, result=intent.result)
         cfg = self.config
         log.info("start", root=str(self.root), model=self.engine.model_info.id, entries=len(self.engine.snapshot()),
@@ -395,6 +395,7 @@ class Daemon:
         if error_file and error_text:
             write_json_atomic(error_file, error_text)
         move_aside(path, destination)
+        self.engine.answered(result, "folder", result_path)  # before the record goes: a kill here is replayed
         self.journal.finish(record)
 
     def explain(self, path: Path, result: Any, out: Path, query_local: Any = None) -> None:
@@ -420,6 +421,7 @@ class Daemon:
                  "reason": failure.reason, "sha256": failure.sha256, "at": _now()}
         write_json_atomic(self.failed / error_name(destination.name), dumps(error, indent=1))
         self.counts["failed"] += 1
+        self.engine.failed_file("catalog", failure.code)
         self.note_error(path, failure.code, failure.reason)
         log.warning("catalog", file=str(path), outcome="failed", code=failure.code, reason=failure.reason, moved_to=str(destination))
 
@@ -474,13 +476,13 @@ class Daemon:
 
     def write_status(self, running: bool = True) -> None:
         """The status file: `Engine.status` with this daemon's live section."""
-        write_status(self.root, self.config, self.engine.status(daemon={
+        self.engine.publish_status(daemon={
             "pid": os.getpid(), "running": running, "started_at": self.started_at, "updated_at": _now(),
             "processed": self.counts, "last_error": self.last_error,
             "ignored": {"query_directories": sorted(self.ignored_dirs)},
             "queue": {"query": len(self.queries), "catalog": len(self.catalog_waiting) + len(self.inflight) + len(self.batch),
                       "unsettled": self.tracker.pending_count()},
-        }))
+        })
 
 
 def run_daemon(root: Path, config: Config) -> int:
@@ -492,7 +494,7 @@ def run_daemon(root: Path, config: Config) -> int:
         print(f"teaprint: {err}", file=__import__("sys").stderr)
         return 1
     try:
-        engine = Engine.load(config, Path(root))
+        engine = Engine.load(config, Path(root), component="daemon")
         daemon = Daemon(root, config, engine)
         signal.signal(signal.SIGTERM, daemon.request_stop)
         signal.signal(signal.SIGINT, daemon.request_stop)

@@ -239,7 +239,7 @@ def run_benchmark(
     encoder = Encoder.load(resolve_model_path(config, Path(model_root)))
     base = shared_config(config, variants)
     with tempfile.TemporaryDirectory(prefix="teaprint-eval-") as tmp:
-        engine = Engine(base, Path(tmp), encoder)
+        engine = Engine(base, Path(tmp), encoder, serving=False)  # answers no one: no records, no history
         engine.warm_up()  # so that start-up costs are not timed
         index = index_catalog(engine, bench, progress)
         catalog_by_label = _catalog_by_label(engine)
@@ -248,7 +248,7 @@ def run_benchmark(
         prepare_seconds = time.perf_counter() - started
         shared = shared_breakdown(queries, embed_seconds)
         runs = tuple(
-            run_variant(Engine(v.derive(base), Path(tmp), encoder), v, queries, k, _uses(shared, v, base), progress)
+            run_variant(Engine(v.derive(base), Path(tmp), encoder, serving=False), v, queries, k, _uses(shared, v, base), progress)
             for v in variants
         )
         return EvalRun(bench, engine.model_info, encoder.info.path, index, catalog_by_label, prepare_seconds, shared, runs)

@@ -88,6 +88,7 @@ def serve(root: Path, config: Config, port: int | None = None, host: str | None 
 
     from pipeline.server.api import create_app
     from pipeline.server.guard import BodyLimit
+    from pipeline.server.localise import LocalisedErrors
     from pipeline.server.service import TeaprintService
 
     host = host or config.http.host
@@ -102,7 +103,7 @@ def serve(root: Path, config: Config, port: int | None = None, host: str | None 
     service.warm_up()
     app = create_app(service, config, token)
     limit = int(config.http.max_upload_mb * 1_000_000)
-    asgi = BodyLimit(app, limit, f"{config.http.max_upload_mb:g} MB")
+    asgi = LocalisedErrors(BodyLimit(app, limit, f"{config.http.max_upload_mb:g} MB"))
     _Server = _server_class()
     sock = bind(host, port)
     actual = sock.getsockname()[1]

@@ -54,9 +54,10 @@ from pipeline.engine import Engine
 from pipeline.fsutil import fsync_path, is_inside, open_regular
 from pipeline.intake import BYTES_PER_MB, IntakeError, file_sha256, read_photo
 from pipeline.prepare import Prepared
+from pipeline.history import Filters, HistoryError, HistoryPage
+from pipeline.records import MAX_LABEL_CHARS, RecordError, label_problem
 from pipeline.results import MatchResult, rejected
 
-MAX_LABEL_CHARS = 64
 MAX_NAME_CHARS = 120
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -105,22 +106,13 @@ def display_name(filename: str | None, fallback: str = "upload") -> str:
 def check_label(label: str) -> str:
     """The label, NFC-normalised and stripped, or `ServiceError` 400 saying why.
 
-    A label becomes a folder name under the catalog folder, so it must be one
-    plain path component: no separators, not `.`/`..`, no leading dot (the
-    daemon ignores dotfiles), no control characters, at most 64 characters.
+    A label becomes a folder name under the catalog folder (and names its
+    record), so it must be one plain path component (`label_problem`): no
+    separators, no leading dot (the daemon ignores dotfiles), no control
+    characters, at most 64 characters.
     """
     value = unicodedata.normalize("NFC", str(label)).strip()
-    problem = None
-    if not value:
-        problem = "is empty"
-    elif len(value) > MAX_LABEL_CHARS:
-        problem = f"is longer than {MAX_LABEL_CHARS} characters"
-    elif "/" in value or "\\" in value:
-        problem = "contains a path separator"
-    elif value in (".", "..") or value.startswith("."):
-        problem = "starts with a dot"
-    elif any(unicodedata.category(ch)[0] == "C" for ch in value):
-        problem = "contains control characters"
+    problem = label_problem(value)
     if problem:
         raise ServiceError(400, "bad_label", f"label {value[:MAX_LABEL_CHARS]!r} {problem}")
     return value
@@ -167,7 +159,7 @@ class TeaprintService:
 
     @classmethod
     def load(cls, config: Config, root: Path) -> "TeaprintService":
-        return cls(config, root, Engine.load(config, Path(root)))
+        return cls(config, root, Engine.load(config, Path(root), component="server"))
 
     def warm_up(self) -> None:
         """Run the model once now, not on the first request."""
@@ -223,9 +215,11 @@ class TeaprintService:
                     prepared = self._prepare(tmp, name)
                 except IntakeError as err:
                     self.count("refused")
-                    return rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
-                result = self.engine.match_prepared(prepared, name)
-            self.count("matches")
+                    result = rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
+                else:
+                    result = self.engine.match_prepared(prepared, name)
+                    self.count("matches")
+            self.engine.answered(result, "http")
             return result
         finally:
             tmp.unlink(missing_ok=True)
@@ -383,6 +377,35 @@ class TeaprintService:
         self.engine.remove([entry])
         self.count("deleted")
         return entry, moved_to
+
+    # ------------------------------------------------------------ records, history, metrics
+    def record(self, label: str) -> dict[str, Any]:
+        """The cake record of `label` (the `record` object of a result), or 404."""
+        value = check_label(label)
+        found = self.engine.record(value)
+        if found is None:
+            raise ServiceError(404, "no_record", f"no record for cake {value!r}: set one with PUT /records/{{label}} "
+                                                 "or a sidecar beside its photos")
+        return found
+
+    def set_record(self, label: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Replace the record of `label` (its sidecar beside its photos), or 400 naming each refused field."""
+        value = check_label(label)
+        try:
+            return self.engine.set_record(value, values)
+        except RecordError as err:
+            raise ServiceError(400, "bad_record", str(err), problems=[p.to_dict() for p in err.problems]) from None
+
+    def history(self, filters: Filters, offset: int, limit: int) -> HistoryPage:
+        """A page of the history of checks, or 503 when the database cannot be read now."""
+        try:
+            return self.engine.history_page(filters, offset, limit)
+        except HistoryError as err:
+            raise ServiceError(503, "history_unavailable", str(err)) from None
+
+    def metrics(self) -> str:
+        """The Prometheus exposition: this server's metrics and the daemon's on the same root."""
+        return self.engine.metrics_text()
 
     # ------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
