@@ -277,3 +277,24 @@ def test_ntxent_loss_masks_same_group_rows_and_prefers_matching_views() -> None:
     same = np.eye(4, dtype=np.float32)[[0, 0, 2, 3, 0, 0, 2, 3]]
     assert float(ops.convert_to_numpy(loss(np.array([0, 0, 2, 3] * 2, np.float32), same))) < 0.01
     assert float(ops.convert_to_numpy(loss(groups, same))) > 0.5
+
+
+def test_benchmark_sources_leave_out_the_encoders_training_photos_and_their_near_duplicates(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, name in enumerate(("graf1.png", "graf3.png", "baboon.png", "fruits.png")):
+        cv2.imwrite(str(folder / name), _photo(40 + i, 128))
+    record = tmp_path / "encoder.json"
+    record.write_text(json.dumps({"training": {"data": {"photos": ["data:graf1.png", "data:fruits.png"]}}}))
+    trained = tdata.trained_photos(record)
+    sources = tdata.resolve_sources([str(folder)], split="all").photos
+    # graf3 shows graf1's scene: a benchmark cake cut from it would be a trained-on object under another name
+    assert [s.name for s in tdata.without_trained(sources, trained)] == ["data:baboon.png"]
+    # the shipped record names real photos, and the benchmark's evaluation photos are not among them
+    shipped = tdata.trained_photos()
+    assert "bare:shape-100g.jpg" in shipped
+    held_out = tdata.resolve_sources(["skimage"], split="held_out").photos
+    assert held_out and tdata.without_trained(held_out, shipped) == held_out
+    record.write_text(json.dumps({"training": {"command": "teaprint train"}}))
+    with pytest.raises(ValueError, match="training.data.photos"):
+        tdata.trained_photos(record)

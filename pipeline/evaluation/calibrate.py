@@ -11,7 +11,7 @@ with `--write`, stored in a config file (comments kept), with the measured
 rates in a comment, so the threshold carries a stated false-accept rate.
 
 Calibrate on data the evaluation does not use: e.g. `bench/make_discs.py
---split train`, `bench/make_siblings.py --faces cake2_b,cake3_a,cake3_b`
+--split calibration`, `bench/make_siblings.py --faces cake2_b,cake3_a,cake3_b`
 (easy and `--hard`) and `bench/make_textures.py --seed 1`, never KTH-TIPS.
 """
 

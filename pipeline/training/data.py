@@ -26,6 +26,7 @@ Procedural textures for calibration use keys training never draws.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ import numpy as np
 from pipeline.features.embedding import centre_square
 from pipeline.training import views
 
+# The shipped encoder's record: its `training.data.photos` lists every real photo it was trained on.
+SHIPPED_RECORD = Path(__file__).resolve().parent.parent / "data" / "models" / "teaprint-encoder.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pat")
 OPENCV_DOC_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 # Real photos and textures from Debian packages (`make train` installs them):
@@ -100,6 +103,31 @@ def is_held_out(name: str) -> bool:
     machines and near-duplicates never straddle the split.
     """
     return int(hashlib.sha1(family(name).encode("utf-8")).hexdigest(), 16) % 5 == 0
+
+
+def trained_photos(record: Path = SHIPPED_RECORD) -> frozenset[str]:
+    """Names (``origin:relative path``) of the real photos an encoder was trained on.
+
+    Read from its training record (the ``.json`` beside the ``.keras``,
+    ``training.data.photos``), so benchmark generators can exclude them
+    explicitly rather than trusting that `is_held_out` was applied.
+
+    Raises
+    ------
+    ValueError
+        When the record lists no training photos (an encoder trained before
+        records kept them cannot vouch for any benchmark).
+    """
+    photos = json.loads(Path(record).read_text(encoding="utf-8")).get("training", {}).get("data", {}).get("photos")
+    if not photos:
+        raise ValueError(f"{record}: no training.data.photos, cannot tell which photos the encoder trained on")
+    return frozenset(photos)
+
+
+def without_trained(sources: Iterable[Source], trained: frozenset[str]) -> list[Source]:
+    """`sources` less every photo in `trained` and every near-duplicate of one (same `family`)."""
+    families = {family(name) for name in trained}
+    return [s for s in sources if s.name not in trained and family(s.name) not in families]
 
 
 def _fit(image: np.ndarray) -> np.ndarray:
