@@ -119,9 +119,20 @@ class AppearanceWeights:
 
 
 @dataclass(frozen=True)
+class TextureWeights:
+    """Logistic weights of the texture expert (`pipeline.matcher.fuse`): the LBP evidence alone."""
+
+    bias: float
+    svc_vote: float
+    lbp_distance: float
+    lbp_margin: float
+
+
+@dataclass(frozen=True)
 class FusionConfig:
     geometric: GeometricWeights
     appearance: AppearanceWeights
+    texture: TextureWeights
 
 
 @dataclass(frozen=True)

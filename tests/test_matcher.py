@@ -115,10 +115,10 @@ def test_label_features_compare_each_label_with_the_best_other() -> None:
 
 
 def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
     decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})
@@ -186,10 +186,10 @@ def test_gather_prefers_more_inliers_then_higher_similarity_for_a_labels_positio
 
 
 def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0))
     labels = ["b", "a", "b", "a"]
     evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]
     decision, scores = fuse(evidence, labels, weights, 0.0, {"shortlist": "b", "verify": "a", "refine": "a"})

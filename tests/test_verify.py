@@ -148,7 +148,8 @@ def lit(height: np.ndarray, azimuth: float, elevation: float) -> np.ndarray:
 
 def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Bare textures under another light: verification finds no geometry, and with
-    the shipped model and calibrated decision the appearance expert decides."""
+    the shipped model and calibrated decision the texture (LBP) expert decides:
+    the embedding finds every relit texture alike, the LBP match tells them apart."""
     surfaces = {"fine": relief(1, 1.2), "medium": relief(2, 2.5), "coarse": relief(3, 5.0)}
     catalog = tmp_path / "catalog"
     for name, height in surfaces.items():
@@ -164,7 +165,7 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.Capt
         assert result["matches"][0]["label"] == name
         assert result["status"] == "matched" and result["label"] == name
         decide = result["stages"]["decide"]
-        assert decide["appearance"] >= decide["accept_confidence"] > decide["geometric"]
+        assert decide["texture"] >= decide["accept_confidence"] > decide["geometric"]
 
 
 def test_shipped_pipeline_confirms_the_cake_and_refuses_its_sibling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,7 @@
 """`teaprint calibrate BENCH_DIR...`: fit the fused decision on held-out benchmarks.
 
 The full pipeline runs on each benchmark (temporary index, as `eval` does).
-Every candidate label of every query becomes one example: the two experts'
+Every candidate label of every query becomes one example: the three experts'
 features (`pipeline.matcher.fuse.label_features`, the very function the
 matcher scores with) and whether it is the query's right label. One logistic
 regression per expert fits its weights; the accept threshold is then the
@@ -26,8 +26,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights
-from pipeline.matcher.fuse import APPEARANCE_FEATURES, APPEARANCE_SIGNS, GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, combine, expert_probabilities, gather, label_features
+from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights, TextureWeights
+from pipeline.matcher.fuse import (APPEARANCE_FEATURES, APPEARANCE_SIGNS, GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, TEXTURE_COLUMNS,
+                                   TEXTURE_FEATURES, TEXTURE_SIGNS, combine, expert_probabilities, gather, label_features)
 from pipeline.results import MatchEvidence, MatchResult
 
 
@@ -72,7 +73,7 @@ def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[flo
     feature that counts against a label on every kind of photo (an LBP
     distance) must not be learned as counting for it because the calibration
     mixes kinds of photo on which it scales differently. Unweighted classes:
-    the output is a probability, so the two experts are on one scale and
+    the output is a probability, so the experts are on one scale and
     taking their maximum is meaningful.
     """
     from scipy.optimize import minimize
@@ -106,11 +107,19 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     # already confirm: a blurred, tilted re-shot whose embedding is lost would
     # only teach it that a clear texture match means little.
     unused = AppearanceWeights(**dict.fromkeys(("bias", *APPEARANCE_FEATURES), 0.0))  # only the geometric column is read
-    pg, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, unused))
+    unread = TextureWeights(**dict.fromkeys(("bias", *TEXTURE_FEATURES), 0.0))
+    pg, _, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, unused, unread))
     residual = ~y | (pg < 0.5)
     ab, aw = _fit_expert(appearance[residual], y[residual], APPEARANCE_SIGNS)
     app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})
-    fusion = align_experts(used, FusionConfig(geo, app), target_far / 2)
+    # The texture expert is fitted for what neither other expert confirms
+    # (relit bare textures): there the LBP match is the evidence left, and
+    # the cosine that every relit texture shares would only drown it.
+    _, pa, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, app, unread))
+    left = ~y | ((pg < 0.5) & (pa < 0.5))
+    tb, tw = _fit_expert(appearance[left][:, TEXTURE_COLUMNS], y[left], TEXTURE_SIGNS)
+    tex = TextureWeights(tb, **{n: float(w) for n, w in zip(TEXTURE_FEATURES, tw)})
+    fusion = align_experts(used, FusionConfig(geo, app, tex), target_far / 3)
     # The config stores 4 decimals: round the threshold UP, never below an
     # impostor it was chosen to refuse, and state the rates at the stored value.
     threshold = math.ceil(choose_threshold(evidence, fusion, target_far)[0] * 1e4) / 1e4
@@ -123,15 +132,15 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     """Shift each expert's bias so that ITS false-accept point (`far` alone) lies at 0.5.
 
     Each expert's probabilities are honest on the data it was fitted for, but
-    the two see different impostors: a relit texture's right answer rarely
-    reaches the confidence of forty inliers. Putting both operating points at
-    one value lets a single accept point serve both kinds of photo, and the
-    union of the two keeps the false-accept rate within twice `far`.
+    they see different impostors: a relit texture's right answer rarely
+    reaches the confidence of forty inliers. Putting every operating point at
+    one value lets a single accept point serve every kind of photo, and the
+    union of the three keeps the false-accept rate within three times `far`.
     """
     registered = np.array([bool(e.truth) for e in evidence])
     best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion)] for e in evidence])
     shifts = []
-    for column in range(2):
+    for column in range(best.shape[1]):
         impostors = np.sort(best[~registered, column])
         if not impostors.size:
             shifts.append(0.0)
@@ -139,8 +148,9 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
         point = float(impostors[len(impostors) - 1 - int(np.floor(far * len(impostors)))])
         point = min(max(point, 1e-6), 1 - 1e-6)
         shifts.append(-float(np.log(point / (1 - point))))
-    g, a = fusion.geometric, fusion.appearance
-    return FusionConfig(dataclasses.replace(g, bias=round(g.bias + shifts[0], 4)), dataclasses.replace(a, bias=round(a.bias + shifts[1], 4)))
+    g, a, t = fusion.geometric, fusion.appearance, fusion.texture
+    return FusionConfig(dataclasses.replace(g, bias=round(g.bias + shifts[0], 4)), dataclasses.replace(a, bias=round(a.bias + shifts[1], 4)),
+                        dataclasses.replace(t, bias=round(t.bias + shifts[2], 4)))
 
 
 def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,8 +161,7 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
             best.append(0.0)
             right.append(False)
         else:
-            pg, pa = expert_probabilities(e.geometric, e.appearance, fusion)
-            scores = combine(pg, pa)
+            scores = combine(*expert_probabilities(e.geometric, e.appearance, fusion))
             k = int(np.argmax(scores))
             best.append(float(scores[k]))
             right.append(e.labels[k] == e.truth)
@@ -183,6 +192,7 @@ def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
     return {
         "geometric": {n: getattr(fusion.geometric, n) for n in ("bias", *GEOMETRIC_FEATURES)},
         "appearance": {n: getattr(fusion.appearance, n) for n in ("bias", *APPEARANCE_FEATURES)},
+        "texture": {n: getattr(fusion.texture, n) for n in ("bias", *TEXTURE_FEATURES)},
     }
 
 
@@ -219,7 +229,7 @@ def format_yaml(cal: Calibration, benches: Sequence[Path], target_far: float) ->
     return (
         f"# {summary(cal, benches, target_far)}\n"
         f"accept_confidence: {cal.accept_confidence:.4f}\n"
-        f"fusion:\n  geometric: {flow(w['geometric'])}\n  appearance: {flow(w['appearance'])}\n"
+        f"fusion:\n  geometric: {flow(w['geometric'])}\n  appearance: {flow(w['appearance'])}\n  texture: {flow(w['texture'])}\n"
     )
 
 
