@@ -113,8 +113,10 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     ab, aw = _fit_expert(appearance[residual], y[residual], APPEARANCE_SIGNS)
     app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})
     # The texture expert is fitted for what neither other expert confirms
-    # (relit bare textures): there the LBP match is the evidence left, and
-    # the cosine that every relit texture shares would only drown it.
+    # (relit bare textures): there the LBP match is the evidence left, and the
+    # cosine that every relit texture shares would only drown it. It is fitted
+    # on every such label and then speaks only for the appearance expert's
+    # first choice (`texture_speaks`); its bias is set by `align_experts`.
     _, pa, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, app, unread))
     left = ~y | ((pg < 0.5) & (pa < 0.5))
     tb, tw = _fit_expert(appearance[left][:, TEXTURE_COLUMNS], y[left], TEXTURE_SIGNS)

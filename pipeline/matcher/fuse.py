@@ -14,7 +14,11 @@ Three experts, each a logistic model fitted on held-out data
   light, where no keypoint survives and the embedding finds every relit
   texture alike. Fitted inside the appearance expert, the LBP evidence is
   outweighed by the cosine that cake photos teach, and a texture's clear LBP
-  match stays below the most cosine-alike impostor.
+  match stays below the most cosine-alike impostor. It speaks only for the
+  appearance expert's first choice: it may confirm that label, never pick
+  one of its own (on cakes the LBP-nearest label is usually another cake, and
+  a texture expert free to choose ranked it above the right cake's few
+  inliers: hard discs' top1 fell from 0.98 to 0.88).
 
 A label's confidence is the largest of the three probabilities, so a stage
 that carries nothing on some kind of photo cannot sink another: a blurred,
@@ -144,16 +148,27 @@ def _logistic(x: np.ndarray, bias: float, weights: np.ndarray) -> np.ndarray:
 
 
 def texture_probability(appearance: np.ndarray, weights: TextureWeights) -> np.ndarray:
-    """The texture expert's probabilities, shape (L,), from `label_features`' appearance array."""
+    """The texture expert's probabilities, shape (L,), from `label_features`' appearance array (ungated)."""
     return _logistic(appearance[:, TEXTURE_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in TEXTURE_FEATURES]))
 
 
+def texture_speaks(appearance_probability: np.ndarray) -> np.ndarray:
+    """Where the texture expert may speak, shape (L,) bool: for the appearance expert's first choice only."""
+    out = np.zeros(appearance_probability.shape, bool)
+    if appearance_probability.size:
+        out[int(np.argmax(appearance_probability))] = True
+    return out
+
+
 def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(geometric, appearance, texture) probabilities, shape (L,) each, from `label_features`' arrays."""
+    """(geometric, appearance, texture) probabilities, shape (L,) each, from ONE query's `label_features` arrays.
+
+    The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
+    """
     g, a = weights.geometric, weights.appearance
     pg = _logistic(geometric, g.bias, np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
     pa = _logistic(appearance, a.bias, np.array([getattr(a, n) for n in APPEARANCE_FEATURES]))
-    return pg, pa, texture_probability(appearance, weights.texture)
+    return pg, pa, np.where(texture_speaks(pa), texture_probability(appearance, weights.texture), 0.0)
 
 
 def score_labels(evidence: Sequence[LabelEvidence], weights: FusionConfig) -> list[LabelScore]:
