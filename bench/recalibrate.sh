@@ -11,7 +11,7 @@
 # that is missing is built from its generator with the fixed seeds below
 # (faces and photos the evaluation never uses). Each folder is evaluated with
 # CONFIG's settings (default: the shipped pipeline/data/default.yaml), then
-# `teaprint calibrate --write CONFIG` fits both experts and the accept point
+# `teaprint calibrate --write CONFIG` fits the three experts and the accept point
 # on the result files and rewrites CONFIG's matcher.decide (comments kept,
 # each calibration benchmark's FAR and recall stated above it).
 set -euo pipefail

@@ -34,7 +34,7 @@ from pipeline.results import MatchEvidence, MatchResult
 
 @dataclass(frozen=True)
 class QueryEvidence:
-    """All candidate labels of one query: both experts' features and the right label ('' = none)."""
+    """All candidate labels of one query: the experts' features and the right label ('' = none)."""
 
     labels: tuple[str, ...]
     geometric: np.ndarray  # (L, len(GEOMETRIC_FEATURES))
@@ -92,7 +92,7 @@ def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[flo
 
 
 def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibration:
-    """Fit both experts' weights, then the accept threshold for `target_far`."""
+    """Fit the three experts' weights, then the accept threshold for `target_far`."""
     used = [e for e in evidence if len(e.labels)]
     y = np.concatenate([[label == e.truth for label in e.labels] for e in used])
     geometric = np.concatenate([e.geometric for e in used])
