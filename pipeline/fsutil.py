@@ -119,25 +119,29 @@ def open_regular(path: Path, max_bytes: int | None = None, root: Path | None = N
     # Refused before opening: opening a FIFO blocks, opening a device can act.
     _check(path, info, max_bytes)
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    # The descriptor is closed here, exactly once, whatever is raised where: the
+    # file object never owns it. (It did, and a time budget's exception landing
+    # inside `os.fdopen` after the object took the descriptor closed it twice:
+    # EBADF instead of the timeout, or another thread's file closed.)
+    fd = -1
     try:
-        fd = os.open(target, flags)
-    except (FileNotFoundError, NotADirectoryError):
-        raise UnsafeFile("missing", f"{path}: no such file") from None
-    except OSError as exc:
-        # ELOOP: the checked name became a symlink between the stat and the open.
-        kind = "not_a_file" if exc.errno == errno.ELOOP else "unreadable"
-        raise UnsafeFile(kind, f"{path}: cannot open: {exc.strerror}") from None
-    try:
+        try:
+            fd = os.open(target, flags)
+        except (FileNotFoundError, NotADirectoryError):
+            raise UnsafeFile("missing", f"{path}: no such file") from None
+        except OSError as exc:
+            # ELOOP: the checked name became a symlink between the stat and the open.
+            kind = "not_a_file" if exc.errno == errno.ELOOP else "unreadable"
+            raise UnsafeFile(kind, f"{path}: cannot open: {exc.strerror}") from None
         _check(path, os.fstat(fd), max_bytes)  # the file actually opened decides
         # Back to blocking reads: a regular file never blocks, and buffered
         # reads treat EAGAIN as an error.
         os.set_blocking(fd, True)
-        fh = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with fh:
-        yield fh
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            yield fh
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _check(path: Path, info: os.stat_result, max_bytes: int | None) -> None:
