@@ -113,6 +113,44 @@ def draw_overlay(path: Path, rgb: np.ndarray, found: list[CakeOutline], truth: t
     cv2.imwrite(str(path), im)
 
 
+def run_bench(folder: Path, n: int, overlays: Path | None) -> dict:
+    """The locator on a generated benchmark folder's photos (make_discs.py / make_siblings.py), against outlines.json.
+
+    Photos are read as the product reads them (`pipeline.intake.read_photo`,
+    reduced JPEG decode), so the figures are those of the pipeline's input;
+    outlines are scaled by the decode's reduction. Catalog and query photos
+    are reported apart; `n` caps each (evenly spread).
+    """
+    from pipeline.config import IntakeConfig
+    from pipeline.intake import read_photo
+
+    truth = json.loads((folder / "outlines.json").read_text())["outlines"]
+    out = {}
+    for part in ("catalog", "query"):
+        names = sorted(k for k in truth if k.startswith(part + "/"))
+        names = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, min(n, len(names))).astype(int))] if names else []
+        ious, detected, ms = [], [], []
+        for name in names:
+            photo = read_photo(folder / name, IntakeConfig())
+            t0 = time.perf_counter()
+            o = locate(photo.pixels)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            outline = np.asarray(truth[name], np.float64) / photo.reduction
+            side = max(photo.pixels.shape[:2])
+            found = found_outlines(o)
+            ious.append(max((polygon_iou(f.polygon(), outline, side) for f in found), default=0.0))
+            detected.append(not o.fallback)
+            if overlays is not None:
+                draw_overlay(overlays / f"{folder.name}-{name.replace('/', '-')}.png", photo.pixels, found, [outline],
+                             f"{folder.name} iou={ious[-1]:.2f}")
+        if names:
+            iou = np.asarray(ious)
+            out[part] = {"photos": len(names), "mean_iou": round(float(iou.mean()), 4), "detected": round(float(np.mean(detected)), 4),
+                         "iou_ge_0.5": round(float((iou >= 0.5).mean()), 4), "iou_ge_0.9": round(float((iou >= 0.9).mean()), 4),
+                         "ms_per_photo": round(float(np.mean(ms)), 1)}
+    return out
+
+
 def run_kth(folder: Path, n: int) -> dict | None:
     files = sorted(folder.rglob("*.png")) if folder.is_dir() else []
     if not files:
@@ -155,22 +193,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kth", type=Path, default=SHARED / "kth_tips_grey")
     parser.add_argument("--kth-n", type=int, default=810, help="KTH-TIPS photos used (evenly spread)")
     parser.add_argument("--real", type=Path, default=SHARED / "puerh_dev")
-    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--sets", default=",".join(SETS), help="rendered sets, comma-separated ('' for none)")
     parser.add_argument("--overlays", type=Path, default=None, help="write overlay PNGs here (outside the repository)")
+    parser.add_argument("--bench", type=Path, nargs="*", default=[],
+                        help="benchmark folders with outlines.json (bench/make_discs.py, make_siblings.py): IoU on their photos")
+    parser.add_argument("--bench-n", type=int, default=400, help="photos used per benchmark part (evenly spread)")
     args = parser.parse_args(argv)
     sources, what = load_sources(args.real / "faces")
     print(f"cake surfaces: {what}; seed {args.seed}, {args.n} photos a set, {args.size} px")
     figures: dict = {"seed": args.seed, "sources": what, "sets": {}}
     print(f"{'set':6} {'photos':>6} {'meanIoU':>8} {'detect':>7} {'IoU>=.5':>8} {'shape':>6} {'count':>6} {'ms':>6}")
-    for name in args.sets.split(","):
+    for name in filter(None, args.sets.split(",")):
         r = run_set(name, SETS[name], args.n, sources, args.seed, args.size, args.overlays)
         figures["sets"][name] = r
         print(f"{name:6} {r['photos']:6d} {r['mean_iou']:8.3f} {r['detected']:7.3f} {r['iou_ge_0.5']:8.3f} "
               f"{r['shape_ok']:6.3f} {r['count_ok']:6.3f} {r['ms_per_photo']:6.1f}")
-    one = [figures["sets"][k] for k in figures["sets"]]
+    one = [figures["sets"][k] for k in figures["sets"]] or [{"mean_iou": 0.0, "detected": 0.0, "photos": 1}]
     figures["all_mean_iou"] = round(float(np.average([r["mean_iou"] for r in one], weights=[r["photos"] for r in one])), 4)
     figures["all_detected"] = round(float(np.average([r["detected"] for r in one], weights=[r["photos"] for r in one])), 4)
     print(f"all sets: mean IoU {figures['all_mean_iou']:.3f}, detected {figures['all_detected']:.3f}")
+    figures["benches"] = {}
+    for folder in args.bench:
+        parts = run_bench(folder, args.bench_n, args.overlays)
+        figures["benches"][folder.name] = parts
+        for part, r in parts.items():
+            print(f"{folder.name + '/' + part:22} {r['photos']:4d} photos: mean IoU {r['mean_iou']:.3f}, detected {r['detected']:.3f}, "
+                  f"IoU>=.5 {r['iou_ge_0.5']:.3f}, IoU>=.9 {r['iou_ge_0.9']:.3f}, {r['ms_per_photo']:.1f} ms")
     kth = run_kth(args.kth, args.kth_n)
     figures["kth"] = kth
     print("KTH-TIPS: " + (f"fallback on {kth['fallback_rate']:.3f} of {kth['photos']} photos, {kth['ms_per_photo']:.1f} ms" if kth else "not found"))

@@ -231,6 +231,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from pipeline.catalog import CatalogIndex
     from pipeline.engine import resolve_model_path
     from pipeline.features.embedding import file_model_id, metadata_path
+    from pipeline.prepare import feature_settings
 
     root = args.root.resolve()
     index_dir = root / config.paths.index
@@ -251,6 +252,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         "labels": len(set(labels)),
         "model": model,
         "model_matches_index": catalog.index_model_id in (None, model.get("id")),
+        "features_match_index": not len(catalog) or catalog.index_features == feature_settings(config),
         "daemon": _daemon_status(root, config),
     }
     if args.json:
@@ -262,6 +264,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"model     {model.get('id', 'missing')} threshold {model.get('threshold')} ({model_path})")
     if not status["model_matches_index"]:
         print(f"WARNING   index built with model {catalog.index_model_id}: run `teaprint reembed`")
+    if not status["features_match_index"]:
+        print("WARNING   index built with other feature settings (locate, lbp, local): run `teaprint reembed`")
     daemon = status["daemon"]
     print(f"daemon    {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}")
     print(f"pending   {daemon['pending']['catalog']} catalog, {daemon['pending']['query']} query")
@@ -301,6 +305,7 @@ def cmd_remove(args: argparse.Namespace, config: Config) -> int:
 def cmd_reembed(args: argparse.Namespace, config: Config) -> int:
     from pipeline.catalog import NewEntry
     from pipeline.intake import IntakeError
+    from pipeline.prepare import feature_settings
 
     engine = _engine(args, config, check_model=False)
     catalog = engine.catalog
@@ -310,7 +315,7 @@ def cmd_reembed(args: argparse.Namespace, config: Config) -> int:
     missing: list[str] = []
     for entry in entries:
         try:
-            readable.append((entry, engine.prepare(Path(entry.path))))
+            readable.append((entry, engine.prepare(Path(entry.path), for_catalog=True)))
         except IntakeError as err:
             missing.append(f"{entry.path}: {err}")
     vectors = engine.embed([prepared for _, prepared in readable])
@@ -323,8 +328,8 @@ def cmd_reembed(args: argparse.Namespace, config: Config) -> int:
             print(f"cannot re-embed {line}", file=sys.stderr)
         print(f"{len(missing)} photos are unreadable; index left unchanged", file=sys.stderr)
         return EXIT_FAILURE
-    catalog.replace_all(kept, engine.encoder.info.model_id)
-    print(f"re-embedded {len(kept)} entries with model {engine.encoder.info.model_id}")
+    catalog.replace_all(kept, engine.encoder.info.model_id, feature_settings(config))
+    print(f"re-embedded {len(kept)} entries with model {engine.encoder.info.model_id} and the configured feature settings")
     return EXIT_OK
 
 

@@ -66,6 +66,16 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class LocateConfig:
+    """The cake locator (`pipeline.features.locate`) in front of every descriptor."""
+
+    enabled: bool = True
+    size: int = 512
+    margin: float = 0.04
+    min_confidence: float = 0.5
+
+
+@dataclass(frozen=True)
 class ShortlistConfig:
     top_k: int = 10
     threshold: float | None = None
@@ -176,6 +186,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
+    locate: LocateConfig = field(default_factory=LocateConfig)
     lbp: LbpConfig = field(default_factory=LbpConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)

@@ -23,7 +23,7 @@ from pipeline.intake import IntakeError
 from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
 from pipeline.matcher.fuse import LabelScore
 from pipeline.matcher.votes import VoteIndex, vote, build_vote_index
-from pipeline.prepare import EncoderInput, Prepared, prepare
+from pipeline.prepare import EncoderInput, Prepared, feature_settings, prepare
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
 
 
@@ -70,7 +70,8 @@ class Engine:
         self.config = config
         self.root = Path(root).resolve()
         self.encoder = encoder
-        self.catalog = CatalogIndex(self.path("index"), model_id=encoder.info.model_id if check_model else None)
+        self.catalog = CatalogIndex(self.path("index"), model_id=encoder.info.model_id if check_model else None,
+                                    features=feature_settings(config) if check_model else None)
         self.shape = EncoderInput(encoder.info.input_size, encoder.info.channels, encoder.info.disc_mask)
         self._votes: VoteIndex | None = None
         self._view_lock = threading.Lock()
@@ -93,8 +94,8 @@ class Engine:
         return ModelInfo(self.encoder.info.model_id, self.config.matcher.shortlist.fallback_threshold, "fallback")
 
     # ---------------------------------------------------------------- indexing
-    def prepare(self, path: Path, root: Path | None = None) -> Prepared:
-        return prepare(path, self.config, self.shape, root=root)
+    def prepare(self, path: Path, root: Path | None = None, for_catalog: bool = False) -> Prepared:
+        return prepare(path, self.config, self.shape, root=root, for_catalog=for_catalog)
 
     def embed(self, prepared: Sequence[Prepared]) -> np.ndarray:
         """Embeddings (N, D) of prepared photos, in batches of `model.batch_size`."""
@@ -142,7 +143,7 @@ class Engine:
 
         for path in paths:
             try:
-                pending.append(self.prepare(Path(path), root=root))
+                pending.append(self.prepare(Path(path), root=root, for_catalog=True))
             except IntakeError as err:
                 failed.append((str(path), err.code, str(err)))
             except Exception as exc:  # noqa: BLE001 - one odd file must not cost the others
@@ -238,6 +239,7 @@ class Engine:
             timings_ms=clock.totals(),
             model=info,
             sha256=prepared.sha256,
+            cake=prepared.cake,
         )
 
     def catalog_view(self, with_votes: bool = True) -> CatalogView:

@@ -221,7 +221,7 @@ class Daemon:
         while self.catalog_waiting and len(self.inflight) < limit:
             ready = self.catalog_waiting.popleft()
             try:
-                future = self.pool.submit(prepare_within, ready.path, self.config, shape, self.catalog_dir)
+                future = self.pool.submit(prepare_within, ready.path, self.config, shape, self.catalog_dir, True)
             except BrokenProcessPool:
                 self.catalog_waiting.appendleft(ready)
                 self.pool_broke()

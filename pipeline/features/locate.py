@@ -40,14 +40,23 @@ from typing import Literal
 import cv2
 import numpy as np
 
-__all__ = ["CakeOutline", "Rectified", "locate", "rectify", "outline_mask", "outline_polygon"]
+__all__ = ["CakeOutline", "Rectified", "LOCATOR_VERSION", "locate", "rectify", "canonical_view", "outline_mask", "outline_polygon"]
 
 Shape = Literal["disc", "brick", "none"]
 
+# Recorded in the catalog beside the model id: bump it whenever `locate` or
+# `rectify` can give another outline or canonical image for the same photo
+# (descriptors computed on the old ones must then be rebuilt by `teaprint reembed`).
+LOCATOR_VERSION = "locate/2"
+
 WORK_SIDE = 256  # px, longer side of the working image: the rim needs no more
 MIN_CONFIDENCE = 0.5  # accept threshold on `CakeOutline.confidence` (bench/bench_locate.py)
-MIN_AREA = 0.02  # smallest cake, fraction of the photo's area
-MIN_AXIS_RATIO = 0.4  # b/a: flatter than this is a 66 deg tilt, not a phone shot of a cake
+MIN_AREA = 0.03  # smallest cake, fraction of the photo's area (a cake photographed to be identified is larger)
+MIN_AXIS_RATIO = 0.5  # b/a: flatter than this is a 60 deg tilt, not a phone shot of a cake
+EDGE_AREA = 0.06  # smallest cake found from edges alone, fraction of the photo's area
+EDGE_AXIS_RATIO = 0.5  # flattest one (b/a; a 60 deg tilt)
+BLOB_AREA = 0.2  # outlines smaller than this (fraction of the photo) are checked for being a texture's blob
+MIN_IN_FRAME = 0.3  # least share of an outline's perimeter inside the frame (a cake filling a 4:3 frame shows ~1/3)
 OTHER_AREA = 0.3  # a further cake is at least this share of the largest one's area
 _SECTORS = 72  # perimeter samples used by the verification
 
@@ -360,6 +369,120 @@ def _is_brick(corners: np.ndarray, ell: tuple, rim: np.ndarray, tol: float) -> b
     return on_quad >= 0.45 and on_quad > on_ell + 0.12
 
 
+# ------------------------------------------------------------------ edges
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """Step edges of the smoothed colour-and-texture features (Canny on the strongest channel's gradient).
+
+    `dist` is each pixel's distance (px) to the nearest edge pixel, `gx`,
+    `gy` the gradient used, `points` the edge pixels (x, y) float64.
+    """
+
+    dist: np.ndarray
+    gx: np.ndarray
+    gy: np.ndarray
+    points: np.ndarray
+    chains: list[np.ndarray]
+
+
+def _edges(feats: np.ndarray) -> _Edges:
+    """Edges at the rim's scale: the coarse features average a leaf (or a printed letter) away, not the cake's rim."""
+    layer = feats[..., NFEAT // 2 :]  # Lab + contrast at the coarse scale
+    norm = layer / (layer.reshape(-1, layer.shape[2]).std(axis=0) + 1.0)
+    gx = np.stack([cv2.Sobel(norm[..., i], cv2.CV_32F, 1, 0, ksize=3) for i in range(norm.shape[2])], axis=-1)
+    gy = np.stack([cv2.Sobel(norm[..., i], cv2.CV_32F, 0, 1, ksize=3) for i in range(norm.shape[2])], axis=-1)
+    # one direction for all channels: the gradient of the channel that steps most
+    best = np.argmax(gx * gx + gy * gy, axis=-1)[..., None]
+    bx, by = np.take_along_axis(gx, best, -1)[..., 0], np.take_along_axis(gy, best, -1)[..., 0]
+    m = np.sqrt(bx * bx + by * by)
+    k = 1000.0 / max(float(np.percentile(m, 90)), 1e-6)
+    dx, dy = np.clip(bx * k, -32000, 32000).astype(np.int16), np.clip(by * k, -32000, 32000).astype(np.int16)
+    edge = cv2.Canny(dx, dy, 500.0, 1000.0, L2gradient=True)
+    dist = cv2.distanceTransform(255 - edge, cv2.DIST_L2, 3)
+    ys, xs = np.nonzero(edge)
+    chains, _ = cv2.findContours(edge, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return _Edges(dist, bx, by, np.c_[xs, ys].astype(np.float64), [c.reshape(-1, 2).astype(np.float64) for c in chains])
+
+
+def _edge_support(edges: _Edges, boundary: np.ndarray, centre: np.ndarray, tol: float) -> float:
+    """Fraction of in-frame perimeter samples with an edge within `tol` px whose gradient runs along the ray (a rim, not a crossing line)."""
+    h, w = edges.dist.shape
+    ok = (boundary[:, 0] >= 0) & (boundary[:, 1] >= 0) & (boundary[:, 0] <= w - 1) & (boundary[:, 1] <= h - 1)
+    if not ok.any():
+        return 0.0
+    p = np.round(boundary[ok]).astype(int)
+    near = edges.dist[p[:, 1], p[:, 0]] < tol
+    ray = boundary[ok] - centre
+    ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-6)
+    # the gradient at the nearest strong pixel in a 3x3 window stands for the edge's direction
+    r = max(1, int(round(tol)))
+    best_cos = np.zeros(len(p))
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            q = np.c_[np.clip(p[:, 0] + dx, 0, w - 1), np.clip(p[:, 1] + dy, 0, h - 1)]
+            g = np.c_[edges.gx[q[:, 1], q[:, 0]], edges.gy[q[:, 1], q[:, 0]]]
+            on = edges.dist[q[:, 1], q[:, 0]] < 0.5
+            cos = np.abs((g * ray).sum(axis=1)) / np.maximum(np.linalg.norm(g, axis=1), 1e-6)
+            best_cos = np.maximum(best_cos, np.where(on, cos, 0.0))
+    return float((near & (best_cos > 0.7)).mean())
+
+
+def _edge_candidates(edges: _Edges, feats: np.ndarray, rng: np.random.Generator) -> list[tuple]:
+    """Ellipses through long edge chains, each refitted on every edge pixel near it (a thumb breaks the rim into arcs)."""
+    h, w = feats.shape[:2]
+    side = min(h, w)
+    tol = max(1.5, 0.012 * max(h, w))
+    out: list[tuple] = []
+    for chain in sorted(edges.chains, key=len, reverse=True)[:12]:
+        if len(chain) < 0.5 * side:  # traced on both sides: an arc of a quarter of a small cake
+            break
+        ell = _ransac_ellipse(chain, rng, tol, iters=30)
+        if ell is None or not _plausible(ell, (h, w)):
+            continue
+        near = edges.points[np.abs(_radial(edges.points, ell)) < 2 * tol]
+        ell = _ransac_ellipse(near, rng, tol, iters=30) if len(near) >= 12 else ell
+        if ell is None or not _plausible(ell, (h, w)):
+            continue
+        if any(_same_ellipse(ell, e) for e in out):
+            continue
+        out.append(ell)
+    return out
+
+
+def _edge_candidate(ell: tuple, feats: np.ndarray, edges: _Edges) -> "_Candidate":
+    """A disc candidate from the edges, scored like a blob's: rim contrast times edge support along it."""
+    (cx, cy), (a, b), ang = ell
+    h, w = feats.shape[:2]
+    tol = max(1.5, 0.012 * max(h, w))
+    boundary = _ellipse_points((cx, cy), (a, b), ang, _SECTORS)
+    ring, in_frame = _ring_score(feats, boundary, np.array([cx, cy]), max(2.0, 0.06 * b))
+    if in_frame < MIN_IN_FRAME:
+        return _Candidate("disc", ell, None, 0.0, float(np.pi * a * b))
+    support = _edge_support(edges, boundary, np.array([cx, cy]), tol)
+    return _Candidate("disc", ell, None, float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), float(np.pi * a * b))
+
+
+def _plausible(ell: tuple, shape: tuple[int, int]) -> bool:
+    """A large, not too flat ellipse whose centre lies in (or just off) the frame.
+
+    Edge chains are for the cakes segmentation misses: one filling the frame,
+    or one of the table's colour. Textures close up (KTH-TIPS) are full of
+    small elliptic holes and shadows, so an edge ellipse must be larger and
+    rounder than a segmented blob.
+    """
+    (cx, cy), (a, b), _ = ell
+    h, w = shape
+    return (b / a >= EDGE_AXIS_RATIO and np.pi * a * b >= EDGE_AREA * h * w and a <= 1.5 * max(h, w)
+            and -0.1 * w <= cx <= 1.1 * w and -0.1 * h <= cy <= 1.1 * h)
+
+
+def _same_ellipse(e1: tuple, e2: tuple) -> bool:
+    (c1, (a1, b1), _), (c2, (a2, b2), _) = e1, e2
+    return bool(np.hypot(c1[0] - c2[0], c1[1] - c2[1]) < 0.1 * a1 and abs(a1 / a2 - 1) < 0.1 and abs(b1 / b2 - 1) < 0.1)
+
+
 # ------------------------------------------------------------ verification
 
 
@@ -423,9 +546,32 @@ def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.
     band = max(2.0, 0.06 * b)
     ring, in_frame = _ring_score(feats, boundary, np.array([cx, cy]), band)
     support = _support(edge_dist, boundary, tol)
-    if in_frame < 0.5 or _fill(mask, boundary) < 0.75:  # mostly out of frame, or hollow
+    if in_frame < MIN_IN_FRAME or _fill(mask, boundary) < 0.75:  # mostly out of frame, or hollow
         return 0.0
-    return float(np.sqrt(ring * support))
+    # a cake filling the frame shows a short rim: trusted a little less than a whole one
+    return float(np.sqrt(ring * support * min(1.0, in_frame / 0.5)))
+
+
+def _texture_blob(c: "_Candidate", feats: np.ndarray) -> bool:
+    """A small outline whose inside recurs all around it: a hole or a shadow of a texture, not a cake.
+
+    A cake's surface is not what the table around it looks like; in a
+    close-up of a texture (bread, foil, gravel) the dark patch inside one
+    ellipse is what half the photo looks like. Only small outlines are
+    judged: a large one leaves too little outside to judge by (a cake
+    filling the frame), and textures give no large closed rims.
+    """
+    h, w = feats.shape[:2]
+    if c.area >= BLOB_AREA * h * w:
+        return False
+    yy, xx = np.mgrid[:h, :w]
+    r = _radial(np.c_[xx.ravel(), yy.ravel()].astype(np.float64), c.ell) / np.sqrt(c.ell[1][0] * c.ell[1][1])
+    coarse = feats[..., NFEAT // 2 :].reshape(-1, NFEAT // 2)
+    inside, outside = coarse[r < -0.15], coarse[r > 0.2]
+    if len(inside) < 20 or len(outside) < 20:
+        return False
+    z = np.sqrt((((outside - inside.mean(axis=0)) / (inside.std(axis=0) + 3.0)) ** 2).mean(axis=1))
+    return float((z < 1.5).mean()) > 0.5
 
 
 def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, mask: np.ndarray,
@@ -589,8 +735,10 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
             cv2.polylines(edges, [c.astype(np.int32)], True, 0)
         edge_dist = cv2.distanceTransform(edges, cv2.DIST_L2, 3)
         cands += [c for contour in contours for c in _candidates(contour, feats, edge_dist, mask, rng)]
+    edges = _edges(feats)
+    cands += [_edge_candidate(ell, feats, edges) for ell in _edge_candidates(edges, feats, rng)]
     best_seen = max((c.confidence for c in cands), default=0.0)
-    kept = _select([c for c in cands if c.confidence >= min_confidence])
+    kept = _select([c for c in cands if c.confidence >= min_confidence and not _texture_blob(c, feats)])
     lab = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32), (0, 0), 1.0)
     kept = [_refine(c, lab, rng) for c in kept]
     if not kept:
@@ -753,3 +901,34 @@ def _warp(image: np.ndarray, hmat: np.ndarray, size: int) -> np.ndarray:
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
         h = hmat @ np.diag([iw / nw, ih / nh, 1.0])
     return cv2.warpPerspective(image, h, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def canonical_view(image: np.ndarray, size: int = 512, margin: float = 0.04,
+                   min_confidence: float = MIN_CONFIDENCE) -> Rectified:
+    """What the descriptors describe: the located cake rectified, or the whole photo.
+
+    `locate`, then `rectify` of the largest cake. When no cake is found with
+    confidence (a close-up, a chunk, a texture) the photo itself comes back
+    unchanged (not squared, not resized): the whole photo is described, as
+    with the locator switched off.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, 3), dtype uint8
+    size : int
+        Side of the canonical image, px.
+    margin : float
+        Gap around the cake, fraction of its radius.
+    min_confidence : float
+        `locate`'s acceptance threshold.
+
+    Returns
+    -------
+    Rectified
+        On fallback: `image` itself, a mask all True, the identity homography
+        and the fallback outline (`outline.fallback` True).
+    """
+    outline = locate(image, min_confidence)
+    if outline.fallback:
+        return Rectified(image, np.ones(image.shape[:2], bool), np.eye(3), outline)
+    return rectify(image, outline, size=size, margin=margin)

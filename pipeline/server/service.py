@@ -158,8 +158,8 @@ class TeaprintService:
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.uploads, 0o700)
         model_id = engine.encoder.info.model_id
-        self.writer = CatalogIndex(engine.path("index"), model_id=model_id)
-        self.reader = CatalogIndex(engine.path("index"), model_id=model_id)
+        self.writer = CatalogIndex(engine.path("index"), model_id=model_id, features=engine.catalog.features)
+        self.reader = CatalogIndex(engine.path("index"), model_id=model_id, features=engine.catalog.features)
         self.write_lock = threading.Lock()
         self.match_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
         self.read_lock = threading.Lock()
@@ -213,10 +213,10 @@ class TeaprintService:
             raise
         return path
 
-    def _prepare(self, tmp: Path, name: str) -> Prepared:
+    def _prepare(self, tmp: Path, name: str, for_catalog: bool = False) -> Prepared:
         """`Engine.prepare` on a spooled file; errors name the client's file, not ours."""
         try:
-            return self.engine.prepare(tmp)
+            return self.engine.prepare(tmp, for_catalog=for_catalog)
         except IntakeError as err:
             raise IntakeError(err.code, str(err).replace(str(tmp), name)) from None
 
@@ -259,7 +259,7 @@ class TeaprintService:
                     continue
                 spooled.append(tmp)
                 try:
-                    prepared = self._prepare(tmp, name)
+                    prepared = self._prepare(tmp, name, for_catalog=True)
                     entry_label = fixed or check_label(label_from_path(Path(name)))
                 except IntakeError as err:
                     report.failed.append({"file": name, "error": err.code, "message": str(err)})

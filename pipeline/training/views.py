@@ -36,11 +36,14 @@ __all__ = [
     "rephotograph",
     "make_table",
     "disc_photo",
+    "disc_shot",
     "disc_scene",
+    "disc_outline",
     "hard_view_params",
     "add_thumb",
     "add_glare",
     "hard_disc_photo",
+    "hard_disc_shot",
 ]
 
 
@@ -555,8 +558,46 @@ def disc_photo(
     -------
     ndarray, shape (out_size, out_size[, 3]), dtype uint8
     """
-    scene = disc_scene(source, rng, centre, radius, int(2 * out_size / fill) | 1, table, fill)
-    return rephotograph(scene, rng, out_size=out_size, params=params, border=cv2.BORDER_REPLICATE, **param_kwargs)
+    return disc_shot(source, rng, centre, radius, out_size, table, fill, params, **param_kwargs)[0]
+
+
+def disc_shot(
+    source: np.ndarray,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius: float,
+    out_size: int = 128,
+    table: np.ndarray | None = None,
+    fill: float = 0.85,
+    params: ViewParams | None = None,
+    **param_kwargs: object,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`disc_photo` and the cake's true outline in it.
+
+    Draws from `rng` exactly as `disc_photo` does (same photo for the same state).
+
+    Returns
+    -------
+    photo : ndarray, shape (out_size, out_size[, 3]), dtype uint8
+    outline : ndarray, shape (360, 2), dtype float64
+        The cake's rim (x, y) in photo pixels; may run out of frame.
+    """
+    canvas = int(2 * out_size / fill) | 1
+    scene = disc_scene(source, rng, centre, radius, canvas, table, fill)
+    if params is None:
+        params = sample_view_params(rng, **param_kwargs)  # type: ignore[arg-type]
+    homography = camera_homography(((canvas - 1) / 2.0, (canvas - 1) / 2.0), canvas, out_size, params)
+    photo = rephotograph(scene, rng, out_size=out_size, params=params, border=cv2.BORDER_REPLICATE)
+    return photo, disc_outline(homography, canvas, fill)
+
+
+def disc_outline(homography: np.ndarray, canvas_side: int, fill: float, points: int = 360) -> np.ndarray:
+    """The rim of `disc_scene`'s disc mapped by `homography`, shape (points, 2) float64, photo pixels."""
+    c = (canvas_side - 1) / 2.0
+    r = canvas_side * fill / 2.0
+    t = np.linspace(0.0, 2 * np.pi, points, endpoint=False)
+    rim = np.c_[c + r * np.cos(t), c + r * np.sin(t), np.ones(points)] @ np.asarray(homography, np.float64).T
+    return rim[:, :2] / rim[:, 2:3]
 
 
 def disc_scene(
@@ -721,6 +762,29 @@ def hard_disc_photo(
     -------
     ndarray, shape (out_wh[1], out_wh[0], 3), dtype uint8, RGB
     """
+    return hard_disc_shot(source, rng, centre, radius, out_wh, fill, zoom_range, params)[0]
+
+
+def hard_disc_shot(
+    source: np.ndarray,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius: float,
+    out_wh: tuple[int, int],
+    fill: float = 0.85,
+    zoom_range: tuple[float, float] = (0.5, 1.2),
+    params: ViewParams | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`hard_disc_photo` and the cake's true outline in it (thumb and glare are over the cake, not in its outline).
+
+    Draws from `rng` exactly as `hard_disc_photo` does.
+
+    Returns
+    -------
+    photo : ndarray, shape (out_wh[1], out_wh[0], 3), dtype uint8, RGB
+    outline : ndarray, shape (360, 2), dtype float64
+        The cake's rim (x, y) in photo pixels; may run out of frame.
+    """
     w, h = out_wh
     side = max(w, h)
     fill = fill * min(w, h) / side  # rendered on a square of the longer side, then cropped
@@ -738,4 +802,5 @@ def hard_disc_photo(
     geo = add_thumb(geo, rng, centre_px, rim_px, cake_r)
     geo = add_glare(geo, rng, centre_px, cake_r)
     y0, x0 = (side - h) // 2, (side - w) // 2
-    return photometric(np.ascontiguousarray(geo[y0 : y0 + h, x0 : x0 + w]), params, rng)
+    photo = photometric(np.ascontiguousarray(geo[y0 : y0 + h, x0 : x0 + w]), params, rng)
+    return photo, disc_outline(homography, canvas, fill) - np.array([x0, y0], np.float64)
