@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from conftest import rendered_cakes
 from daemon_support import QUIET, DaemonProcess, distinct_photos, jpeg_bytes, results, root, wait_until, write_slowly  # noqa: F401 (root: fixture)
 from pipeline.catalog import CatalogIndex
 from pipeline.results import load_schema
@@ -118,6 +119,8 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
         (q / "text.jpg").write_text("not an image at all")
         (q / "broken.jpg").write_bytes(jpeg_bytes(photos[0])[:700])
         (root / "inbox/catalog" / "bad-1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        pair = rendered_cakes(5, kind="two", tilt=15.0, tilt_axis=30.0, angle=0.0).image  # registration needs one cake a photo
+        (root / "inbox/catalog" / "pair-1.jpg").write_bytes(jpeg_bytes(pair))
         (q / "k0.jpg").write_bytes(jpeg_bytes(photos[0]))
         (q / "k0.png").write_bytes((root / "inbox/catalog/k0-1.jpg").read_bytes())  # same stem, other file
         wait_until(lambda: len(results(root / "outbox")) == 5, 60, "5 results")
@@ -126,6 +129,9 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
             assert (failed / name).exists(), name
             reason = json.loads((failed / f"{name}.error.json").read_text())
             assert reason["code"] and reason["reason"]
+        wait_until(lambda: (failed / "pair-1.jpg.error.json").exists(), 60, "two-cake catalog photo refused")
+        assert json.loads((failed / "pair-1.jpg.error.json").read_text())["code"] == "several_cakes"
+        assert len(CatalogIndex(root / "index")) == 4
         by_query = {r["query"]: r for r in results(root / "outbox")}
         assert {by_query[n]["status"] for n in ("empty.jpg", "text.jpg", "broken.jpg")} == {"rejected"}
         assert by_query["k0.jpg"]["matches"][0]["label"] == "k0"

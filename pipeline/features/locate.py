@@ -54,10 +54,12 @@ MIN_CONFIDENCE = 0.5  # accept threshold on `CakeOutline.confidence` (bench/benc
 MIN_AREA = 0.03  # smallest cake, fraction of the photo's area (a cake photographed to be identified is larger)
 MIN_AXIS_RATIO = 0.5  # b/a: flatter than this is a 60 deg tilt, not a phone shot of a cake
 EDGE_AREA = 0.06  # smallest cake found from edges alone, fraction of the photo's area
-EDGE_AXIS_RATIO = 0.5  # flattest one (b/a; a 60 deg tilt)
+EDGE_SUPPORT = 0.6  # least share of an edge ellipse's rays whose strongest step lies on it (`_snap`)
 BLOB_AREA = 0.2  # outlines smaller than this (fraction of the photo) are checked for being a texture's blob
 MIN_IN_FRAME = 0.3  # least share of an outline's perimeter inside the frame (a cake filling a 4:3 frame shows ~1/3)
 OTHER_AREA = 0.3  # a further cake is at least this share of the largest one's area
+OTHER_IN_FRAME = 0.6  # ... with at least this share of its rim in the frame
+OTHER_CONFIDENCE = 0.8  # ... and at least this confidence
 _SECTORS = 72  # perimeter samples used by the verification
 
 
@@ -406,29 +408,6 @@ def _edges(feats: np.ndarray) -> _Edges:
     return _Edges(dist, bx, by, np.c_[xs, ys].astype(np.float64), [c.reshape(-1, 2).astype(np.float64) for c in chains])
 
 
-def _edge_support(edges: _Edges, boundary: np.ndarray, centre: np.ndarray, tol: float) -> float:
-    """Fraction of in-frame perimeter samples with an edge within `tol` px whose gradient runs along the ray (a rim, not a crossing line)."""
-    h, w = edges.dist.shape
-    ok = (boundary[:, 0] >= 0) & (boundary[:, 1] >= 0) & (boundary[:, 0] <= w - 1) & (boundary[:, 1] <= h - 1)
-    if not ok.any():
-        return 0.0
-    p = np.round(boundary[ok]).astype(int)
-    near = edges.dist[p[:, 1], p[:, 0]] < tol
-    ray = boundary[ok] - centre
-    ray /= np.maximum(np.linalg.norm(ray, axis=1, keepdims=True), 1e-6)
-    # the gradient at the nearest strong pixel in a 3x3 window stands for the edge's direction
-    r = max(1, int(round(tol)))
-    best_cos = np.zeros(len(p))
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            q = np.c_[np.clip(p[:, 0] + dx, 0, w - 1), np.clip(p[:, 1] + dy, 0, h - 1)]
-            g = np.c_[edges.gx[q[:, 1], q[:, 0]], edges.gy[q[:, 1], q[:, 0]]]
-            on = edges.dist[q[:, 1], q[:, 0]] < 0.5
-            cos = np.abs((g * ray).sum(axis=1)) / np.maximum(np.linalg.norm(g, axis=1), 1e-6)
-            best_cos = np.maximum(best_cos, np.where(on, cos, 0.0))
-    return float((near & (best_cos > 0.7)).mean())
-
-
 def _edge_candidates(edges: _Edges, feats: np.ndarray, rng: np.random.Generator) -> list[tuple]:
     """Ellipses through long edge chains, each refitted on every edge pixel near it (a thumb breaks the rim into arcs)."""
     h, w = feats.shape[:2]
@@ -451,30 +430,29 @@ def _edge_candidates(edges: _Edges, feats: np.ndarray, rng: np.random.Generator)
     return out
 
 
-def _edge_candidate(ell: tuple, feats: np.ndarray, edges: _Edges) -> "_Candidate":
-    """A disc candidate from the edges, scored like a blob's: rim contrast times edge support along it."""
-    (cx, cy), (a, b), ang = ell
-    h, w = feats.shape[:2]
-    tol = max(1.5, 0.012 * max(h, w))
-    boundary = _ellipse_points((cx, cy), (a, b), ang, _SECTORS)
-    ring, in_frame = _ring_score(feats, boundary, np.array([cx, cy]), max(2.0, 0.06 * b))
-    if in_frame < MIN_IN_FRAME:
-        return _Candidate("disc", ell, None, 0.0, float(np.pi * a * b))
-    support = _edge_support(edges, boundary, np.array([cx, cy]), tol)
-    return _Candidate("disc", ell, None, float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), float(np.pi * a * b))
+def _edge_candidate(ell: tuple, feats: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> "_Candidate":
+    """A disc from the edges, snapped to the rim (`_snap`), scored by rim contrast times the rim's support."""
+    snapped, support = _snap(ell, lab, rng)
+    support = 0.0 if np.isnan(support) else support
+    (cx, cy), (a, b), ang = ell = snapped or ell
+    area = float(np.pi * a * b)
+    ring, in_frame = _ring_score(feats, _ellipse_points((cx, cy), (a, b), ang, _SECTORS), np.array([cx, cy]), max(2.0, 0.06 * b))
+    if in_frame < MIN_IN_FRAME or support < EDGE_SUPPORT:  # a chunk's ragged edge, a bowl with what lies in it
+        return _Candidate("disc", ell, None, 0.0, area, in_frame)
+    return _Candidate("disc", ell, None, float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), area, in_frame)
 
 
 def _plausible(ell: tuple, shape: tuple[int, int]) -> bool:
     """A large, not too flat ellipse whose centre lies in (or just off) the frame.
 
     Edge chains are for the cakes segmentation misses: one filling the frame,
-    or one of the table's colour. Textures close up (KTH-TIPS) are full of
-    small elliptic holes and shadows, so an edge ellipse must be larger and
-    rounder than a segmented blob.
+    or one of the table's colour. Textures close up are full of small
+    elliptic holes and shadows, so an edge ellipse must be larger than a
+    segmented blob.
     """
     (cx, cy), (a, b), _ = ell
     h, w = shape
-    return (b / a >= EDGE_AXIS_RATIO and np.pi * a * b >= EDGE_AREA * h * w and a <= 1.5 * max(h, w)
+    return (b / a >= MIN_AXIS_RATIO and np.pi * a * b >= EDGE_AREA * h * w and a <= 1.5 * max(h, w)
             and -0.1 * w <= cx <= 1.1 * w and -0.1 * h <= cy <= 1.1 * h)
 
 
@@ -525,6 +503,7 @@ class _Candidate:
     corners: np.ndarray | None
     confidence: float
     area: float = field(default=0.0)
+    in_frame: float = 1.0  # share of the outline's perimeter inside the photo
 
 
 def _fill(mask: np.ndarray, boundary: np.ndarray) -> float:
@@ -536,7 +515,8 @@ def _fill(mask: np.ndarray, boundary: np.ndarray) -> float:
 
 
 def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.ndarray,
-           edge_dist: np.ndarray, mask: np.ndarray, tol: float) -> float:
+           edge_dist: np.ndarray, mask: np.ndarray, tol: float) -> tuple[float, float]:
+    """(confidence, share of the perimeter in the frame) of one outline."""
     (cx, cy), (a, b), ang = ell
     if corners is not None:
         t = np.linspace(0, 1, _SECTORS // 4, endpoint=False)[:, None]
@@ -547,9 +527,9 @@ def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.
     ring, in_frame = _ring_score(feats, boundary, np.array([cx, cy]), band)
     support = _support(edge_dist, boundary, tol)
     if in_frame < MIN_IN_FRAME or _fill(mask, boundary) < 0.75:  # mostly out of frame, or hollow
-        return 0.0
+        return 0.0, in_frame
     # a cake filling the frame shows a short rim: trusted a little less than a whole one
-    return float(np.sqrt(ring * support * min(1.0, in_frame / 0.5)))
+    return float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), in_frame
 
 
 def _texture_blob(c: "_Candidate", feats: np.ndarray) -> bool:
@@ -595,8 +575,8 @@ def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, m
             quad = min(quads, key=lambda q: -float((_edge_distance(rim_all, q) < tol).mean()))
             if not out and _is_brick(quad, ell, rim_all, tol):
                 cand_shape, corners = "brick", quad
-            conf = _score(cand_shape, ell, corners, feats, edge_dist, mask, tol)
-            out.append(_Candidate(cand_shape, ell, corners, conf, area))
+            conf, in_frame = _score(cand_shape, ell, corners, feats, edge_dist, mask, tol)
+            out.append(_Candidate(cand_shape, ell, corners, conf, area, in_frame))
         rim = rim[~near]
         if len(rim) < 0.25 * len(contour):
             break
@@ -604,17 +584,38 @@ def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, m
 
 
 def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candidate:
-    """Snap a disc's ellipse to the strongest step edge near it.
+    """A disc's ellipse snapped to the rim (`_snap`); kept as it is when the snap fails, and for bricks.
 
-    The segmentation's features are smoothed, so its blob is a few px too big
-    or too small; along each ray the rim is where the mean colour over a short
-    stretch inside differs most from the stretch outside (a step detector at
-    a scale above a leaf's). The snapped points are refitted by RANSAC, so a
-    thumb or a glare notch on some rays does not pull the rim.
+    A segmented blob is not refused for a weak snap, unlike an edge ellipse:
+    inside a sibling cake the leaves' steps often beat its rim's on a ray,
+    and the blob's own contour already vouches for the outline.
     """
     if c.shape != "disc":
         return c
-    (cx, cy), (a, b), ang = c.ell
+    ell, _ = _snap(c.ell, lab, rng)
+    if ell is None:
+        return c
+    return _Candidate(c.shape, ell, c.corners, c.confidence, float(np.pi * ell[1][0] * ell[1][1]), c.in_frame)
+
+
+def _snap(ell: tuple, lab: np.ndarray, rng: np.random.Generator) -> tuple[tuple | None, float]:
+    """The rim near an ellipse: each ray's strongest step, refitted; and the share of rays whose step lies on the fit.
+
+    Smoothed features put an outline a few px off; along each ray the rim is
+    where the mean colour over a short stretch inside differs most from the
+    stretch outside (a step detector at a scale above a leaf's). The snapped
+    points are refitted by RANSAC, so a thumb or a glare notch on some rays
+    does not pull the rim. A cake's rim is the strongest step on most rays; a
+    chunk's ragged edge or a bowl with a chunk in it, to which an ellipse fits
+    only in part, is not: the share is the rim's support.
+
+    Returns
+    -------
+    (ellipse or None, support)
+        None when too few rays lie in the frame, the refit fails or moves far
+        (another object); support in 0-1 (NaN when too few rays lie in the frame).
+    """
+    (cx, cy), (a, b), ang = ell
     h, w = lab.shape[:2]
     rays, steps, half = 96, 41, 5
     t = np.linspace(0, 2 * np.pi, rays, endpoint=False)
@@ -624,7 +625,7 @@ def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candid
     px, py = cx + co * u - si * v, cy + si * u + co * v  # (rays, steps)
     ok = ((px >= 0) & (py >= 0) & (px <= w - 1) & (py <= h - 1)).all(axis=1)
     if ok.sum() < 12:
-        return c
+        return None, float("nan")
     f = lab[np.round(py[ok]).astype(int), np.round(px[ok]).astype(int)]  # (R, steps, 3)
     csum = np.concatenate([np.zeros((f.shape[0], 1, 3)), np.cumsum(f, axis=1)], axis=1)
     j = np.arange(half, steps - half)
@@ -633,12 +634,13 @@ def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candid
     best = j[np.argmax(np.linalg.norm(inner - outer, axis=2), axis=1)]
     pts = np.c_[px[ok][np.arange(len(best)), best], py[ok][np.arange(len(best)), best]]
     tol = max(1.0, 0.02 * b)
-    ell = _ransac_ellipse(pts, rng, tol, iters=40)
-    if ell is None or (np.abs(_radial(pts, ell)) < tol).mean() < 0.5:
-        return c
-    if abs(ell[1][0] / a - 1) > 0.2 or abs(ell[1][1] / b - 1) > 0.2:  # a different object: keep the blob's fit
-        return c
-    return _Candidate(c.shape, ell, c.corners, c.confidence, float(np.pi * ell[1][0] * ell[1][1]))
+    fit = _ransac_ellipse(pts, rng, tol, iters=40)
+    if fit is None:
+        return None, 0.0
+    support = float((np.abs(_radial(pts, fit)) < tol).mean())
+    if support < 0.5 or abs(fit[1][0] / a - 1) > 0.2 or abs(fit[1][1] / b - 1) > 0.2:  # a different object
+        return None, support
+    return fit, support
 
 
 def _brick_geometry(corners: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float]:
@@ -670,7 +672,9 @@ def _select(cands: list[_Candidate]) -> list[_Candidate]:
         elif c.area >= 0.6 * kept[hit].area and c.confidence >= kept[hit].confidence - 0.03:
             kept[hit] = c  # ties go to the tighter outline: a shadow or a thumb only ever adds area
     kept.sort(key=lambda c: -c.area)
-    return [c for c in kept if c.area >= OTHER_AREA * kept[0].area] if kept else []
+    # a further cake must be plainly one: a wrapper or a cup half out of frame is not (a catalog photo would be refused)
+    return kept[:1] + [c for c in kept[1:] if c.area >= OTHER_AREA * kept[0].area and c.in_frame >= OTHER_IN_FRAME
+                       and c.confidence >= OTHER_CONFIDENCE]
 
 
 def _to_outline(c: _Candidate, scale: float) -> CakeOutline:
@@ -735,12 +739,11 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
             cv2.polylines(edges, [c.astype(np.int32)], True, 0)
         edge_dist = cv2.distanceTransform(edges, cv2.DIST_L2, 3)
         cands += [c for contour in contours for c in _candidates(contour, feats, edge_dist, mask, rng)]
-    edges = _edges(feats)
-    cands += [_edge_candidate(ell, feats, edges) for ell in _edge_candidates(edges, feats, rng)]
-    best_seen = max((c.confidence for c in cands), default=0.0)
-    kept = _select([c for c in cands if c.confidence >= min_confidence and not _texture_blob(c, feats)])
     lab = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32), (0, 0), 1.0)
-    kept = [_refine(c, lab, rng) for c in kept]
+    cands += [_edge_candidate(ell, feats, lab, rng) for ell in _edge_candidates(_edges(feats), feats, rng)]
+    best_seen = max((c.confidence for c in cands), default=0.0)
+    sure = [c for c in cands if c.confidence >= min_confidence and not _texture_blob(c, feats)]
+    kept = _select([_refine(c, lab, rng) for c in sure])
     if not kept:
         return _fallback((h, w), best_seen)
     outlines = [_to_outline(c, scale) for c in kept]
