@@ -295,21 +295,31 @@ def _rim_points(contour: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _ransac_ellipse(points: np.ndarray, rng: np.random.Generator, tol: float, iters: int = 80) -> tuple | None:
-    """Ellipse with the most points within `tol` px, refitted on its inliers."""
-    if len(points) < 12:
-        return None
-    best, best_n = None, 0
+    """Ellipse with the most points within `tol` px, refitted on its inliers.
+
+    All hypotheses at once: each is the conic through 5 random points
+    (a batched null space), scored by the Sampson distance of every point
+    (first-order distance to a conic, px); hyperbolas and parabolas score 0.
+    """
     n = len(points)
-    for _ in range(iters):
-        # 5 points spread along the contour fit a stable ellipse; 5 random ones often do not
-        start = int(rng.integers(n))
-        idx = (start + np.sort(rng.choice(n, 5, replace=False))) % n
-        ell = _fit(points[idx])
-        if ell is None:
-            continue
-        count = int((np.abs(_radial(points, ell)) < tol).sum())
-        if count > best_n:
-            best, best_n = ell, count
+    if n < 12:
+        return None
+    mean, spread = points.mean(axis=0), float(points.std()) + 1e-9
+    p = (points - mean) / spread  # normalised: a conic fit in pixel units is ill-conditioned
+    x, y = p[:, 0], p[:, 1]
+    design = np.c_[x * x, x * y, y * y, x, y, np.ones(n)]
+    idx = rng.integers(0, n, size=(iters, 5))
+    conics = np.linalg.svd(design[idx])[2][:, -1, :]  # (iters, 6): A B C D E F
+    a, b, c, d, e, f = conics.T
+    q = design @ conics.T  # (n, iters)
+    gx = 2 * a * x[:, None] + b * y[:, None] + d
+    gy = b * x[:, None] + 2 * c * y[:, None] + e
+    dist = np.abs(q) / np.maximum(np.sqrt(gx * gx + gy * gy), 1e-12) * spread
+    counts = np.where(b * b - 4 * a * c < 0, (dist < tol).sum(axis=0), 0)
+    if counts.max(initial=0) < 6:
+        return None
+    inl = points[dist[:, int(np.argmax(counts))] < tol]
+    best = _fit(inl)
     for _ in range(2):
         if best is None:
             return None
