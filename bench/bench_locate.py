@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Accuracy and speed of the cake locator (`pipeline.features.locate`).
 
-    python bench/bench_locate.py [--seed 0] [--n 60] [--kth-n 810] [--overlays /tmp/locate]
+    python bench/bench_locate.py [--seed 0] [--n 60] [--kth-n 810] [--overlays /tmp/locate] [--bench DIR ...]
 
 Renders photos with a known outline (`pipeline.training.scenes`): cakes cut
 from the real pu-erh faces in ../shared/data/puerh_dev/faces when present
@@ -18,9 +18,14 @@ cloth or flat colour, with wrappers, cups and pens around, in five sets:
 Prints, per set, the mean IoU of the found outline against the truth (the
 best-matching found outline for each true cake), the detection rate (not a
 fallback), the rate of IoU >= 0.5, the shape and count found, and ms per
-photo; then the fallback rate on KTH-TIPS texture photos (evaluation only,
-read in place) and, per real photo of ../shared/data/puerh_dev, what was
-found. The last line is one JSON object with every figure.
+photo; then, with `--bench`, the same on generated benchmark folders' photos
+(make_discs.py / make_siblings.py write each photo's true outline to
+outlines.json: the hard re-shots and sibling cakes exactly as `teaprint eval`
+sees them), with the CPU time of `locate` as a ratio to the photo's decode
+(wall time drifts with the shared machine's load); then the fallback rate on
+KTH-TIPS texture photos (evaluation only, read in place) and, per real photo
+of ../shared/data/puerh_dev, what was found. The last line is one JSON object
+with every figure.
 """
 
 from __future__ import annotations
@@ -129,12 +134,15 @@ def run_bench(folder: Path, n: int, overlays: Path | None) -> dict:
     for part in ("catalog", "query"):
         names = sorted(k for k in truth if k.startswith(part + "/"))
         names = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, min(n, len(names))).astype(int))] if names else []
-        ious, detected, ms = [], [], []
+        ious, detected, ms, cpu, decode_cpu = [], [], [], [], []
         for name in names:
+            c0 = time.process_time()
             photo = read_photo(folder / name, IntakeConfig())
-            t0 = time.perf_counter()
+            c1, t0 = time.process_time(), time.perf_counter()
             o = locate(photo.pixels)
             ms.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c1) * 1e3)
+            decode_cpu.append((c1 - c0) * 1e3)
             outline = np.asarray(truth[name], np.float64) / photo.reduction
             side = max(photo.pixels.shape[:2])
             found = found_outlines(o)
@@ -147,7 +155,9 @@ def run_bench(folder: Path, n: int, overlays: Path | None) -> dict:
             iou = np.asarray(ious)
             out[part] = {"photos": len(names), "mean_iou": round(float(iou.mean()), 4), "detected": round(float(np.mean(detected)), 4),
                          "iou_ge_0.5": round(float((iou >= 0.5).mean()), 4), "iou_ge_0.9": round(float((iou >= 0.9).mean()), 4),
-                         "ms_per_photo": round(float(np.mean(ms)), 1)}
+                         "ms_per_photo": round(float(np.mean(ms)), 1), "cpu_ms_per_photo": round(float(np.mean(cpu)), 1),
+                         "decode_cpu_ms": round(float(np.mean(decode_cpu)), 1),
+                         "cpu_ratio_to_decode": round(float(np.mean(cpu) / max(np.mean(decode_cpu), 1e-6)), 2)}
     return out
 
 
@@ -218,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["benches"][folder.name] = parts
         for part, r in parts.items():
             print(f"{folder.name + '/' + part:22} {r['photos']:4d} photos: mean IoU {r['mean_iou']:.3f}, detected {r['detected']:.3f}, "
-                  f"IoU>=.5 {r['iou_ge_0.5']:.3f}, IoU>=.9 {r['iou_ge_0.9']:.3f}, {r['ms_per_photo']:.1f} ms")
+                  f"IoU>=.5 {r['iou_ge_0.5']:.3f}, IoU>=.9 {r['iou_ge_0.9']:.3f}, {r['ms_per_photo']:.1f} ms wall, "
+                  f"{r['cpu_ms_per_photo']:.1f} ms CPU = {r['cpu_ratio_to_decode']:.1f}x the photo's decode")
     kth = run_kth(args.kth, args.kth_n)
     figures["kth"] = kth
     print("KTH-TIPS: " + (f"fallback on {kth['fallback_rate']:.3f} of {kth['photos']} photos, {kth['ms_per_photo']:.1f} ms" if kth else "not found"))

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="+")
     p.set_defaults(handler=cmd_remove)
 
-    p = sub.add_parser("reembed", help="re-embed the catalog with the loaded model")
+    p = sub.add_parser("reembed", help="recompute the catalog's descriptors with the loaded model and feature settings")
     p.set_defaults(handler=cmd_reembed)
 
     p = sub.add_parser("run", help="the drop-folder daemon (main job)")

@@ -72,7 +72,7 @@ class LocateConfig:
     enabled: bool = True
     size: int = 512
     margin: float = 0.04
-    min_confidence: float = 0.5
+    min_confidence: float = 0.7
 
 
 @dataclass(frozen=True)

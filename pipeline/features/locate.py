@@ -50,11 +50,12 @@ Shape = Literal["disc", "brick", "none"]
 LOCATOR_VERSION = "locate/2"
 
 WORK_SIDE = 256  # px, longer side of the working image: the rim needs no more
-MIN_CONFIDENCE = 0.5  # accept threshold on `CakeOutline.confidence` (bench/bench_locate.py)
+MIN_CONFIDENCE = 0.7  # accept threshold on `CakeOutline.confidence`: the highest keeping the hard re-shot targets (bench/bench_locate.py); non-cake photos score 0.5-0.75
 MIN_AREA = 0.03  # smallest cake, fraction of the photo's area (a cake photographed to be identified is larger)
 MIN_AXIS_RATIO = 0.5  # b/a: flatter than this is a 60 deg tilt, not a phone shot of a cake
 EDGE_AREA = 0.06  # smallest cake found from edges alone, fraction of the photo's area
 EDGE_SUPPORT = 0.6  # least share of an edge ellipse's rays whose strongest step lies on it (`_snap`)
+CUT_AREA = 0.1  # an outline the frame cuts must cover at least this share of the photo
 BLOB_AREA = 0.2  # outlines smaller than this (fraction of the photo) are checked for being a texture's blob
 MIN_IN_FRAME = 0.3  # least share of an outline's perimeter inside the frame (a cake filling a 4:3 frame shows ~1/3)
 OTHER_AREA = 0.3  # a further cake is at least this share of the largest one's area
@@ -542,6 +543,15 @@ def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.
     return float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), in_frame
 
 
+def _cut_small(c: "_Candidate", shape: tuple[int, int]) -> bool:
+    """A small outline that the frame cuts: a cake runs out of frame only when it is close, so large.
+
+    What a small one cut by the frame edge usually is: a patch of fur, a
+    cup's corner, a shadow reaching the border.
+    """
+    return c.in_frame < 0.95 and c.area < CUT_AREA * shape[0] * shape[1]
+
+
 def _texture_blob(c: "_Candidate", feats: np.ndarray) -> bool:
     """A small outline whose inside recurs all around it: a hole or a shadow of a texture, not a cake.
 
@@ -752,7 +762,7 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     lab = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32), (0, 0), 1.0)
     cands += [_edge_candidate(ell, feats, lab, rng) for ell in _edge_candidates(_edges(feats), feats, rng)]
     best_seen = max((c.confidence for c in cands), default=0.0)
-    sure = [c for c in cands if c.confidence >= min_confidence and not _texture_blob(c, feats)]
+    sure = [c for c in cands if c.confidence >= min_confidence and not _cut_small(c, feats.shape[:2]) and not _texture_blob(c, feats)]
     kept = _select([_refine(c, lab, rng) for c in sure])
     if not kept:
         return _fallback((h, w), best_seen)
