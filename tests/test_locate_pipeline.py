@@ -17,7 +17,7 @@ import pytest
 import skimage.data
 
 from conftest import rendered_cakes as scene
-from conftest import write_rgb
+from conftest import rotated_view, write_rgb
 from pipeline.cli import main
 from pipeline.results import load_schema
 
@@ -43,12 +43,15 @@ def apply(h: list, points: np.ndarray) -> np.ndarray:
     return q[:, :2] / q[:, 2:3]
 
 
+CATALOG_SEEDS = (20, 21, 22)
+
+
 @pytest.fixture
 def indexed(tmp_path: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
     """A root whose catalog holds three rendered cakes and refused one photo of two cakes."""
     catalog = tmp_path / "catalog"
-    for i in range(3):
-        write_rgb(catalog / f"cake{i}-1.jpg", scene(20 + i, tilt=5.0).image)
+    for i, seed in enumerate(CATALOG_SEEDS):
+        write_rgb(catalog / f"cake{i}-1.jpg", scene(seed, tilt=5.0).image)
     write_rgb(catalog / "pair-1.jpg", scene(5, kind="two", tilt=15.0, tilt_axis=30.0, angle=0.0).image)
     base = ["--config", str(tiny_config_file), "--root", str(tmp_path / "root")]
     code, out, err = run(capsys, *base, "index", str(catalog))
@@ -119,3 +122,18 @@ def test_changing_the_canonical_size_needs_reembed(tmp_path: Path, indexed: list
     assert code == 0 and json.loads(out)["cake"]["rectification"]["size"] == 384
     manifest = json.loads((Path(indexed[3]) / "index" / "MANIFEST.json").read_text())
     assert manifest["features"]["locate"]["size"] == 384 and manifest["model_id"]
+
+
+def test_rotated_shots_of_registered_cakes_find_their_own(tmp_path: Path, indexed: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Registration and query take one path: a rotated copy is located, rectified and matched to its own cake."""
+    queries = []
+    for i, seed in enumerate(CATALOG_SEEDS):
+        photo = scene(seed, tilt=5.0).image
+        queries.append(write_rgb(tmp_path / "q" / f"cake{i}_r90.png", np.ascontiguousarray(np.rot90(photo))))
+        queries.append(write_rgb(tmp_path / "q" / f"cake{i}_r37.jpg", rotated_view(photo, 37, gain=1.1)))
+    code, out, _ = run(capsys, *indexed, "match", "--json", *map(str, queries))
+    assert code == 0
+    for result in map(json.loads, out.splitlines()):
+        jsonschema.validate(result, SCHEMA)
+        assert result["cake"]["fallback"] is False, result["query"]
+        assert result["matches"][0]["label"] == result["query"].split("_r")[0], result["query"]

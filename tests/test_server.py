@@ -74,7 +74,7 @@ class ServerProcess:
                 try:
                     if requests.get(self.url + "/health", timeout=2).status_code == 200:
                         return self
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # not up yet, or a loaded machine
                     pass
             time.sleep(0.1)
         raise AssertionError(f"server not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")

@@ -7,7 +7,7 @@ circle (or rectangle), crops it with a small margin, scales it to a fixed size
 and masks what lies outside, keeping the homography so that coordinates found
 on the canonical image can be drawn on the original photo.
 
-How `locate` works (classical, a few ms on a 256 px working image):
+How `locate` works (classical, about 60 ms of one CPU core on a 256 px working image):
 
 1. *Background model*: the table is what the photo's border shows. The border
    strip's pixels (Lab colour plus a local-contrast channel, so a brown cake on
@@ -15,17 +15,28 @@ How `locate` works (classical, a few ms on a 256 px working image):
    clusters that hold little of the border (a thumb, the cake itself running
    out of frame) are not table.
 2. *Segmentation*: each pixel's distance to the nearest table cluster,
-   thresholded (Otsu, with a floor), cleaned and hole-filled, gives blobs.
+   thresholded at three levels, cleaned and hole-filled, gives blobs.
 3. *Robust fit*: the outer contour of each blob is fitted with an ellipse by
    RANSAC, so a thumb over the edge, a glare notch or a touching wrapper do not
    pull the fit; contour points on the frame's edge (cake out of frame) are not
    rim points and are ignored. Sequential RANSAC finds a second cake that
    touches the first. A quadrilateral is tried too; the blob's shape decides
    between disc and brick.
-4. *Verification*: an outline is a cake when, around most of its in-frame
+4. *Edge ellipses*: long Canny chains of the coarse features (a leaf's detail
+   averaged away, the rim kept) give further ellipses, each refitted on every
+   edge pixel near it: the cake that fills the frame, or that has the table's
+   colour, which segmentation misses.
+5. *Snap*: along 96 rays each disc's rim is the strongest colour step near the
+   ellipse; the steps are refitted (RANSAC), and the share of rays whose step
+   lies on the fit is the rim's support.
+6. *Verification*: an outline is a cake when, around most of its in-frame
    perimeter, a thin band just inside differs from a thin band just outside
-   (ring contrast) and the segmentation edge follows it (support). A texture
-   close-up has no such closed contrast curve, and falls back.
+   (ring contrast) and the segmentation edge (or, for an edge ellipse, the
+   snapped rim) follows it. Refused besides: a blob whose rim strays from its
+   ellipse (a chunk, a hand) unless the snapped rim follows it; a small
+   outline whose inside recurs all around it (a hole in a texture); a small
+   outline cut by the frame, or one centred outside it. A texture close-up has
+   no closed contrast curve, and falls back.
 
 Coordinates are (x, y) in pixels of the image given, origin at the top-left
 pixel's centre; angles are degrees, counter-clockwise on screen being negative
@@ -49,12 +60,15 @@ Shape = Literal["disc", "brick", "none"]
 # (descriptors computed on the old ones must then be rebuilt by `teaprint reembed`).
 LOCATOR_VERSION = "locate/2"
 
+MIN_SIDE = 16  # px: `locate` refuses smaller photos, `canonical_view` describes them whole
 WORK_SIDE = 256  # px, longer side of the working image: the rim needs no more
 MIN_CONFIDENCE = 0.7  # accept threshold on `CakeOutline.confidence`: the highest keeping the hard re-shot targets (bench/bench_locate.py); non-cake photos score 0.5-0.75
+BRICK_DISCOUNT = 0.15  # a brick's four-sided fit (no RANSAC) follows its rim less closely: true bricks score 0.52-0.8
 MIN_AREA = 0.03  # smallest cake, fraction of the photo's area (a cake photographed to be identified is larger)
 MIN_AXIS_RATIO = 0.5  # b/a: flatter than this is a 60 deg tilt, not a phone shot of a cake
 EDGE_AREA = 0.06  # smallest cake found from edges alone, fraction of the photo's area
 EDGE_SUPPORT = 0.6  # least share of an edge ellipse's rays whose strongest step lies on it (`_snap`)
+ROUGHNESS = 0.02  # a blob's rim may stray from its ellipse by this share of the radius (median)
 CUT_AREA = 0.1  # an outline the frame cuts must cover at least this share of the photo
 BLOB_AREA = 0.2  # outlines smaller than this (fraction of the photo) are checked for being a texture's blob
 MIN_IN_FRAME = 0.3  # least share of an outline's perimeter inside the frame (a cake filling a 4:3 frame shows ~1/3)
@@ -144,7 +158,7 @@ def _check_image(image: np.ndarray) -> None:
         raise TypeError("image must be a uint8 numpy array")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {image.shape}")
-    if min(image.shape[:2]) < 16:
+    if min(image.shape[:2]) < MIN_SIDE:
         raise ValueError(f"image too small to locate a cake: {image.shape[:2]}")
 
 
@@ -515,6 +529,7 @@ class _Candidate:
     confidence: float
     area: float = field(default=0.0)
     in_frame: float = 1.0  # share of the outline's perimeter inside the photo
+    rough: bool = False  # the blob's rim strays from the ellipse (`_rough`): the photo's steps must vouch for it
 
 
 def _fill(mask: np.ndarray, boundary: np.ndarray) -> float:
@@ -544,12 +559,16 @@ def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.
 
 
 def _cut_small(c: "_Candidate", shape: tuple[int, int]) -> bool:
-    """A small outline that the frame cuts: a cake runs out of frame only when it is close, so large.
+    """A small outline that the frame cuts, or one centred outside the frame: not the photo's subject.
+
+    A cake runs out of frame only when it is close, so large.
 
     What a small one cut by the frame edge usually is: a patch of fur, a
     cup's corner, a shadow reaching the border.
     """
-    return c.in_frame < 0.95 and c.area < CUT_AREA * shape[0] * shape[1]
+    (cx, cy), h, w = c.ell[0], shape[0], shape[1]
+    outside = not (0 <= cx <= w - 1 and 0 <= cy <= h - 1)  # a photo of a cake has the cake's centre in it
+    return outside or (c.in_frame < 0.95 and c.area < CUT_AREA * h * w)
 
 
 def _texture_blob(c: "_Candidate", feats: np.ndarray) -> bool:
@@ -596,11 +615,27 @@ def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, m
             if not out and _is_brick(quad, ell, rim_all, tol):
                 cand_shape, corners = "brick", quad
             conf, in_frame = _score(cand_shape, ell, corners, feats, edge_dist, mask, tol)
-            out.append(_Candidate(cand_shape, ell, corners, conf, area, in_frame))
+            out.append(_Candidate(cand_shape, ell, corners, conf, area, in_frame, cand_shape == "disc" and _rough(rim_all, ell)))
         rim = rim[~near]
         if len(rim) < 0.25 * len(contour):
             break
     return out
+
+
+def _rough(rim: np.ndarray, ell: tuple) -> bool:
+    """Whether a blob's rim strays from its ellipse like a chunk's broken edge, not like a cake's pressed rim.
+
+    The rim points near the ellipse (within 15 % of its radius: a second cake
+    in the same blob lies farther) sit, for a cake, within about 1 % of the
+    radius of it (median; a thumb is the minority RANSAC ignores); a chunk, a
+    hand, a bowl with a chunk in it stray by 2.5-20 %. So does a cake whose
+    colour is close to the table's (the blob's edge wobbles): such a blob is
+    kept only when the photo's steps follow its ellipse (`_snap`).
+    """
+    scale = np.sqrt(ell[1][0] * ell[1][1])
+    off = np.abs(_radial(rim, ell)) / scale
+    near = off[off < 0.15]
+    return len(near) < 12 or float(np.median(near)) > ROUGHNESS
 
 
 def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candidate:
@@ -727,7 +762,7 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     image : ndarray, shape (H, W) or (H, W, 3), dtype uint8
         The photo, RGB or grey; at least 16 px a side.
     min_confidence : float
-        Outlines scoring below this are not cakes.
+        Outlines scoring below this are not cakes (bricks: `BRICK_DISCOUNT` below it).
     work_side : int
         Longer side, px, of the reduced image the search runs on.
 
@@ -747,7 +782,9 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     h, w = rgb.shape[:2]
     scale = max(h, w) / float(work_side) if max(h, w) > work_side else 1.0
-    small = cv2.resize(rgb, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA) if scale > 1 else rgb
+    small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA) if scale > 1 else rgb
+    if min(small.shape[:2]) < MIN_SIDE:  # a sliver of a panorama: no room for a cake's rim
+        return _fallback((h, w), 0.0)
     feats = _features(small)
     dist = _table_distance(feats)
     rng = np.random.default_rng(0)  # RANSAC: deterministic for one photo
@@ -762,7 +799,9 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     lab = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32), (0, 0), 1.0)
     cands += [_edge_candidate(ell, feats, lab, rng) for ell in _edge_candidates(_edges(feats), feats, rng)]
     best_seen = max((c.confidence for c in cands), default=0.0)
-    sure = [c for c in cands if c.confidence >= min_confidence and not _cut_small(c, feats.shape[:2]) and not _texture_blob(c, feats)]
+    sure = [c for c in cands if c.confidence >= min_confidence - (BRICK_DISCOUNT if c.shape == "brick" else 0.0)
+            and not _cut_small(c, feats.shape[:2]) and not _texture_blob(c, feats)
+            and not (c.rough and not _snap(c.ell, lab, rng)[1] >= EDGE_SUPPORT)]
     kept = _select([_refine(c, lab, rng) for c in sure])
     if not kept:
         return _fallback((h, w), best_seen)
@@ -948,10 +987,14 @@ def canonical_view(image: np.ndarray, size: int = 512, margin: float = 0.04,
     Returns
     -------
     Rectified
-        On fallback: `image` itself, a mask all True, the identity homography
-        and the fallback outline (`outline.fallback` True).
+        On fallback (also for a photo under `MIN_SIDE` px a side): `image`
+        itself, a mask all True, the identity homography and the fallback
+        outline (`outline.fallback` True).
     """
-    outline = locate(image, min_confidence)
+    if isinstance(image, np.ndarray) and image.ndim >= 2 and min(image.shape[:2]) < MIN_SIDE:
+        outline = _fallback(image.shape[:2], 0.0)  # a thumbnail-sized photo: nothing to find a rim in
+    else:
+        outline = locate(image, min_confidence)
     if outline.fallback:
         return Rectified(image, np.ones(image.shape[:2], bool), np.eye(3), outline)
     return rectify(image, outline, size=size, margin=margin)
