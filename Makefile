@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench train opencv-doc clean-venv chromium
+.PHONY: run test bench train opencv-doc clean-venv chromium systemd-analyze
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/teaprint --root . run
 
-# Debian's Chromium + chromedriver for tests/test_browser.py (the test is never skipped).
+# Debian's Chromium + chromedriver for tests/test_browser.py (the test is never skipped), and a CJK font
+# so that the Chinese page renders as text, not boxes (tests/test_i18n.py, docs/screenshot.py).
 chromium:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver fonts-wqy-microhei; \
 	fi
 
-test: $(STAMP) chromium
+# Debian's systemd package for `systemd-analyze verify` of contrib/*.service in tests/test_service_unit.py
+# (installing it in a container starts nothing; the test is never skipped).
+systemd-analyze:
+	@if ! command -v systemd-analyze >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends systemd; \
+	fi
+
+test: $(STAMP) chromium systemd-analyze
 	$(VENV)/bin/python -m pytest -q
 
 # Debian's opencv-doc sample photos: part of the encoder's training data.
@@ -30,9 +39,9 @@ opencv-doc:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y opencv-doc; }
 
-# Reproduces models/teaprint-encoder.keras (the command is in models/teaprint-encoder.json).
+# Reproduces the shipped encoder, pipeline/data/models/teaprint-encoder.keras (the command is in its .json).
 train: $(STAMP) opencv-doc
-	$(VENV)/bin/teaprint train --out models/teaprint-encoder.keras
+	$(VENV)/bin/teaprint train --out pipeline/data/models/teaprint-encoder.keras
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_engine.py

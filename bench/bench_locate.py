@@ -126,7 +126,7 @@ def run_bench(folder: Path, n: int, overlays: Path | None) -> dict:
     outlines are scaled by the decode's reduction. Catalog and query photos
     are reported apart; `n` caps each (evenly spread).
     """
-    from pipeline.config import IntakeConfig
+    from pipeline.config import default_config
     from pipeline.intake import read_photo
 
     truth = json.loads((folder / "outlines.json").read_text())["outlines"]
@@ -137,7 +137,7 @@ def run_bench(folder: Path, n: int, overlays: Path | None) -> dict:
         ious, detected, ms, cpu, decode_cpu = [], [], [], [], []
         for name in names:
             c0 = time.process_time()
-            photo = read_photo(folder / name, IntakeConfig())
+            photo = read_photo(folder / name, default_config().intake)
             c1, t0 = time.process_time(), time.perf_counter()
             o = locate(photo.pixels)
             ms.append((time.perf_counter() - t0) * 1e3)

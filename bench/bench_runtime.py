@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/bench_runtime.py [--model PATH] [--repeats 30]
 
-The encoder (`models/teaprint-encoder.keras` by default) is converted to ONNX
+The encoder (`pipeline/data/models/teaprint-encoder.keras` by default) is converted to ONNX
 (Keras' own `model.export(format="onnx")`, tf2onnx underneath) and to a LiteRT
 flatbuffer (`tf.lite.TFLiteConverter.from_keras_model`) in a temp dir. Each
 runtime then runs in its own fresh subprocess, which reports:
@@ -118,7 +118,7 @@ def held_out_inputs(size: int, channels: int, pool: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=REPO / "models" / "teaprint-encoder.keras")
+    parser.add_argument("--model", type=Path, default=REPO / "pipeline" / "data" / "models" / "teaprint-encoder.keras")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
 

@@ -108,8 +108,8 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0) ->
             replay.bit_generator.state = state
             queries.append((jpeg(cake(src, replay, view=True), 85), f"cake{i:04d}"))
     engine = Engine.load(load_config(config_path), root)
-    if len(engine.catalog) >= entries:  # a kept root: already indexed
-        print(f"catalog already holds {len(engine.catalog)} entries", flush=True)
+    if len(engine.snapshot()) >= entries:  # a kept root: already indexed
+        print(f"catalog already holds {len(engine.snapshot())} entries", flush=True)
         return queries
     t0 = time.perf_counter()
     report = engine.index_files(sorted(folder.glob("*.jpg")), catalog_root=folder, batch=64)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="teaprint-bench-server-"))
     root.mkdir(parents=True, exist_ok=True)
-    model = args.model or REPO / "models" / "teaprint-encoder.keras"
+    model = args.model or REPO / "pipeline" / "data" / "models" / "teaprint-encoder.keras"
     if not model.is_file():
         model = root / "tiny.keras" if (root / "tiny.keras").is_file() else tiny_model(root)
         which = "tiny test encoder (no shipped model found)"

@@ -26,7 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import IntakeConfig  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from pipeline.config import default_config  # noqa: E402
 from pipeline.features.local import extract_local, verify_pair  # noqa: E402
 from pipeline.intake import read_photo  # noqa: E402
 
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N queries")
     args = ap.parse_args()
     sides = [int(v) for v in args.side.split(",")]
-    cfg = IntakeConfig(work_side=max(sides))
+    cfg = replace(default_config().intake, work_side=max(sides))
     catalog = sorted((args.bench / "catalog").iterdir())
     labels = np.array([p.name.split("-")[0] for p in catalog])
     rows = list(csv.DictReader(open(args.bench / "truth.csv")))

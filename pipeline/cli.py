@@ -1,6 +1,7 @@
-"""`teaprint` command line.
+"""`teaprint` command line: argument parsing and printing around `Engine`.
 
-Exit codes: 0 success, 2 usage or config error, 1 any other failure.
+Exit codes (`pipeline.exits`): 0 success, 2 usage or config error, 1 any
+other failure.
 """
 
 from __future__ import annotations
@@ -8,32 +9,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from pipeline.config import Config, ConfigError, load_config
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A command used wrongly; exits 2."""
+from pipeline.config import Config, ConfigError, LoggingConfig, load_config
+from pipeline.evaluation.calibrate import add_calibrate_arguments, run_calibrate
+from pipeline.evaluation.cli import add_eval_arguments, run_eval
+from pipeline.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.training.train import add_train_arguments, run_train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # File names are data: one that is not UTF-8 is shown with its bytes
     # escaped rather than crashing the output (`--json` escapes it exactly).
+    # Output is UTF-8 whatever the locale (a service's is often C): labels
+    # and records in Chinese reach JSON and CSV as text, never as escapes.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.logs import configure_logging
+
+    if getattr(args, "raw_config", False):
+        # doctor: a broken config is one of its findings, not an exit 2; what the log would
+        # warn about is among its findings too, so only errors are logged (on stderr).
+        configure_logging(LoggingConfig(level="error", format="auto"))
+        return int(args.handler(args, None))
     try:
         config = load_config(args.config)
     except ConfigError as err:
         print(f"teaprint: config error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    from pipeline.logs import configure_logging
 
     configure_logging(config.logging)
     try:
@@ -51,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teaprint", description="Identify individual tea cakes from photos.")
-    parser.add_argument("--config", type=Path, default=None, help="YAML file overriding config/default.yaml")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file overriding the shipped defaults (pipeline/data/default.yaml)")
     parser.add_argument("--root", type=Path, default=Path("."), help="folder holding inbox/, outbox/ and the index (default: .)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -69,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
 
+    p = sub.add_parser("history", help="the history of checks: every answered query (newest last)")
+    p.add_argument("--label", help="only checks that identified this cake")
+    p.add_argument("--since", help="only checks since: 7d, 12h, 30m, 2w ago, or a date/time (2024-05-01, local time)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per line (UTF-8)")
+    form.add_argument("--csv", action="store_true", help="CSV with a header row (UTF-8 with a BOM, which Excel needs)")
+    p.set_defaults(handler=cmd_history)
+
+    p = sub.add_parser("doctor", help="check this setup and say how to mend what is wrong (exit 1 when something fails)")
+    p.add_argument("--no-serve", action="store_true", help="skip what only `teaprint serve` needs (port, token)")
+    p.add_argument("--json", action="store_true", help="the findings as one JSON object")
+    p.set_defaults(handler=cmd_doctor, raw_config=True)
+
+    p = sub.add_parser("install-service", help="write and enable the systemd unit(s) running this install on --root")
+    p.add_argument("--user", action="store_true", help="for your own systemd (systemctl --user), not the system's (needs root)")
+    p.add_argument("--serve", action="store_true", help="also a unit running `teaprint serve`")
+    p.add_argument("--no-enable", action="store_true", help="only write the units; print the systemctl commands")
+    p.set_defaults(handler=cmd_install_service)
+
     p = sub.add_parser("remove", help="delete catalog entries by id, sha256 prefix or path")
     p.add_argument("keys", nargs="+")
     p.set_defaults(handler=cmd_remove)
@@ -84,37 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to bind (default http.host, 127.0.0.1)")
     p.set_defaults(handler=cmd_serve)
 
-    _add_optional_commands(sub)
-    return parser
+    p = sub.add_parser("train", help="train the siamese encoder")
+    add_train_arguments(p)
+    p.set_defaults(handler=lambda args, config: run_train(args))
 
+    p = sub.add_parser("export", help="export the encoder for serving without TensorFlow (LiteRT file beside the .keras)")
+    p.add_argument("model", nargs="?", type=Path, default=None, help="the .keras file (default: model.path)")
+    p.set_defaults(handler=cmd_export)
 
-def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands whose modules import TensorFlow-heavy code only when run."""
-    try:
-        from pipeline.training.train import add_train_arguments, run_train
-    except ImportError:
-        pass
-    else:
-        p = sub.add_parser("train", help="train the siamese encoder")
-        add_train_arguments(p)
-        p.set_defaults(handler=lambda args, config: run_train(args))
-        p = sub.add_parser("export", help="export the encoder for serving without TensorFlow (LiteRT file beside the .keras)")
-        p.add_argument("model", nargs="?", type=Path, default=None, help="the .keras file (default: model.path)")
-        p.set_defaults(handler=cmd_export)
-
-    try:
-        from pipeline.evaluation.cli import add_eval_arguments, run_eval
-    except ImportError:
-        return
     p = sub.add_parser("eval", help="evaluate on a benchmark folder (see BENCHMARK.md)")
     add_eval_arguments(p)
     p.set_defaults(handler=run_eval)
 
-    from pipeline.evaluation.calibrate import add_calibrate_arguments, run_calibrate
-
     p = sub.add_parser("calibrate", help="fit the fused decision and its threshold on held-out benchmarks")
     add_calibrate_arguments(p)
     p.set_defaults(handler=run_calibrate)
+    return parser
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
@@ -128,35 +140,27 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _engine(args: argparse.Namespace, config: Config, check_model: bool = True):
+def _engine(args: argparse.Namespace, config: Config, check_model: bool = True) -> Any:
     from pipeline.engine import Engine
 
-    return Engine.load(config, args.root, check_model=check_model)
+    return Engine.load(config, args.root, check_model=check_model, component="cli")
 
 
 def iter_photo_files(paths: Sequence[Path], config: Config) -> Iterator[tuple[Path, Path | None]]:
-    """(file, catalog root for labels) for every candidate photo under `paths`.
+    """(file, catalog root for labels) for every photo named or found under `paths`.
 
-    In a folder, every entry with a photo's name that is not a directory is
-    yielded (a FIFO, a link, a device too): each gets an answer, and the safe
-    open refuses what is not a regular file inside the folder.
+    A file named on the command line is taken as given; a folder gives its
+    photos by `pipeline.photos`' rule, the one the daemon uses.
     """
-    from pipeline.intake import is_candidate
+    from pipeline.photos import photo_files
 
     for path in paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if is_candidate(child, config.intake) and not child.name.startswith(".") and not _is_real_dir(child):
-                    yield child, path
+            yield from ((child, path) for child in photo_files(path, config, recursive=True))
         elif path.exists() or path.is_symlink():
             yield path, None
         else:
             raise UsageError(f"no such file or folder: {path}")
-
-
-def _is_real_dir(path: Path) -> bool:
-    """A directory, not a link to one (a folder named `x.jpg` is walked into, not read)."""
-    return path.is_dir() and not path.is_symlink()
 
 
 def cmd_index(args: argparse.Namespace, config: Config) -> int:
@@ -177,7 +181,7 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
             failures += [(p, reason) for p, _, reason in report.failed]
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"indexed {added} new, {duplicates} already present, {len(failures)} refused; catalog holds {len(engine.catalog)}")
+    print(f"indexed {added} new, {duplicates} already present, {len(failures)} refused; catalog holds {len(engine.snapshot())}")
     return EXIT_FAILURE if failures and not added and not duplicates else EXIT_OK
 
 
@@ -188,8 +192,9 @@ def cmd_match(args: argparse.Namespace, config: Config) -> int:
     worst = EXIT_OK
     for image in args.images:
         result = engine.match_file(image)
+        engine.answered(result, "cli")
         if args.explain is not None and result.status != "rejected":
-            _explain(engine, image, result, args.explain)
+            _explain(engine, config, image, result, args.explain)
         if result.status == "rejected":
             worst = EXIT_FAILURE
         if args.json:
@@ -199,74 +204,54 @@ def cmd_match(args: argparse.Namespace, config: Config) -> int:
     return worst
 
 
-def _explain(engine, image: Path, result, out: Path) -> None:
-    import cv2
-
-    from pipeline.explain import render_explanation
+def _explain(engine: Any, config: Config, image: Path, result: Any, out: Path) -> None:
+    from pipeline.explain import render_explanation, write_explanation
     from pipeline.intake import read_photo
 
-    pixels = read_photo(image, engine.config.intake).pixels
-    entries = {e.id: e for e in engine.catalog.entries()}
+    pixels = read_photo(image, config.intake).pixels
     out = out if out.suffix.lower() in (".png", ".jpg", ".jpeg") else out.with_suffix(".png")
-    ok, buf = cv2.imencode(out.suffix, render_explanation(pixels, result, entries, engine.config))
-    if not ok:
-        raise RuntimeError(f"cannot encode {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(buf.tobytes())
+    write_explanation(out, render_explanation(pixels, result, engine.snapshot().by_id(), config))
 
 
-def _describe(result) -> str:
+def _describe(result: Any) -> str:
     if result.status == "rejected":
         return f"{result.query}: rejected: {result.error}"
     head = f"{result.query}: {result.status}"
     if result.label is not None:
         head += f" {result.label}"
     lines = [f"{head} (confidence {result.confidence:.3f})"]
+    if result.record is not None:
+        lines.append("  " + _describe_record(result.record))
     for m in result.matches[:5]:
         lines.append(f"  {m.label:<16} sim {m.similarity:.3f}  lbp {m.lbp_distance:.3f}  {m.image}")
     return "\n".join(lines)
 
 
-def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.catalog import CatalogIndex
-    from pipeline.engine import resolve_model_path
-    from pipeline.features.embedding import file_model_id, metadata_path
-    from pipeline.prepare import feature_settings
+def _describe_record(record: dict[str, Any]) -> str:
+    """One line for a result's cake record: name, year, producer, weight, and earlier checks."""
+    parts = [str(record[k]) for k in ("display_name", "year", "batch", "producer") if record.get(k) is not None]
+    if record.get("weight_g") is not None:
+        parts.append(f"{record['weight_g']:g} g")
+    checks = record.get("checks")
+    if checks:
+        parts.append(f"identified {checks['count']} times before" + (f", last {checks['last_at']}" if checks["last_at"] else ""))
+    return "record: " + ", ".join(parts)
 
-    root = args.root.resolve()
-    index_dir = root / config.paths.index
-    catalog = CatalogIndex(index_dir)
-    model_path = resolve_model_path(config, root)
-    model: dict[str, object] = {"path": str(model_path), "exists": model_path.is_file()}
-    if model_path.is_file():
-        model["id"] = file_model_id(model_path)
-        try:
-            model["threshold"] = json.loads(metadata_path(model_path).read_text()).get("threshold")
-        except (OSError, ValueError):
-            model["threshold"] = None
-    labels = catalog.labels()
-    status = {
-        "root": str(root),
-        "index": {"path": str(index_dir), "size_bytes": catalog.size_bytes(), "model_id": catalog.index_model_id},
-        "entries": len(catalog),
-        "labels": len(set(labels)),
-        "model": model,
-        "model_matches_index": catalog.index_model_id in (None, model.get("id")),
-        "features_match_index": not len(catalog) or catalog.index_features == feature_settings(config),
-        "daemon": _daemon_status(root, config),
-    }
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    status = _engine(args, config, check_model=False).status()
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
+    index, model, daemon = status["index"], status["model"], status["daemon"]
     print(f"root      {status['root']}")
-    print(f"index     {index_dir} ({status['index']['size_bytes']} bytes)")
+    print(f"index     {index['path']} ({index['size_bytes']} bytes, generation {index['generation']})")
     print(f"entries   {status['entries']} photos, {status['labels']} labels")
-    print(f"model     {model.get('id', 'missing')} threshold {model.get('threshold')} ({model_path})")
+    print(f"model     {model['id']} threshold {model['threshold']} ({model['threshold_source']}; {model['path']}, {model['runtime']})")
     if not status["model_matches_index"]:
-        print(f"WARNING   index built with model {catalog.index_model_id}: run `teaprint reembed`")
+        print(f"WARNING   index built with model {index['model_id']}: run `teaprint reembed`")
     if not status["features_match_index"]:
         print("WARNING   index built with other feature settings (locate, lbp, local): run `teaprint reembed`")
-    daemon = status["daemon"]
     print(f"daemon    {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}")
     print(f"pending   {daemon['pending']['catalog']} catalog, {daemon['pending']['query']} query")
     ignored_dirs = (daemon.get("ignored") or {}).get("query_directories")
@@ -274,71 +259,91 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"ignored   directories in the query folder: {', '.join(ignored_dirs)}")
     if daemon.get("last_error"):
         print(f"last error {daemon['last_error']}")
+    records, history = status["records"], status["history"]
+    n = records["problem_count"]
+    print(f"records   {records['cakes']} cakes with a record, {n} problem{'s' * (n != 1)} in record files")
+    for problem in records["problems"][:5]:
+        print(f"  {problem['message']}")
+    print(f"history   {history['path']}: {'ok' if history['ok'] else 'FAILING: ' + str(history['error'])}, {history['pending']} waiting")
+    from pipeline.ops.metrics import summary_lines
+
+    for line in summary_lines(status["metrics"]):
+        print(line)
     return EXIT_OK
 
 
-def _daemon_status(root: Path, config: Config) -> dict[str, object]:
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    """Read the history straight from its file: no model is loaded to print it."""
+    from pipeline.history import Filters, history_at, parse_since, write_csv, write_json_lines
+
     try:
-        from pipeline.daemon.state import daemon_status
-    except ImportError:
-        return {"running": False, "pid": None, "pending": {"catalog": 0, "query": 0}, "last_error": None}
-    return daemon_status(root, config)
+        since = parse_since(args.since) if args.since else None
+    except ValueError as err:
+        raise UsageError(f"--since: {err}") from None
+    label = unicodedata.normalize("NFC", args.label) if args.label is not None else None
+    checks = history_at(args.root, config).checks(Filters(label=label, since=since))
+    if args.csv:
+        write_csv(checks, sys.stdout, bom=True)
+    elif args.json:
+        write_json_lines(checks, sys.stdout)
+    else:
+        for c in checks:
+            outcome = f"{c.status} {c.label}" if c.label else c.status
+            print(f"{c.at}  {c.source:<6} {outcome}  (confidence {c.confidence:.3f})  {c.query}")
+        print(f"{len(checks)} checks", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace, _: None) -> int:
+    from pipeline.ops.doctor import diagnose
+
+    diagnosis = diagnose(args.root, args.config, serve=not args.no_serve)
+    print(json.dumps(diagnosis.to_dict(), ensure_ascii=False, indent=1) if args.json else diagnosis.text())
+    return diagnosis.exit_code
+
+
+def cmd_install_service(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.ops.install import install_service
+
+    try:
+        report = install_service(args.root, user_mode=args.user, serve=args.serve, config=args.config, enable=not args.no_enable)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for line in report.lines():
+        print(line)
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def cmd_remove(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.catalog import CatalogIndex
-
-    catalog = CatalogIndex(args.root.resolve() / config.paths.index)
-    targets: list[str] = []
+    engine = _engine(args, config, check_model=False)
+    snapshot = engine.snapshot()
+    targets = []
     for key in args.keys:
-        found = catalog.find(key)
+        found = snapshot.find(key)
         if not found:
             raise UsageError(f"no catalog entry matches {key!r}")
         if len(found) > 1 and not any(e.path == key for e in found):
             raise UsageError(f"{key!r} matches {len(found)} entries; give more of the id")
-        targets += [e.sha256 for e in found]
-    result = catalog.commit(removes=targets)
-    print(f"removed {len(result.removed)}; catalog holds {len(catalog)}")
+        targets += found
+    removed = engine.remove(targets)
+    print(f"removed {len(removed)}; catalog holds {len(engine.snapshot())}")
     return EXIT_OK
 
 
 def cmd_reembed(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.catalog import NewEntry
-    from pipeline.intake import IntakeError
-    from pipeline.prepare import feature_settings
-
-    engine = _engine(args, config, check_model=False)
-    catalog = engine.catalog
-    catalog.refresh_unchecked()
-    entries = catalog.entries()
-    readable = []
-    missing: list[str] = []
-    for entry in entries:
-        try:
-            readable.append((entry, engine.prepare(Path(entry.path), for_catalog=True)))
-        except IntakeError as err:
-            missing.append(f"{entry.path}: {err}")
-    vectors = engine.embed([prepared for _, prepared in readable])
-    kept = [
-        NewEntry(entry.sha256, entry.path, entry.label, vector, prepared.lbp, prepared.local)
-        for (entry, prepared), vector in zip(readable, vectors)
-    ]
-    if missing:
-        for line in missing:
+    report = _engine(args, config, check_model=False).reembed()
+    if report.unreadable:
+        for line in report.unreadable:
             print(f"cannot re-embed {line}", file=sys.stderr)
-        print(f"{len(missing)} photos are unreadable; index left unchanged", file=sys.stderr)
+        print(f"{len(report.unreadable)} photos are unreadable; index left unchanged", file=sys.stderr)
         return EXIT_FAILURE
-    catalog.replace_all(kept, engine.encoder.info.model_id, feature_settings(config))
-    print(f"re-embedded {len(kept)} entries with model {engine.encoder.info.model_id} and the configured feature settings")
+    print(f"re-embedded {report.count} entries with model {report.model_id}")
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    try:
-        from pipeline.daemon.service import run_daemon
-    except ImportError:
-        print("the drop-folder daemon is not built yet; showing status instead", file=sys.stderr)
-        return cmd_status(argparse.Namespace(root=args.root, json=False), config)
+    from pipeline.daemon.service import run_daemon
+
     return run_daemon(args.root, config)
 
 

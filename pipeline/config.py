@@ -1,24 +1,27 @@
 """Settings: frozen dataclasses loaded from YAML, strict about keys.
 
-`config/default.yaml` holds every setting; a user file given with `--config`
-overrides only the keys it names. An unknown or mistyped key is an error that
-names the key and the file, because a silently ignored setting is worse than a
-refused one.
+`pipeline/data/default.yaml` (shipped inside the package) holds every setting
+and is the ONLY place a default lives: the dataclasses below have none, so
+code and YAML cannot disagree, and a key missing from the defaults is an
+error. A user file given with `--config` overrides only the keys it names. An
+unknown or mistyped key is an error that names the key and the file, because
+a silently ignored setting is worse than a refused one; so is a value out of
+its range, or a combination of keys that cannot work (`validate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "config" / "default.yaml"
+from pipeline.data import DEFAULT_CONFIG
 
 
 class ConfigError(ValueError):
@@ -27,186 +30,286 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PathsConfig:
-    inbox_catalog: str = "inbox/catalog"
-    inbox_query: str = "inbox/query"
-    outbox: str = "outbox"
-    processed: str = "outbox/processed"
-    failed: str = "inbox/failed"
-    index: str = "index"
-    state: str = ".teaprint"
+    inbox_catalog: str
+    inbox_query: str
+    outbox: str
+    processed: str
+    failed: str
+    index: str
+    state: str
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "models/teaprint-encoder.keras"
-    batch_size: int = 32
+    path: str
+    batch_size: int
 
 
 @dataclass(frozen=True)
 class IntakeConfig:
-    max_megapixels: float = 80.0
-    max_file_mb: float = 100.0
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-    work_side: int = 640
+    max_megapixels: float
+    max_file_mb: float
+    extensions: tuple[str, ...]
+    work_side: int
 
 
 @dataclass(frozen=True)
 class LbpConfig:
-    points_radii: tuple[tuple[int, int], ...] = ((8, 1), (16, 2), (24, 3))
-    size: int = 256
+    points_radii: tuple[tuple[int, int], ...]
+    size: int
 
 
 @dataclass(frozen=True)
 class LocalConfig:
-    enabled: bool = True
-    method: Literal["sift", "orb"] = "sift"
-    max_keypoints: int = 400
-    side: int = 640
-    contrast_threshold: float = 0.01
+    enabled: bool
+    method: Literal["sift", "orb"]
+    max_keypoints: int
+    side: int
+    contrast_threshold: float
 
 
 @dataclass(frozen=True)
 class LocateConfig:
     """The cake locator (`pipeline.features.locate`) in front of every descriptor."""
 
-    enabled: bool = True
-    size: int = 512
-    margin: float = 0.04
-    min_confidence: float = 0.7
+    enabled: bool
+    size: int
+    margin: float
+    min_confidence: float
 
 
 @dataclass(frozen=True)
 class ShortlistConfig:
-    top_k: int = 10
-    threshold: float | None = None
-    fallback_threshold: float = 0.9
-    min_candidates: int = 10
-    floor: float = 0.0
-    lbp_top_k: int = 5
-    vote_top_k: int = 5
-    vote_keypoints: int = 150
+    top_k: int
+    threshold: float | None
+    fallback_threshold: float
+    min_candidates: int
+    floor: float
+    lbp_top_k: int
+    vote_top_k: int
+    vote_keypoints: int
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    enabled: bool = True
-    svc_c: float = 100.0
-    kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
+    enabled: bool
+    svc_c: float
+    kernel: Literal["rbf", "linear", "poly", "sigmoid"]
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    enabled: bool = True
-    max_candidates: int = 10
-    ratio: float = 0.8
-    ransac_px: float = 8.0
-    min_matches: int = 8
+    enabled: bool
+    max_candidates: int
+    ratio: float
+    ransac_px: float
+    min_matches: int
 
 
 @dataclass(frozen=True)
 class GeometricWeights:
     """Logistic weights of the geometric expert (`pipeline.matcher.fuse`)."""
 
-    bias: float = -6.0
-    inliers: float = 1.5
-    inlier_margin: float = 1.5
+    bias: float
+    inliers: float
+    inlier_margin: float
 
 
 @dataclass(frozen=True)
 class AppearanceWeights:
     """Logistic weights of the appearance expert (`pipeline.matcher.fuse`)."""
 
-    bias: float = -8.0
-    similarity: float = 6.0
-    similarity_margin: float = 6.0
-    svc_vote: float = 0.5
-    lbp_distance: float = -2.0
-    lbp_margin: float = 1.0
+    bias: float
+    similarity: float
+    similarity_margin: float
+    svc_vote: float
+    lbp_distance: float
+    lbp_margin: float
 
 
 @dataclass(frozen=True)
 class FusionConfig:
-    geometric: GeometricWeights = field(default_factory=GeometricWeights)
-    appearance: AppearanceWeights = field(default_factory=AppearanceWeights)
+    geometric: GeometricWeights
+    appearance: AppearanceWeights
 
 
 @dataclass(frozen=True)
 class DecideConfig:
-    accept_confidence: float = 0.5
-    similarity_accept: float = 0.5
-    fusion: FusionConfig = field(default_factory=FusionConfig)
+    accept_confidence: float
+    similarity_accept: float
+    fusion: FusionConfig
 
 
 @dataclass(frozen=True)
 class MatcherConfig:
-    shortlist: ShortlistConfig = field(default_factory=ShortlistConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
-    decide: DecideConfig = field(default_factory=DecideConfig)
+    shortlist: ShortlistConfig
+    refine: RefineConfig
+    verify: VerifyConfig
+    decide: DecideConfig
 
 
 @dataclass(frozen=True)
 class WatchConfig:
-    mode: Literal["auto", "inotify", "polling"] = "auto"
-    poll_interval_s: float = 1.0
-    stable_after_s: float = 1.0
-    reconcile_interval_s: float = 30.0
-    ignore_patterns: tuple[str, ...] = ("*.part", "*.tmp", "*~", ".*", "*.crdownload")
+    mode: Literal["auto", "inotify", "polling"]
+    poll_interval_s: float
+    stable_after_s: float
+    reconcile_interval_s: float
+    ignore_patterns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    watch: WatchConfig = field(default_factory=WatchConfig)
-    catalog_batch_size: int = 32
-    catalog_batch_wait_s: float = 0.5
-    workers: int = 2
-    explain_images: bool = False
-    file_budget_s: float = 30.0
+    watch: WatchConfig
+    catalog_batch_size: int
+    catalog_batch_wait_s: float
+    workers: int
+    explain_images: bool
+    file_budget_s: float
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"]
+    format: Literal["auto", "json", "console"]
 
 
 @dataclass(frozen=True)
 class HttpConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: str | None = None
-    max_upload_mb: float = 50.0
-    max_files: int = 32
-    page_size: int = 50
-    thumbnail_px: int = 480
+    host: str
+    port: int
+    token: str | None
+    max_upload_mb: float
+    max_files: int
+    page_size: int
+    thumbnail_px: int
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    path: str
+    busy_timeout_s: float
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    min_free_mb: float
+    inotify_max_user_watches: int | None
 
 
 @dataclass(frozen=True)
 class Config:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    intake: IntakeConfig = field(default_factory=IntakeConfig)
-    locate: LocateConfig = field(default_factory=LocateConfig)
-    lbp: LbpConfig = field(default_factory=LbpConfig)
-    local: LocalConfig = field(default_factory=LocalConfig)
-    matcher: MatcherConfig = field(default_factory=MatcherConfig)
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
+    paths: PathsConfig
+    model: ModelConfig
+    intake: IntakeConfig
+    locate: LocateConfig
+    lbp: LbpConfig
+    local: LocalConfig
+    matcher: MatcherConfig
+    daemon: DaemonConfig
+    logging: LoggingConfig
+    http: HttpConfig
+    history: HistoryConfig
+    doctor: DoctorConfig
 
 
 def load_config(path: Path | None = None) -> Config:
-    """Load `config/default.yaml`, then overlay the user file at `path` if given.
+    """Load the shipped defaults, then overlay the user file at `path` if given.
 
     Raises
     ------
     ConfigError
-        On unreadable YAML, an unknown key, or a value of the wrong type.
+        On unreadable YAML, an unknown or missing key, a value of the wrong
+        type or out of range, or keys that contradict each other.
     """
     merged = _read_yaml(DEFAULT_CONFIG)
     if path is not None:
         merged = _deep_merge(merged, _read_yaml(Path(path)), source=Path(path))
-    return _build(Config, merged, prefix="", source=path or DEFAULT_CONFIG)
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    return validate(_build(Config, merged, prefix="", source=source), source)
+
+
+@functools.lru_cache(maxsize=1)
+def default_config() -> Config:
+    """The shipped defaults (`load_config()`, read once)."""
+    return load_config()
+
+
+# (key, check, what the value must be): one line per bounded setting.
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.batch_size", lambda v: v >= 1, ">= 1"),
+    ("intake.max_megapixels", lambda v: v > 0, "> 0"),
+    ("intake.max_file_mb", lambda v: v > 0, "> 0"),
+    ("intake.work_side", lambda v: v >= 1, ">= 1"),
+    ("locate.size", lambda v: v >= 64, ">= 64 (the rim and keypoints need room)"),
+    ("locate.margin", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("locate.min_confidence", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("lbp.size", lambda v: v >= 16, ">= 16"),
+    ("local.max_keypoints", lambda v: v >= 1, ">= 1"),
+    ("local.side", lambda v: v >= 16, ">= 16"),
+    ("matcher.shortlist.top_k", lambda v: v >= 1, ">= 1"),
+    ("matcher.shortlist.threshold", lambda v: v is None or -1.0 <= v <= 1.0, "null or in [-1, 1]"),
+    ("matcher.shortlist.fallback_threshold", lambda v: -1.0 <= v <= 1.0, "in [-1, 1]"),
+    ("matcher.shortlist.floor", lambda v: -1.0 <= v <= 1.0, "in [-1, 1]"),
+    ("matcher.shortlist.min_candidates", lambda v: v >= 0, ">= 0"),
+    ("matcher.shortlist.lbp_top_k", lambda v: v >= 0, ">= 0"),
+    ("matcher.shortlist.vote_top_k", lambda v: v >= 0, ">= 0"),
+    ("matcher.shortlist.vote_keypoints", lambda v: v >= 1, ">= 1"),
+    ("matcher.refine.svc_c", lambda v: v > 0, "> 0"),
+    ("matcher.verify.max_candidates", lambda v: v >= 1, ">= 1"),
+    ("matcher.verify.ratio", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("matcher.verify.ransac_px", lambda v: v > 0, "> 0"),
+    ("matcher.verify.min_matches", lambda v: v >= 4, ">= 4 (a homography needs 4 points)"),
+    ("matcher.decide.accept_confidence", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("matcher.decide.similarity_accept", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("daemon.watch.poll_interval_s", lambda v: v > 0, "> 0"),
+    ("daemon.watch.stable_after_s", lambda v: v >= 0, ">= 0"),
+    ("daemon.watch.reconcile_interval_s", lambda v: v > 0, "> 0"),
+    ("daemon.catalog_batch_size", lambda v: v >= 1, ">= 1"),
+    ("daemon.catalog_batch_wait_s", lambda v: v >= 0, ">= 0"),
+    ("daemon.workers", lambda v: v >= 1, ">= 1"),
+    ("daemon.file_budget_s", lambda v: v >= 0, ">= 0 (0 = no budget)"),
+    ("http.port", lambda v: 0 <= v <= 65535, "in 0-65535"),
+    ("http.max_upload_mb", lambda v: v > 0, "> 0"),
+    ("http.max_files", lambda v: v >= 1, ">= 1"),
+    ("http.page_size", lambda v: 1 <= v <= 500, "in 1-500"),
+    ("http.thumbnail_px", lambda v: v >= 16, ">= 16"),
+    ("history.busy_timeout_s", lambda v: v >= 0, ">= 0"),
+    ("doctor.min_free_mb", lambda v: v >= 0, ">= 0"),
+    ("doctor.inotify_max_user_watches", lambda v: v is None or v >= 0, "null or >= 0"),
+)
+
+
+def validate(config: Config, source: Path | str = "config") -> Config:
+    """`config` itself when every value is in range and the keys agree with each other.
+
+    Cross-key rules: geometric verification matches keypoints, which exist
+    only with `local.enabled`; the keypoint-vote shortlist source counts
+    those matches, so it needs verification (otherwise both silently do
+    nothing).
+
+    Raises
+    ------
+    ConfigError
+        Naming every offending key and `source`.
+    """
+    problems = [f"'{key}' must be {what}, got {_get(config, key)!r}" for key, ok, what in _RANGES if not ok(_get(config, key))]
+    m = config.matcher
+    if m.verify.enabled and not config.local.enabled:
+        problems.append("'matcher.verify.enabled' is true but 'local.enabled' is false: verification matches keypoints, "
+                        "which are extracted only with local.enabled (enable it, or set matcher.verify.enabled: false)")
+    if m.shortlist.vote_top_k > 0 and not m.verify.enabled:
+        problems.append(f"'matcher.shortlist.vote_top_k' is {m.shortlist.vote_top_k} but 'matcher.verify.enabled' is false: "
+                        "keypoint votes need verification's keypoints (set vote_top_k: 0, or enable verify)")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return config
+
+
+def _get(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -244,9 +347,12 @@ def _build(cls: type, data: Any, prefix: str, source: Path) -> Any:
     for key in data:
         if key not in fields:
             raise ConfigError(f"{source}: unknown config key '{prefix}{key}'")
+    missing = [name for name in fields if name not in data]
+    if missing:
+        # Defaults live only in the shipped YAML; a key it lacks is a packaging error.
+        raise ConfigError(f"{DEFAULT_CONFIG}: missing config key(s) {', '.join(prefix + m for m in missing)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}", source) for name in fields if name in data}
-    return cls(**kwargs)
+    return cls(**{name: _coerce(hints[name], data[name], f"{prefix}{name}", source) for name in fields})
 
 
 def _coerce(tp: Any, value: Any, key: str, source: Path) -> Any:

@@ -1,30 +1,53 @@
-"""The identification engine: photo in, descriptors, catalog, matcher, result out.
+"""The identification engine: the one face every front-end (CLI, daemon, server, evaluation) uses.
 
 `pipeline.prepare.prepare` does the model-free work of a file (decode, LBP,
-encoder input) and can run in a worker process; `Engine` holds the loaded model and the catalog and
-does what needs them (embedding, committing, matching). The daemon, the CLI,
-the evaluation and the server all go through here.
+keypoints, encoder input) and can run in a worker process. `Engine` holds the
+loaded encoder and the catalog and offers what front-ends need: warm-up,
+embedding, matching, registering / renaming / removing / re-embedding through
+the catalog's one writer, the model's identity and one status document.
+
+It also owns what follows an answer: a matched result carries the cake's
+record (`pipeline.records`, with how often the cake was identified before),
+and every answer a front-end gives is noted once (`answered`) in the history
+of checks (`pipeline.history`) and the metrics (`pipeline.ops.metrics`).
+Front-ends say when they answered; they never write either themselves.
+
+Thread-safety: every read goes through `snapshot()`, one immutable catalog
+generation, and the encoder is thread-safe, so `match_prepared`, `embed` and
+`status` may run in many threads at once; writes go through the writer,
+which serialises them. Front-ends keep no catalog objects or locks of their
+own.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import structlog
 
-from pipeline.catalog import CatalogIndex, NewEntry, label_from_path
-from pipeline.config import REPO_ROOT, Config
+from pipeline.catalog import CatalogEntry, CatalogIndex, CatalogSnapshot, CatalogWriter, NewEntry, Registered, features_agree, label_from_path
+from pipeline.config import Config
+from pipeline.data import shipped
 from pipeline.features.embedding import Encoder
+from pipeline.history import Filters, History, HistoryPage, check_from_result, check_from_result_file, history_at
 from pipeline.intake import IntakeError
-from pipeline.matcher import Decision, Refinement, Shortlist, Verified, decide, fuse, gather, lbp_nearest, refine, shortlist, verify, widen
-from pipeline.matcher.fuse import LabelScore
-from pipeline.matcher.votes import VoteIndex, vote, build_vote_index
+from pipeline.matcher import Query, Ranked, run
+from pipeline.matcher.votes import VoteIndex, build_vote_index
+from pipeline.ops.metrics import Metrics, merge_expositions, summary
 from pipeline.prepare import EncoderInput, Prepared, feature_settings, prepare
+from pipeline.records import RecordScan, RecordStore, result_record
 from pipeline.results import MatchEvidence, MatchResult, ModelInfo, rejected
+from pipeline.state import daemon_state, metrics_path, write_status
+
+log = structlog.get_logger("teaprint.engine")
+
+STATUS_PROBLEMS = 20  # record problems listed in status (all are counted)
+RECORD_SCAN_MAX_AGE_S = 30.0  # status shows record problems at most this old: a scan stats every sidecar
 
 
 @dataclass(frozen=True)
@@ -34,86 +57,127 @@ class IndexReport:
     failed: tuple[tuple[str, str, str], ...] = ()  # (path, code, reason)
 
 
+@dataclass(frozen=True)
+class ReembedReport:
+    """What `Engine.reembed` did: `count` entries re-described with `model_id`, or nothing when some were `unreadable`."""
+
+    count: int
+    model_id: str
+    unreadable: tuple[str, ...] = ()
+
+
 def resolve_model_path(config: Config, root: Path) -> Path:
-    """The model file: relative paths are tried under `root`, then the install."""
+    """The model file: relative paths are tried under `root`, then among the package's shipped files."""
     path = Path(config.model.path)
     if path.is_absolute():
         return path
     candidate = root / path
-    return candidate if candidate.exists() else REPO_ROOT / path
-
-
-@dataclass(frozen=True)
-class CatalogView:
-    """One catalog generation as a match reads it: entries, their matrices, the vote index.
-
-    Taken together under the engine's lock, so a concurrent refresh can never
-    pair one generation's entries with another's matrices; the objects are
-    never mutated afterwards (a refresh builds new ones).
-    """
-
-    entries: list
-    embeddings: np.ndarray
-    lbps: np.ndarray
-    votes: VoteIndex | None
+    return candidate if candidate.exists() else shipped(*path.parts)
 
 
 class Engine:
     """A loaded encoder and an open catalog, with the operations on them.
 
-    `match_prepared` and `embed` may be called from many threads at once (the
-    HTTP server does): the catalog is read through `catalog_view` and the
-    encoder is thread-safe; the stages after it are pure functions.
+    Parameters
+    ----------
+    config : Config
+    root : Path
+        The folder holding the index (`paths.index`) and the drop folders.
+    encoder : Encoder
+    check_model : bool
+        Refuse a catalog built with another encoder (`ModelMismatchError`);
+        False only for `status` and `reembed`.
+    component : str
+        Who answers through this engine (`daemon`, `server`, `cli`): the
+        `component` label of its metrics.
+    serving : bool
+        Answers go to people: matched results carry cake records and answers
+        are kept in the history of checks. False for evaluation and
+        benchmarks, which answer no one (no records, no history file).
     """
 
-    def __init__(self, config: Config, root: Path, encoder: Encoder, check_model: bool = True) -> None:
-        self.config = config
+    def __init__(self, config: Config, root: Path, encoder: Encoder, check_model: bool = True,
+                 component: str = "engine", serving: bool = True) -> None:
+        self._config = config
         self.root = Path(root).resolve()
-        self.encoder = encoder
-        self.catalog = CatalogIndex(self.path("index"), model_id=encoder.info.model_id if check_model else None,
-                                    features=feature_settings(config) if check_model else None)
-        self.shape = EncoderInput(encoder.info.input_size, encoder.info.channels, encoder.info.disc_mask)
-        self._votes: VoteIndex | None = None
-        self._view_lock = threading.Lock()
+        self._encoder = encoder
+        info = encoder.info
+        features = feature_settings(config)
+        self._record = CatalogIndex(self.index_dir, model_id=info.model_id if check_model else None,
+                                    features=features if check_model else None)
+        self._writer = CatalogWriter(self._record, info.model_id, require_local=config.local.enabled, features=features)
+        self.encoder_input = EncoderInput(info.input_size, info.channels, info.disc_mask)
+        paths = config.paths
+        self._records = RecordStore(self.root / paths.inbox_catalog, self.root / paths.failed) if serving else None
+        self._history = history_at(self.root, config) if serving else None
+        self._metrics = Metrics(component)
+        self._record_scan: tuple[float, RecordScan] | None = None
 
     @classmethod
-    def load(cls, config: Config, root: Path, check_model: bool = True) -> "Engine":
-        return cls(config, root, Encoder.load(resolve_model_path(config, Path(root))), check_model=check_model)
+    def load(cls, config: Config, root: Path, check_model: bool = True, component: str = "engine") -> "Engine":
+        return cls(config, root, Encoder.load(resolve_model_path(config, Path(root))), check_model=check_model, component=component)
 
-    def path(self, name: str) -> Path:
-        """A configured path (`paths.<name>`) resolved under the root."""
-        return self.root / getattr(self.config.paths, name)
+    @property
+    def index_dir(self) -> Path:
+        return self.root / self._config.paths.index
 
     @property
     def model_info(self) -> ModelInfo:
-        configured = self.config.matcher.shortlist.threshold
+        """The encoder's id and the shortlist threshold in force, with where it came from."""
+        configured = self._config.matcher.shortlist.threshold
         if configured is not None:
-            return ModelInfo(self.encoder.info.model_id, configured, "config")
-        if self.encoder.info.threshold is not None:
-            return ModelInfo(self.encoder.info.model_id, float(self.encoder.info.threshold), "model")
-        return ModelInfo(self.encoder.info.model_id, self.config.matcher.shortlist.fallback_threshold, "fallback")
+            return ModelInfo(self._encoder.info.model_id, configured, "config")
+        if self._encoder.info.threshold is not None:
+            return ModelInfo(self._encoder.info.model_id, float(self._encoder.info.threshold), "model")
+        return ModelInfo(self._encoder.info.model_id, self._config.matcher.shortlist.fallback_threshold, "fallback")
 
-    # ---------------------------------------------------------------- indexing
+    def warm_up(self) -> None:
+        """Run the encoder once now, so the first photo does not pay for its set-up."""
+        shape = self.encoder_input
+        self._encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+
+    # ---------------------------------------------------------------- descriptors
     def prepare(self, path: Path, root: Path | None = None, for_catalog: bool = False) -> Prepared:
-        return prepare(path, self.config, self.shape, root=root, for_catalog=for_catalog)
+        """Model-free work on one file (`pipeline.prepare.prepare`); `for_catalog` refuses a photo of several cakes."""
+        return prepare(path, self._config, self.encoder_input, root=root, for_catalog=for_catalog)
 
     def embed(self, prepared: Sequence[Prepared]) -> np.ndarray:
         """Embeddings (N, D) of prepared photos, in batches of `model.batch_size`."""
         if not prepared:
-            return np.zeros((0, self.encoder.info.embedding_dim), np.float32)
-        size = self.config.model.batch_size
+            return np.zeros((0, self._encoder.info.embedding_dim), np.float32)
+        size = self._config.model.batch_size
         batches = [
-            self.encoder.embed_prepared(np.stack([p.encoder_input for p in prepared[i : i + size]]))
+            self._encoder.embed_prepared(np.stack([p.encoder_input for p in prepared[i : i + size]]))
             for i in range(0, len(prepared), size)
         ]
         return np.concatenate(batches)
 
-    def new_entries(self, prepared: Sequence[Prepared], catalog_root: Path | None = None) -> list[NewEntry]:
+    # ---------------------------------------------------------------- the catalog
+    def snapshot(self) -> CatalogSnapshot:
+        """The catalog's latest committed generation (immutable; safe to keep while others write)."""
+        return self._record.snapshot()
+
+    def describe(self, prepared: Sequence[Prepared], catalog_root: Path | None = None,
+                 labels: Sequence[str] | None = None) -> list[NewEntry]:
+        """Catalog entries for prepared photos: embedded, labelled, ready for `register`.
+
+        Parameters
+        ----------
+        catalog_root : Path, optional
+            Labels come from the subfolder under it, else from the file name.
+        labels : sequence of str, optional
+            One label per photo, instead of deriving them from the paths.
+        """
         vectors = self.embed(prepared)
         return [
-            NewEntry(p.sha256, str(Path(p.path).absolute()), label_from_path(p.path, catalog_root), v, p.lbp, p.local)
-            for p, v in zip(prepared, vectors)
+            NewEntry(sha256=p.sha256, path=str(Path(p.path).absolute()), embedding=v, lbp=p.lbp, local=p.local,
+                     label=labels[i] if labels is not None else label_from_path(p.path, catalog_root))
+            for i, (p, v) in enumerate(zip(prepared, vectors))
         ]
+
+    def register(self, entries: Sequence[NewEntry], place: Callable[[NewEntry], NewEntry] | None = None) -> Registered:
+        """Store new entries through the catalog's writer, in one commit (see `CatalogWriter.register`)."""
+        return self._writer.register(entries, place=place)
 
     def index_files(
         self,
@@ -123,7 +187,7 @@ class Engine:
         progress: Callable[[int], None] | None = None,
         root: Path | None = None,
     ) -> IndexReport:
-        """Register photos, one catalog commit per `batch` files.
+        """Register photo files, one catalog commit per `batch` files.
 
         A file that cannot be taken, or fails in any way while prepared, is
         reported in `failed` (code, reason) and the others go on. With `root`,
@@ -136,9 +200,9 @@ class Engine:
 
         def flush() -> None:
             if pending:
-                result = self.catalog.commit(self.new_entries(pending, catalog_root))
-                added.extend(result.added)
-                duplicates.extend(result.duplicates)
+                result = self.register(self.describe(pending, catalog_root))
+                added.extend(e.sha256 for e in result.added)
+                duplicates.extend(e.sha256 for e in result.duplicates)
                 pending.clear()
 
         for path in paths:
@@ -154,6 +218,45 @@ class Engine:
                 flush()
         flush()
         return IndexReport(tuple(added), tuple(duplicates), tuple(failed))
+
+    def rename(self, src: Path, dest: Path, catalog_root: Path | None = None) -> CatalogEntry | None:
+        """The entry registered at `src` now lives at `dest` (label from `dest`); None when `src` was not registered."""
+        entry = self.snapshot().by_path(str(src))
+        if entry is None:
+            return None
+        return self._writer.rename(entry, str(dest), label_from_path(dest, catalog_root))
+
+    def remove(self, entries: Sequence[CatalogEntry]) -> tuple[str, ...]:
+        """Remove entries; returns the sha256 of those that were still registered."""
+        return self._writer.remove(entries)
+
+    def reembed(self) -> ReembedReport:
+        """Re-describe every entry from its photo with the loaded encoder, in one step.
+
+        All or nothing: when a photo is missing, unreadable or no longer holds
+        the registered bytes, the catalog is left as it was and the report
+        names each such photo.
+        """
+        model_id = self._encoder.info.model_id
+        self._record.refresh_unchecked()
+        readable: list[tuple[CatalogEntry, Prepared]] = []
+        unreadable: list[str] = []
+        for entry in self._record.entries():
+            try:
+                prepared = self.prepare(Path(entry.path), for_catalog=True)
+            except IntakeError as err:
+                unreadable.append(f"{entry.path}: {err}")
+                continue
+            if prepared.sha256 != entry.sha256:
+                unreadable.append(f"{entry.path}: the file no longer holds the registered photo (sha256 changed)")
+                continue
+            readable.append((entry, prepared))
+        if unreadable:
+            return ReembedReport(0, model_id, tuple(unreadable))
+        vectors = self.embed([p for _, p in readable])
+        fresh = [replace(entry, embedding=v, lbp=p.lbp, local=p.local) for (entry, p), v in zip(readable, vectors)]
+        self._writer.reembed(fresh, model_id)
+        return ReembedReport(len(fresh), model_id)
 
     # ---------------------------------------------------------------- matching
     def match_file(self, path: Path, root: Path | None = None) -> MatchResult:
@@ -172,132 +275,217 @@ class Engine:
                             sha256=prepared.sha256, model=self.model_info)
 
     def match_prepared(self, prepared: Prepared, query_name: str, embedding: np.ndarray | None = None) -> MatchResult:
-        """Run shortlist -> refine -> verify -> decide for one prepared photo."""
+        """Run the matcher on one prepared photo against the latest catalog generation."""
         clock = _Clock(prepared.timings_ms)
-        query = self.embed([prepared])[0] if embedding is None else embedding
+        vector = self.embed([prepared])[0] if embedding is None else embedding
         clock.lap("embed")
-        cfg = self.config.matcher
-        view = self.catalog_view(with_votes=cfg.shortlist.vote_top_k > 0 and cfg.verify.enabled)
-        entries, embeddings, lbps = view.entries, view.embeddings, view.lbps
+        snap = self.snapshot()
         info = self.model_info
-        sl = cfg.shortlist
-        short = shortlist(query, embeddings, sl.top_k, info.threshold, sl.min_candidates, sl.floor)
-        extras = [("lbp", lbp_nearest(prepared.lbp, lbps, sl.lbp_top_k))]
-        if sl.vote_top_k > 0 and cfg.verify.enabled:
-            extras.append(("votes", vote(view.votes, prepared.local, sl.vote_top_k, cfg.verify.ratio)))
-        candidates = widen(short, extras, query, embeddings)
-        clock.lap("shortlist")
-        rows = candidates.indices
-        labels = [entries[i].label for i in rows]
-        refined = refine(
-            prepared.lbp,
-            lbps[rows] if len(rows) else np.zeros((0, prepared.lbp.size), np.float32),
-            labels,
-            c=cfg.refine.svc_c,
-            kernel=cfg.refine.kernel,
-            enabled=cfg.refine.enabled,
-        )
-        clock.lap("refine")
-        verified = None
-        if cfg.verify.enabled:
-            v = cfg.verify
-            verified = verify(prepared.local, [entries[i].local for i in rows], v.max_candidates, v.ratio, v.ransac_px, v.min_matches)
-            clock.lap("verify")
-        decision, scores = self._decide(candidates, refined, labels, verified)
-        clock.lap("decide")
-        matches = tuple(self._evidence(entries[rows[i]], i, candidates, refined, verified, scores) for i in decision.order)
-        stages = {
-            "shortlist": {
-                "candidates": len(entries),
-                "kept": len(short),
-                "widened_to": len(candidates),
-                "threshold": info.threshold,
-                "top_k": cfg.shortlist.top_k,
-                "lbp_top_k": cfg.shortlist.lbp_top_k,
-                "vote_top_k": cfg.shortlist.vote_top_k if cfg.verify.enabled else 0,
-                "best_rejected_similarity": short.best_rejected,
-            },
-            "refine": {"mode": refined.mode, "svc_label": refined.label, "votes": refined.votes, "kept": int(refined.kept.size)},
-            "verify": {
-                "enabled": verified is not None,
-                "query_keypoints": verified.query_keypoints if verified else 0,
-                "verified": len(verified.positions) if verified else 0,
-                "max_inliers": max((r.inliers for r in verified.results), default=0) if verified else 0,
-            },
-            "decide": {"agreed": list(decision.agreed),
-                       "accept_confidence": cfg.decide.accept_confidence if verified is not None else cfg.decide.similarity_accept,
-                       "method": "fusion" if verified is not None else "similarity",
-                       **_expert_report(scores, matches)},
-        }
+        outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap), clock.lap)
+        decision = outcome.decision
+        record = self._result_record(decision.label) if decision.status == "matched" and decision.label else None
         return MatchResult(
             query=query_name,
             status=decision.status,
             label=decision.label,
             confidence=round(decision.confidence, 6),
-            matches=matches,
-            stages=stages,
+            matches=tuple(_evidence(snap.entries[r.row], r) for r in outcome.ranked),
+            stages=outcome.stages(),
             timings_ms=clock.totals(),
             model=info,
             sha256=prepared.sha256,
             cake=prepared.cake,
+            record=record,
         )
 
-    def catalog_view(self, with_votes: bool = True) -> CatalogView:
-        """The catalog's latest committed generation, refreshed and read as one consistent view."""
-        with self._view_lock:
-            self.catalog.refresh()
-            entries = self.catalog.entries()
-            embeddings, lbps = self.catalog.matrices()
-            return CatalogView(entries, embeddings, lbps, self._vote_index(entries) if with_votes else None)
+    def _votes(self, snap: CatalogSnapshot) -> VoteIndex | None:
+        """The generation's catalog-wide keypoint index, built once per snapshot (None when the source is off)."""
+        per_entry = self._config.matcher.shortlist.vote_keypoints
+        if self._config.matcher.shortlist.vote_top_k <= 0:
+            return None
+        return snap.derived(("votes", per_entry), lambda s: build_vote_index(s.keypoints(range(len(s))), per_entry, s.generation))
 
-    def _vote_index(self, entries: list) -> VoteIndex:
-        """The catalog-wide keypoint index, rebuilt only when the catalog changed."""
-        generation = self.catalog.generation
-        if self._votes is None or self._votes.generation != generation:
-            per_entry = self.config.matcher.shortlist.vote_keypoints
-            self._votes = build_vote_index([e.local for e in entries], per_entry, generation)
-        return self._votes
+    # ---------------------------------------------------------------- records
+    def record(self, label: str) -> dict[str, Any] | None:
+        """The `record` object of a result for `label` (its cake record, and `checks`: how often and
+        when it was identified, from the history); None when no record names it."""
+        if self._records is None:
+            return None
+        found = self._records.get(label)
+        if found is None:
+            return None
+        checks = self._history.label_checks(label) if self._history is not None else None
+        return result_record(found, checks.to_dict() if checks is not None else None)
 
-    def _decide(self, candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None) -> tuple[Decision, dict[str, LabelScore]]:
-        cfg = self.config.matcher.decide
-        if verified is None:
-            return decide(candidates, refined, labels, cfg.similarity_accept), {}
-        inliers = [verified.inliers_at(i) for i in range(len(labels))]
-        evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
-        embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
-        best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
-        first_choices = {
-            "shortlist": embedding_first,
-            "refine": refined.label if refined.mode == "svc" else None,
-            "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
+    def set_record(self, label: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace `label`'s own sidecar (`<catalog>/<label>/<label>.json`) with `values`; the merged record.
+
+        Raises
+        ------
+        RecordError
+            A label that cannot name a folder, or fields that cannot be taken (nothing is written).
+        """
+        if self._records is None:
+            raise RuntimeError("this engine keeps no cake records (serving=False)")
+        self._records.set(label, values)
+        record = self.record(label)
+        assert record is not None  # just written
+        return record
+
+    def _result_record(self, label: str) -> dict[str, Any] | None:
+        """`record(label)` for a result: a record that cannot be read never costs the answer."""
+        try:
+            return self.record(label)
+        except Exception as exc:  # noqa: BLE001 - the answer matters more than its record
+            log.error("record_failed", label=label, error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    def record_scan(self, max_age_s: float = RECORD_SCAN_MAX_AGE_S) -> RecordScan:
+        """Every record and every record-file problem, rescanned when older than `max_age_s`."""
+        if self._records is None:
+            return RecordScan({}, ())
+        now = time.monotonic()
+        if self._record_scan is None or now - self._record_scan[0] >= max_age_s:
+            self._record_scan = (now, self._records.scan())
+        return self._record_scan[1]
+
+    # ---------------------------------------------------------------- answers given
+    def answered(self, result: MatchResult, source: str, result_path: Path | None = None) -> None:
+        """Note one answer given to someone: its row in the history of checks, and the metrics. Never raises.
+
+        Parameters
+        ----------
+        source : {"folder", "cli", "http"}
+            Where the query came from. A rejected drop-folder query is also
+            counted as a failed file (the daemon moves it to `failed/`).
+        result_path : Path, optional
+            The result file (the drop folder's). The history row's key then
+            comes from the answer itself, so noting it again after a restart
+            (`replayed`) adds nothing; without it, every call is a new check.
+        """
+        try:
+            self._metrics.observe_result(result, source)
+            if source == "folder" and result.status == "rejected":
+                self._metrics.failed_file("query", result.error_code or "")
+            if self._history is not None:
+                key = None if result_path is not None else uuid.uuid4().hex
+                self._history.append(check_from_result(result.to_dict(), source, result_path, key=key))
+        except Exception as exc:  # noqa: BLE001 - bookkeeping never costs an answer
+            log.error("answer_not_noted", query=result.query, error=f"{type(exc).__name__}: {exc}")
+
+    def replayed(self, result_path: Path) -> None:
+        """A drop-folder answer found already written after a restart (journal recovery): its history row, once.
+
+        The row's key is the one `answered` gave it, so an answer noted before
+        the kill is not noted twice. Never raises.
+        """
+        if self._history is None:
+            return
+        try:
+            self._history.append(check_from_result_file(Path(result_path)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a result file edited by hand
+            log.error("answer_not_noted", result=str(result_path), error=f"{type(exc).__name__}: {exc}")
+
+    def failed_file(self, folder: str, code: str) -> None:
+        """Count a file moved to `failed/` (folder `catalog` or `query`) in the metrics."""
+        self._metrics.failed_file(folder, code)
+
+    def history_page(self, filters: Filters = Filters(), offset: int = 0, limit: int = 50) -> HistoryPage:
+        """One page of the history of checks, newest first (raises `HistoryError` when it cannot be read now)."""
+        if self._history is None:
+            raise RuntimeError("this engine keeps no history (serving=False)")
+        return self._history.page(filters, offset, limit)
+
+    # ---------------------------------------------------------------- metrics
+    def metrics_text(self, with_daemon: bool = True) -> str:
+        """The Prometheus exposition of this engine's metrics, its gauges refreshed now.
+
+        With `with_daemon` (every front-end but the daemon itself), the
+        daemon's metrics file on this root is merged in, so one scrape sees both.
+        """
+        snap = self.snapshot()
+        self._metrics.set_catalog(len(snap), len(set(snap.labels)))
+        self._metrics.set_record_problems(len(self.record_scan().problems))
+        if self._history is not None:
+            self._metrics.set_history_pending(self._history.pending)
+        own = self._metrics.render()
+        if not with_daemon:
+            return own
+        try:
+            daemon = metrics_path(self.root, self._config).read_text(encoding="utf-8")
+        except OSError:
+            return own
+        try:
+            return merge_expositions(own, daemon)
+        except ValueError as err:  # a torn or foreign file: serve our own part
+            log.warning("daemon_metrics_unreadable", error=str(err))
+            return own
+
+    def publish_status(self, daemon: dict[str, Any]) -> None:
+        """The daemon's state files: `status.json` (`status` with its live `daemon` section) and `metrics.prom`.
+
+        The section's `queue` (photos waiting per folder) sets the backlog
+        gauges; checks waiting for the history database are retried first.
+        """
+        if self._history is not None:
+            self._history.flush()
+        queue = daemon.get("queue") or {}
+        self._metrics.set_backlog(catalog=int(queue.get("catalog", 0)), query=int(queue.get("query", 0)))
+        status = self.status(daemon=daemon)
+        write_status(self.root, self._config, status, self.metrics_text(with_daemon=False))
+
+    # ---------------------------------------------------------------- status
+    def status(self, daemon: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+        """The one status document: catalog, model, daemon, records, history, metrics, and any front-end's own `sections`.
+
+        `teaprint status` prints it, the daemon stores it (with its live
+        `daemon` section) in its status file, and the server answers it at
+        `/status` (with a `server` section). Without `daemon`, the daemon's
+        state is read from the root's state files, and its metrics are
+        merged into `metrics` (a summary of the Prometheus exposition).
+        """
+        snap = self.snapshot()
+        info = self.model_info
+        encoder = self._encoder.info
+        metrics = summary(self.metrics_text(with_daemon=daemon is None))
+        if daemon is None:
+            daemon = daemon_state(self.root, self._config, {e.path for e in snap.entries})
+        scan = self.record_scan()
+        return {
+            "root": str(self.root),
+            "entries": len(snap),
+            "labels": len(set(snap.labels)),
+            "index": {"path": str(self.index_dir), "generation": snap.generation, "size_bytes": self._record.size_bytes(),
+                      "model_id": snap.model_id},
+            "model": {"id": info.id, "path": encoder.path, "runtime": encoder.runtime, "threshold": info.threshold,
+                      "threshold_source": info.threshold_source},
+            "model_matches_index": snap.model_id in (None, info.id),
+            "features_match_index": not len(snap) or features_agree(self._record.index_features, feature_settings(self._config)),
+            "daemon": daemon,
+            "records": {"cakes": len(scan.records), "problem_count": len(scan.problems),
+                        "problems": [p.to_dict() for p in scan.problems[:STATUS_PROBLEMS]]},
+            "history": self._history.health() if self._history is not None else None,
+            "metrics": metrics,
+            **sections,
         }
-        return fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices)
-
-    @staticmethod
-    def _evidence(entry, position: int, candidates: Shortlist, refined: Refinement, verified: Verified | None, scores: dict[str, LabelScore]) -> MatchEvidence:
-        check = verified.result_at(position) if verified else None
-        return MatchEvidence(
-            image=entry.path,
-            id=entry.id,
-            label=entry.label,
-            similarity=round(float(candidates.similarities[position]), 6),
-            svc_label=refined.label,
-            lbp_distance=round(float(refined.lbp_distances[position]), 6),
-            source=candidates.sources[position] if candidates.sources else "embedding",
-            rank=int(position),
-            inliers=check.inliers if check else None,
-            rotation_deg=round(check.rotation_deg, 2) if check and check.rotation_deg is not None and check.inliers else None,
-            scale=round(check.scale, 4) if check and check.scale is not None and check.inliers else None,
-            score=round(scores[entry.label].confidence, 6) if entry.label in scores else None,
-        )
 
 
-def _expert_report(scores: dict[str, LabelScore], matches: Sequence[MatchEvidence]) -> dict[str, float]:
-    """The fused decision's two expert probabilities for the best label (empty without fusion)."""
-    if not scores or not matches or matches[0].label not in scores:
-        return {}
-    best = scores[matches[0].label]
-    return {"geometric": round(best.geometric, 6), "appearance": round(best.appearance, 6)}
+def _evidence(entry: CatalogEntry, ranked: Ranked) -> MatchEvidence:
+    """One offered match as the result contract writes it (values rounded for JSON)."""
+    return MatchEvidence(
+        image=entry.path,
+        id=entry.id,
+        label=entry.label,
+        similarity=round(ranked.similarity, 6),
+        svc_label=ranked.svc_label,
+        lbp_distance=round(ranked.lbp_distance, 6),
+        source=ranked.source,
+        rank=ranked.position,
+        inliers=ranked.inliers,
+        rotation_deg=round(ranked.rotation_deg, 2) if ranked.rotation_deg is not None else None,
+        scale=round(ranked.scale, 4) if ranked.scale is not None else None,
+        score=round(ranked.score, 6) if ranked.score is not None else None,
+    )
 
 
 class _Clock:

@@ -140,10 +140,13 @@ def _draw_outlines(image: np.ndarray, cake: Cake | None) -> np.ndarray:
 
 
 def write_explanation(path: Path, image: np.ndarray) -> None:
-    """Write a JPEG atomically (temp file in the same folder, then rename)."""
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 88])
+    """Write the picture atomically (temp file in the same folder, then rename), as PNG or JPEG by `path`'s suffix."""
+    path = Path(path)
+    png = path.suffix.lower() == ".png"
+    ok, buf = cv2.imencode(".png" if png else ".jpg", image, [] if png else [cv2.IMWRITE_JPEG_QUALITY, 88])
     if not ok:
         raise RuntimeError("could not encode the explanation image")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.tobytes())
 
 

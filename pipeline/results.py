@@ -1,6 +1,6 @@
 """Match results: the JSON object written to `outbox/` and printed by `match --json`.
 
-The published contract is `schema/result.schema.json`; tests validate real
+The published contract is `pipeline/data/result.schema.json`; tests validate real
 outputs against it.
 """
 
@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import REPO_ROOT
+from pipeline.data import RESULT_SCHEMA
 from pipeline.fsutil import atomic_write_bytes
 
-SCHEMA_PATH = REPO_ROOT / "schema" / "result.schema.json"
+SCHEMA_PATH = RESULT_SCHEMA
 SCHEMA_VERSION = "teaprint-result/1"
 
 Status = Literal["matched", "no_match", "rejected"]
@@ -142,11 +142,14 @@ class MatchResult:
     sha256: str | None = None
     cake: Cake | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    record: dict[str, Any] | None = None  # the matched cake's record (pipeline.records.result_record)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["schema"] = SCHEMA_VERSION
         data["matches"] = list(data["matches"])
+        if data["record"] is None:
+            del data["record"]  # results without a record keep exactly their old fields
         return data
 
     def to_json(self, indent: int | None = None) -> str:
@@ -165,8 +168,12 @@ def dumps(data: Any, indent: int | None = None, sort_keys: bool = False) -> str:
     written as JSON escapes (`\\udcff`), so `os.fsencode(json.loads(text)[...])`
     gives back the name's original bytes.
     """
-    text = json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
     # Surrogates can only occur inside JSON strings, where an escape is valid.
+    return escape_surrogates(json.dumps(data, ensure_ascii=False, indent=indent, sort_keys=sort_keys))
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (a non-UTF-8 name byte, from `os.fsdecode`) as its `\\udcXX` escape: encodable as UTF-8."""
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

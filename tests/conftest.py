@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
+import structlog
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Undo a test's structlog set-up: `cli.main()` run in-process points it at that test's captured stderr,
+    which is closed afterwards, and a later test logging in-process would fail writing to it."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

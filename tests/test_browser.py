@@ -39,8 +39,11 @@ def _first(paths: tuple[str, ...], what: str) -> str:
     raise AssertionError(f"{what} not found (tried {', '.join(paths)}); `make test` installs Debian's chromium and chromium-driver")
 
 
-def phone_browser(width: int = PHONE[0], height: int = PHONE[1]):
-    """A headless Chromium with a phone-sized window and a fresh profile, driven by Debian's chromedriver."""
+def phone_browser(width: int = PHONE[0], height: int = PHONE[1], languages: str | None = None):
+    """A headless Chromium with a phone-sized window and a fresh profile, driven by Debian's chromedriver.
+
+    `languages` (e.g. "zh-CN,zh") is the browser's language list: its Accept-Language and navigator.languages.
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -50,6 +53,9 @@ def phone_browser(width: int = PHONE[0], height: int = PHONE[1]):
     for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(flag)
     options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0}})
+    if languages:
+        options.add_argument(f"--lang={languages.split(',')[0]}")
+        options.add_experimental_option("prefs", {"intl.accept_languages": languages})
     driver = webdriver.Chrome(service=Service(executable_path=_first(CHROMEDRIVER, "chromedriver")), options=options)
     driver.set_page_load_timeout(30)
     driver._teaprint_profile = profile  # type: ignore[attr-defined]
@@ -116,7 +122,7 @@ def test_pick_a_photo_submit_and_see_the_right_label(api: Api, server: ServerPro
         "const c = document.querySelector('#matches canvas.outlined'), r = document.querySelector('#matches .rectified');"
         "return !!(c && c.dataset.drawn && r && r.dataset.drawn)"))
     figures = browser.find_elements(By.CSS_SELECTOR, "#matches figure")
-    assert "your photo" in figures[0].text and "your cake" in figures[1].text and "disc" in figures[1].text
+    assert "your photo" in figures[0].text and "your cake" in figures[1].text and "round cake" in figures[1].text
     # the outline is drawn in green over the photo
     green = browser.execute_script(
         "const c = document.querySelector('#matches canvas.outlined'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"

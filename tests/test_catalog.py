@@ -134,3 +134,61 @@ def test_writer_killed_at_random_moments_leaves_a_readable_complete_index(tmp_pa
         assert not missing, f"round {round_}: {len(missing)} committed entries lost"
         assert not (removed & present), f"round {round_}: removed entries came back"
     assert len(confirmed) > kills  # the writer really committed between kills
+
+
+def test_snapshots_stay_whole_while_another_thread_writes_through_the_same_record(tmp_path: Path) -> None:
+    """Readers share the writer's record without a lock of their own: each snapshot is one generation, entire."""
+    import threading
+
+    from pipeline.catalog import CatalogWriter
+
+    record = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=4)
+    writer = CatalogWriter(record, "m1", require_local=False)
+    done = threading.Event()
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                snap = record.snapshot()
+                assert len(snap.entries) == snap.embeddings.shape[0] == snap.lbps.shape[0] == len(snap.labels)
+                assert not snap.embeddings.flags.writeable
+                seen.append((snap.generation, len(snap)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for n in range(30):
+        writer.register([entry(n)])
+        if n % 7 == 6:
+            writer.remove([writer.snapshot().get(entry(n - 3).sha256)])
+    done.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors
+    assert len(seen) > 30
+    by_generation: dict[int, int] = {}
+    for generation, size in seen:
+        assert by_generation.setdefault(generation, size) == size  # one generation, one content
+    assert len(writer.snapshot()) == 30 - 4
+
+
+def test_rename_through_the_writer_keeps_every_descriptor_and_the_registration_time(tmp_path: Path) -> None:
+    from pipeline.catalog import CatalogWriter
+    from pipeline.features.local import LocalFeatures
+
+    writer = CatalogWriter(CatalogIndex(tmp_path / "idx", model_id="m1"), "m1", require_local=True)
+    local = LocalFeatures(np.arange(8, dtype=np.float32).reshape(4, 2), np.full((4, 128), 7, np.uint8), 320)
+    base = entry(1)
+    (stored,) = writer.register([NewEntry(base.sha256, base.path, base.label, base.embedding, base.lbp, local)]).added
+    moved = writer.rename(stored, "/y/b-1.jpg", "b")
+    again = CatalogIndex(tmp_path / "idx", model_id="m1").get(base.sha256)
+    for got in (moved, again):
+        assert (got.path, got.label, got.added_at, got.model_id) == ("/y/b-1.jpg", "b", stored.added_at, "m1")
+        np.testing.assert_array_equal(got.local.descriptors, local.descriptors)
+        np.testing.assert_array_equal(got.local.points, local.points)
+        np.testing.assert_array_equal(got.embedding, base.embedding)
+        assert got.local.side == 320

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +88,46 @@ def test_duplicates_non_ascii_status_and_remove(
     code, out, _ = run(capsys, *base, "match", "--json", str(sub))
     assert all(m["id"] != entry_id for m in json.loads(out)["matches"])
     assert run(capsys, *base, "remove", "ffffffffffff")[0] == 2
+
+
+def test_a_chinese_record_in_cli_results_and_the_history_round_trips(
+    tmp_path: Path, photos: dict[str, np.ndarray], tiny_config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.history import History, read_csv
+
+    root = tmp_path / "root"
+    catalog = root / "inbox" / "catalog"
+    front = write_rgb(catalog / "普洱-2019" / "正面.jpg", photos["coffee"])
+    write_rgb(catalog / "易武" / "1.jpg", photos["chelsea"])
+    (catalog / "普洱-2019" / "普洱-2019.json").write_text(
+        '{"名称": "勐海 7542 青饼", "年份": 2019, "生产商": "勐海茶厂", "重量": "357克"}', encoding="utf-8")
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    base = ["--config", str(tiny_config_file), "--root", str(root)]
+    assert run(capsys, *base, "index", str(catalog))[0] == 0
+
+    code, out, _ = run(capsys, *base, "match", "--json", str(front), str(write_rgb(tmp_path / "易武照.jpg", photos["chelsea"])),
+                       str(tmp_path / "broken.jpg"))
+    assert code == 1  # the broken photo
+    first, other, broken = [json.loads(line) for line in out.splitlines()]
+    for result in (first, other, broken):
+        jsonschema.validate(result, SCHEMA)
+    assert first["label"] == "普洱-2019" and first["record"]["display_name"] == "勐海 7542 青饼" and first["record"]["weight_g"] == 357.0
+    assert "勐海 7542 青饼" in out and "\\u" not in out  # UTF-8 text, not escapes
+    assert other["label"] == "易武" and "record" not in other and broken["status"] == "rejected"
+    code, out, _ = run(capsys, *base, "match", str(front))
+    assert "record: 勐海 7542 青饼, 2019, 勐海茶厂, 357 g, identified 1 times before, last " + first["created_at"] in out
+
+    # The history as CSV, UTF-8 whatever the locale says, read back: the same checks, Chinese intact.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *base, "history", "--csv"], capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("\ufeff".encode()) and "普洱-2019,".encode() in done.stdout  # UTF-8 with a BOM, for Excel
+    stored = History(root / ".teaprint" / "history.sqlite").checks()
+    assert read_csv(io.StringIO(done.stdout.decode("utf-8"))) == stored and len(stored) == 4
+    assert [c.label for c in stored] == ["普洱-2019", "易武", None, "普洱-2019"] and {c.source for c in stored} == {"cli"}
+    code, out, _ = run(capsys, *base, "history", "--json", "--label", "普洱-2019", "--since", "1h")
+    assert [json.loads(line)["query"] for line in out.splitlines()] == ["正面.jpg", "正面.jpg"] and "普洱-2019" in out
+    assert run(capsys, *base, "history", "--since", "yesterday-ish")[0] == 2
 
 
 def test_model_mismatch_is_refused_then_reembedded(

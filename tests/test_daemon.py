@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from conftest import rendered_cakes
 from daemon_support import QUIET, DaemonProcess, distinct_photos, jpeg_bytes, results, root, wait_until, write_slowly  # noqa: F401 (root: fixture)
 from pipeline.catalog import CatalogIndex
+from pipeline.history import History
 from pipeline.results import load_schema
 
 SCHEMA = load_schema()
@@ -98,15 +100,37 @@ def test_sigkill_mid_burst_then_restart_loses_nothing(root: Path, tmp_path: Path
         assert {Path(e.path).name for e in CatalogIndex(root / "index").entries()} == set(catalog_names)
     finally:
         assert restarted.signal(signal.SIGTERM) == 0
+    # The history of checks: exactly one row per answer, the kill and the restart notwithstanding.
+    checks = History(root / ".teaprint" / "history.sqlite").checks()
+    assert sorted(c.query for c in checks) == sorted(query_names)
+    assert sorted(c.result_path or "" for c in checks) == sorted(str(p) for p in (root / "outbox").glob("*.json"))
+    assert {c.source for c in checks} == {"folder"} and not (root / ".teaprint" / "history.sqlite.pending.jsonl").exists()
 
 
-def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, tiny_config_file: Path) -> None:
-    photos = distinct_photos(4, seed=5)
-    for i, p in enumerate(photos):
+def metric_values(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = distinct_photos(5, seed=5)
+    for i, p in enumerate(photos[:4]):
         (root / "inbox/catalog" / f"k{i}-1.jpg").write_bytes(jpeg_bytes(p))
+    # Cake records: a Chinese sidecar beside a cake's photos, a sheet row, and a malformed sidecar.
+    (root / "inbox/catalog/普洱-2019").mkdir()
+    (root / "inbox/catalog/普洱-2019/正面.jpg").write_bytes(jpeg_bytes(photos[4]))
+    (root / "inbox/catalog/普洱-2019/普洱-2019.json").write_text(
+        '{"名称": "勐海 7542 青饼", "年份": "2019年", "生产商": "勐海茶厂", "重量": "357克", "仓位": "B-12"}', encoding="utf-8")
+    (root / "inbox/catalog/cakes.csv").write_text("标签,名称,年份\nk0,大益 7572,2020\n", encoding="utf-8")
+    (root / "inbox/catalog/k1.json").write_text('{"名称": "易武",\n "年份": 2019', encoding="utf-8")
     daemon = DaemonProcess(root, tiny_config_file).start()
     try:
-        wait_until(lambda: len(CatalogIndex(root / "index")) == 4, 60, "4 entries")
+        wait_until(lambda: len(CatalogIndex(root / "index")) == 5, 60, "5 entries")  # k1's photo too, its sidecar broken
         # A second daemon on the same root refuses, clearly.
         second = subprocess.run(
             [sys.executable, "-m", "pipeline", "--config", str(tiny_config_file), "--root", str(root), "run"],
@@ -123,7 +147,8 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
         (root / "inbox/catalog" / "pair-1.jpg").write_bytes(jpeg_bytes(pair))
         (q / "k0.jpg").write_bytes(jpeg_bytes(photos[0]))
         (q / "k0.png").write_bytes((root / "inbox/catalog/k0-1.jpg").read_bytes())  # same stem, other file
-        wait_until(lambda: len(results(root / "outbox")) == 5, 60, "5 results")
+        (q / "普洱.jpg").write_bytes(jpeg_bytes(photos[4]))
+        wait_until(lambda: len(results(root / "outbox")) == 6, 60, "6 results")
         failed = root / "inbox/failed"
         for name in ("empty.jpg", "text.jpg", "broken.jpg", "bad-1.png"):
             assert (failed / name).exists(), name
@@ -136,13 +161,50 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
         assert {by_query[n]["status"] for n in ("empty.jpg", "text.jpg", "broken.jpg")} == {"rejected"}
         assert by_query["k0.jpg"]["matches"][0]["label"] == "k0"
         assert {p.name for p in (root / "outbox").glob("k0*.json")} == {"k0.json", "k0-1.json"}
+        # The matched cake's record is in its result, Chinese as UTF-8 text; a broken sidecar is reported, never blocking.
+        puer = by_query["普洱.jpg"]
+        assert puer["status"] == "matched" and puer["label"] == "普洱-2019"
+        assert {k: puer["record"][k] for k in ("display_name", "year", "producer", "weight_g", "extra")} == {
+            "display_name": "勐海 7542 青饼", "year": 2019, "producer": "勐海茶厂", "weight_g": 357.0, "extra": {"仓位": "B-12"}}
+        assert "勐海 7542 青饼" in (root / "outbox/普洱.json").read_text(encoding="utf-8")
+        assert by_query["k0.jpg"]["record"]["display_name"] == "大益 7572" and by_query["k0.jpg"]["record"]["sources"] == ["cakes.csv:2"]
+        note = json.loads((failed / "k1.json.error.json").read_text(encoding="utf-8"))
+        assert note["code"] == "bad_record" and note["file"] == "k1.json" and note["problems"][0]["code"] == "invalid_json"
         # Deleting a catalog photo takes it out of later matches.
         (root / "inbox/catalog/k0-1.jpg").unlink()
-        wait_until(lambda: len(CatalogIndex(root / "index")) == 3, 30, "entry removed")
+        wait_until(lambda: len(CatalogIndex(root / "index")) == 4, 30, "entry removed")
         (q / "again.jpg").write_bytes(jpeg_bytes(photos[0]))
         wait_until(lambda: (root / "outbox/again.json").exists(), 30, "answer after deletion")
         again = json.loads((root / "outbox/again.json").read_text())
         assert all(m["label"] != "k0" for m in again["matches"])
+        # Metrics: the daemon's file counts exactly the answers given and the files that failed.
+        answers = results(root / "outbox")
+        metrics = root / ".teaprint" / "metrics.prom"
+        queries = lambda: sum(v for (name, _), v in metric_values(metrics).items() if name == "teaprint_queries_total")  # noqa: E731
+        wait_until(lambda: queries() == len(answers) == 7, 30, "7 answers in the metrics file")
+        values = metric_values(metrics)
+        for status in ("matched", "no_match", "rejected"):
+            key = ("teaprint_queries_total", (("component", "daemon"), ("source", "folder"), ("status", status)))
+            assert values.get(key, 0.0) == sum(r["status"] == status for r in answers), status
+        notes = [json.loads(p.read_text(encoding="utf-8")) for p in failed.glob("*.error.json")]
+        moved = Counter((n["folder"], n["code"]) for n in notes if n["code"] != "bad_record")  # a record note moves no file
+        assert sum(moved.values()) == 4
+        assert {(dict(k)["folder"], dict(k)["code"]): v for (name, k), v in values.items() if name == "teaprint_failed_files_total"} == moved
+        assert values[("teaprint_catalog_photos", (("component", "daemon"),))] == 4
+        # The same through the status file and `teaprint status`.
+        status = json.loads((root / ".teaprint" / "status.json").read_text(encoding="utf-8"))
+        assert status["records"]["cakes"] == 2 and status["records"]["problem_count"] == 1
+        assert status["records"]["problems"][0]["source"] == "k1.json" and status["history"]["ok"] is True
+        from pipeline.cli import main
+
+        assert main(["--config", str(tiny_config_file), "--root", str(root), "status"]) == 0
+        shown = capsys.readouterr().out
+        counts = {s: sum(r["status"] == s for r in answers) for s in ("matched", "no_match", "rejected") if any(r["status"] == s for r in answers)}
+        assert "answered  " + ", ".join(f"{n} {s}" for s, n in counts.items()) in shown
+        assert "records   2 cakes with a record, 1 problem in record files" in shown and "k1.json" in shown
+        # The history of checks: one row per answer.
+        checks = History(root / ".teaprint" / "history.sqlite").checks()
+        assert sorted(c.result_path or "" for c in checks) == sorted(str(p) for p in (root / "outbox").glob("*.json"))
     finally:
         code = daemon.signal(signal.SIGTERM)
     assert code == 0
@@ -160,11 +222,22 @@ def test_polling_mode_and_catalog_rename(root: Path, tmp_path: Path, tiny_config
     daemon = DaemonProcess(root, config).start()
     try:
         wait_until(lambda: len(CatalogIndex(root / "index")) == 3, 60, "3 entries")
+        before = next(e for e in CatalogIndex(root / "index").entries() if e.label == "p1")
+        assert before.local is not None and len(before.local) > 0
         (root / "inbox/catalog/p1-1.jpg").rename(root / "inbox/catalog/renamed-1.jpg")
         wait_until(lambda: "renamed" in CatalogIndex(root / "index").labels(), 30, "rename applied")
         assert len(CatalogIndex(root / "index")) == 3
+        # A rename changes the path and label only: every descriptor, keypoints
+        # included (they were once dropped), and the registration time stay.
+        after = CatalogIndex(root / "index").get(before.sha256)
+        assert after.local is not None and len(after.local) == len(before.local)
+        assert after.path == str(root / "inbox/catalog/renamed-1.jpg") and after.added_at == before.added_at
+        for a, b in ((after.embedding, before.embedding), (after.lbp, before.lbp), (after.local.points, before.local.points),
+                     (after.local.descriptors, before.local.descriptors)):
+            assert (a == b).all()
         (root / "inbox/query/x.jpg").write_bytes(jpeg_bytes(photos[1]))
         wait_until(lambda: (root / "outbox/x.json").exists(), 30, "polling answer")
-        assert json.loads((root / "outbox/x.json").read_text())["matches"][0]["label"] == "renamed"
+        best = json.loads((root / "outbox/x.json").read_text())["matches"][0]
+        assert best["label"] == "renamed" and best["inliers"] > 0  # still verified after the rename
     finally:
         assert daemon.signal(signal.SIGTERM) == 0

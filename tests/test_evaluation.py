@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import Config
+from pipeline.config import Config, default_config
 from pipeline.evaluation.metrics import (
     Outcome,
     compute_figures,
@@ -156,7 +156,7 @@ def test_outcome_properties() -> None:
 
 
 def test_variants_switch_stages_and_nothing_else() -> None:
-    base = Config()
+    base = default_config()
     emb, lbp, full = (VARIANTS[n].derive(base) for n in ("embedding", "embedding+lbp", "embedding+lbp+verify"))
     assert (emb.matcher.shortlist.lbp_top_k, emb.matcher.refine.enabled, emb.matcher.verify.enabled) == (0, False, False)
     assert (lbp.matcher.shortlist.lbp_top_k > 0, lbp.matcher.refine.enabled, lbp.matcher.verify.enabled) == (True, True, False)

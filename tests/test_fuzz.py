@@ -129,8 +129,8 @@ def test_fuzz_corpus_cannot_stop_the_daemon(root: Path, tmp_path: Path, tiny_con
             text = os.fsdecode(name)
             assert os.path.lexists(failed / error_name(text)), text
         assert not stale.exists()
-        status = json.loads((root / ".teaprint/status.json").read_text())
-        assert status["ignored"]["query_directories"] == ["folder.jpg"]
+        status = json.loads((root / ".teaprint/status.json").read_text())  # Engine.status with the daemon's live section
+        assert status["daemon"]["ignored"]["query_directories"] == ["folder.jpg"]
         assert [e for e in restarted.events() if e.get("event") == "ignored_directory"][0]["file"] == "folder.jpg"
         assert len([e for e in restarted.events() if e.get("event") == "ignored_directory"]) == 1
     finally:

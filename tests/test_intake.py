@@ -11,6 +11,7 @@ import time
 import tracemalloc
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -31,7 +32,7 @@ from imagefiles import (
     write_png_claiming,
     write_tiff16,
 )
-from pipeline.config import IntakeConfig
+from pipeline.config import IntakeConfig, default_config
 from pipeline.intake import (
     CODES,
     IntakeError,
@@ -42,7 +43,7 @@ from pipeline.intake import (
     read_photo,
 )
 
-CONFIG = IntakeConfig()
+CONFIG = default_config().intake
 JPEG_TOLERANCE = 3.0  # mean absolute difference, grey levels, for lossy round trips
 
 
@@ -324,7 +325,7 @@ def big_jpeg(tmp_path_factory: pytest.TempPathFactory, big_scene: np.ndarray) ->
     [(1024, 2), (1500, 2), (1501, 1), (750, 4), (751, 2), (300, 8), (375, 8), (5000, 1)],
 )
 def test_big_jpeg_is_decoded_reduced(big_jpeg: Path, big_scene: np.ndarray, work_side: int, reduction: int) -> None:
-    photo = read_photo(big_jpeg, IntakeConfig(work_side=work_side))
+    photo = read_photo(big_jpeg, replace(CONFIG, work_side=work_side))
     assert photo.reduction == reduction
     assert photo.original_size == (4000, 3000)
     assert photo.pixels.shape == (3000 // reduction, 4000 // reduction, 3)
@@ -335,7 +336,7 @@ def test_big_jpeg_is_decoded_reduced(big_jpeg: Path, big_scene: np.ndarray, work
 
 def test_reduced_decode_keeps_exif_orientation(tmp_path: Path, big_scene: np.ndarray) -> None:
     path = write_jpeg(tmp_path / "big_o6.jpg", big_scene, quality=85, exif_orientation=6)
-    photo = read_photo(path, IntakeConfig(work_side=1024))
+    photo = read_photo(path, replace(CONFIG, work_side=1024))
     assert photo.reduction == 2
     assert photo.original_size == (3000, 4000)
     assert photo.pixels.shape == (2000, 1500, 3)
@@ -344,7 +345,7 @@ def test_reduced_decode_keeps_exif_orientation(tmp_path: Path, big_scene: np.nda
 
 
 def test_only_jpeg_is_reduced(tmp_path: Path) -> None:
-    photo = read_photo(write_image(tmp_path / "cake.png", rgb_photo("coffee"), "PNG"), IntakeConfig(work_side=50))
+    photo = read_photo(write_image(tmp_path / "cake.png", rgb_photo("coffee"), "PNG"), replace(CONFIG, work_side=50))
     assert photo.reduction == 1
     assert photo.pixels.shape == (400, 600, 3)
 
@@ -472,15 +473,15 @@ def test_jpeg_claiming_many_pixels_is_refused(tmp_path: Path) -> None:
 
 def test_megapixel_limit_is_the_configured_one(tmp_path: Path) -> None:
     path = write_jpeg(tmp_path / "cake.jpg", rgb_photo("astronaut"))  # 512 x 512 = 0.262 MP
-    refused(path, "too_many_pixels", IntakeConfig(max_megapixels=0.26))
-    assert read_photo(path, IntakeConfig(max_megapixels=0.27)).pixels.shape == (512, 512, 3)
+    refused(path, "too_many_pixels", replace(CONFIG, max_megapixels=0.26))
+    assert read_photo(path, replace(CONFIG, max_megapixels=0.27)).pixels.shape == (512, 512, 3)
 
 
 def test_file_size_limit_is_the_configured_one(tmp_path: Path) -> None:
     path = write_jpeg(tmp_path / "cake.jpg", rgb_photo("astronaut"))
     size_mb = path.stat().st_size / 1_000_000
-    refused(path, "too_large_file", IntakeConfig(max_file_mb=size_mb * 0.999))
-    assert read_photo(path, IntakeConfig(max_file_mb=size_mb)).reduction == 1
+    refused(path, "too_large_file", replace(CONFIG, max_file_mb=size_mb * 0.999))
+    assert read_photo(path, replace(CONFIG, max_file_mb=size_mb)).reduction == 1
 
 
 def test_huge_file_is_refused_without_reading_it(tmp_path: Path) -> None:
@@ -579,7 +580,7 @@ def test_is_candidate(name: str, expected: bool) -> None:
 
 
 def test_is_candidate_normalises_configured_extensions() -> None:
-    config = IntakeConfig(extensions=("JPG", ".PNG"))
+    config = replace(CONFIG, extensions=("JPG", ".PNG"))
     assert is_candidate(Path("a.jpg"), config)
     assert is_candidate(Path("a.png"), config)
     assert not is_candidate(Path("a.webp"), config)

@@ -132,3 +132,113 @@ def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
     stranger = [LabelEvidence("x", 0, 0.6, 1.0, 5, 0.05), LabelEvidence("y", 1, 0.58, 0.0, 4, 0.06)]
     decision, _ = fuse(stranger, ["x", "y"], weights, 0.9, {})
     assert decision.status == "no_match" and decision.label is None
+
+
+# ------------------------------------------------------------ shortlist widening
+
+
+def test_shortlist_widens_below_the_threshold_to_min_candidates_never_below_the_floor() -> None:
+    # Similarities to the query: rows 0..3 = 1.0, 0.994, 0.0, 0.970.
+    short = shortlist(unit([1, 0, 0]), CATALOG, top_k=4, threshold=0.995, min_candidates=3, floor=0.5)
+    assert short.indices.tolist() == [0, 1, 3]
+    assert short.sources == ("embedding", "widened", "widened")
+    assert short.best_rejected is not None and short.best_rejected < 0.995
+    floor = shortlist(unit([1, 0, 0]), CATALOG, top_k=4, threshold=0.995, min_candidates=4, floor=0.5)
+    assert floor.indices.tolist() == [0, 1, 3]  # row 2 (cosine 0) stays below the floor
+    capped = shortlist(unit([1, 0, 0]), CATALOG, top_k=2, threshold=0.995, min_candidates=10, floor=-1.0)
+    assert capped.indices.tolist() == [0, 1]  # never more than top_k
+    none = shortlist(unit([1, 0, 0]), CATALOG, top_k=4, threshold=0.995, min_candidates=0)
+    assert none.indices.tolist() == [0] and none.sources == ("embedding",)
+
+
+def test_widen_takes_each_source_in_turn_and_marks_shared_rows_both() -> None:
+    from pipeline.matcher import widen
+
+    query = unit([1, 0, 0])
+    short = shortlist(query, CATALOG, top_k=2, threshold=0.9)
+    assert short.indices.tolist() == [0, 1]
+    merged = widen(short, [("lbp", np.array([3, 0])), ("votes", np.array([2]))], query, CATALOG)
+    assert merged.indices.tolist() == [0, 3, 2, 1]  # turn 1: embedding, lbp, votes; turn 2: embedding (lbp's 0 is taken)
+    assert merged.sources == ("both", "lbp", "votes", "embedding")
+    np.testing.assert_allclose(merged.similarities, CATALOG[[0, 3, 2, 1]] @ query, rtol=1e-6)
+    assert merged.threshold == short.threshold and merged.best_rejected == short.best_rejected
+    assert widen(short, [("lbp", np.zeros(0, np.int64))], query, CATALOG) is short
+
+
+def test_widen_gives_the_rows_of_an_empty_embedding_shortlist_to_the_other_sources() -> None:
+    from pipeline.matcher import widen
+
+    query = unit([0, 0, 1])
+    short = shortlist(query, CATALOG, top_k=3, threshold=0.99)
+    merged = widen(short, [("lbp", np.array([2, 1]))], query, CATALOG)
+    assert len(short) == 0 and merged.indices.tolist() == [2, 1] and merged.sources == ("lbp", "lbp")
+
+
+# ------------------------------------------------------------ gather and fuse, edge cases
+
+
+def test_gather_prefers_more_inliers_then_higher_similarity_for_a_labels_position() -> None:
+    from pipeline.matcher.fuse import gather
+
+    ev = gather(["a", "a", "a"], np.array([0.9, 0.8, 0.95]), np.array([0.5, 0.4, 0.6]), [3, 3, 0], None)
+    (a,) = ev
+    assert a.position == 0 and a.inliers == 3 and a.similarity == 0.95 and a.lbp_distance == 0.4 and a.svc_vote == 0.0
+
+
+def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
+    from pipeline.matcher.fuse import LabelEvidence, fuse
+
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0))
+    labels = ["b", "a", "b", "a"]
+    evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]
+    decision, scores = fuse(evidence, labels, weights, 0.0, {"shortlist": "b", "verify": "a", "refine": "a"})
+    assert decision.label == "a" and decision.order.tolist() == [3, 1, 0, 2]
+    assert decision.agreed == ("verify", "refine")
+    exact = scores["a"].confidence
+    assert fuse(evidence, labels, weights, exact, {})[0].status == "matched"
+    assert fuse(evidence, labels, weights, np.nextafter(exact, 1.0), {})[0].status == "no_match"
+    empty, none = fuse([], [], weights, 0.5, {})
+    assert (empty.status, empty.label, empty.confidence, empty.order.size, none) == ("no_match", None, 0.0, 0, {})
+
+
+# ------------------------------------------------------------ the sequence
+
+
+class _Catalog:
+    """A searchable catalog generation on plain arrays (what `CatalogSnapshot` offers the matcher)."""
+
+    def __init__(self, embeddings: np.ndarray, lbps: np.ndarray, labels: list[str]) -> None:
+        self.embeddings, self.lbps, self.labels = embeddings, lbps, labels
+
+    def keypoints(self, rows):  # type: ignore[no-untyped-def]
+        return [None for _ in rows]
+
+
+def test_run_is_the_stage_sequence_each_stage_reporting_its_own_evidence() -> None:
+    import dataclasses
+
+    from pipeline.config import default_config
+    from pipeline.matcher import Query, run
+
+    catalog = _Catalog(CATALOG, np.stack([hist(1), hist(1), hist(5), hist(8)]), ["a", "a", "b", "c"])
+    settings = dataclasses.replace(default_config().matcher, shortlist=dataclasses.replace(
+        default_config().matcher.shortlist, top_k=3, min_candidates=0, lbp_top_k=1, vote_top_k=0))
+    laps: list[str] = []
+    outcome = run(Query(unit([1, 0, 0]), hist(1), None), catalog, settings, threshold=0.98, lap=laps.append)
+    assert laps == ["shortlist", "refine", "verify", "decide"]
+    stages = outcome.stages()
+    assert stages["shortlist"] == {"candidates": 4, "kept": 2, "widened_to": 2, "threshold": 0.98, "top_k": 3, "lbp_top_k": 1,
+                                   "vote_top_k": 0, "best_rejected_similarity": outcome.candidates.embedding.best_rejected}
+    assert stages["refine"]["mode"] == "single_label" and stages["refine"]["svc_label"] == "a"
+    assert stages["verify"] == {"enabled": True, "query_keypoints": 0, "verified": 0, "max_inliers": 0}
+    assert stages["decide"]["method"] == "fusion" and set(stages["decide"]) >= {"agreed", "geometric", "appearance"}
+    assert [r.label for r in outcome.ranked] == ["a", "a"] and [r.row for r in outcome.ranked] == [0, 1]
+    assert all(r.score == outcome.decided.scores["a"].confidence for r in outcome.ranked)
+
+    off = dataclasses.replace(settings, verify=dataclasses.replace(settings.verify, enabled=False))
+    laps.clear()
+    plain = run(Query(unit([1, 0, 0]), hist(1), None), catalog, off, threshold=0.98, lap=laps.append)
+    assert laps == ["shortlist", "refine", "decide"]
+    assert plain.stages()["verify"]["enabled"] is False and plain.stages()["decide"]["method"] == "similarity"
+    assert plain.decision.label == "a" and all(r.inliers is None and r.score is None for r in plain.ranked)

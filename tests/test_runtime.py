@@ -129,7 +129,7 @@ from pipeline.server.service import TeaprintService
 service = TeaprintService.load(load_config(Path(config)), Path(root))
 service.warm_up()
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {roots})
-print(json.dumps({{"runtime": service.engine.encoder.info.runtime, "loaded": loaded}}))
+print(json.dumps({{"runtime": service.status()["model"]["runtime"], "loaded": loaded}}))
 """
 
 

@@ -243,8 +243,9 @@ def test_health_needs_no_token_and_openapi_is_published(api: Api) -> None:
     assert body == {"status": "ok", "auth_required": True, "version": "1"}
     doc = api.doc
     assert doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {"/health", "/status", "/catalog", "/catalog/{entry_id}", "/catalog/{entry_id}/image", "/match"}
-    assert "MatchResult" in doc["components"]["schemas"]
+    assert set(doc["paths"]) == {"/health", "/status", "/catalog", "/catalog/{entry_id}", "/catalog/{entry_id}/image", "/match",
+                                 "/records/{label}", "/history", "/metrics"}
+    assert {"MatchResult", "CakeRecord"} <= set(doc["components"]["schemas"])
     page = requests.get(api.server.url + "/", timeout=10)
     assert page.status_code == 200 and 'capture="environment"' in page.text
 
@@ -322,11 +323,15 @@ def test_auth_is_required_for_everything_but_health(api: Api) -> None:
             ("GET", "/catalog/{entry_id}", {"at": {"entry_id": some_id}}),
             ("GET", "/catalog/{entry_id}/image", {"at": {"entry_id": some_id}}),
             ("GET", "/status", {}),
+            ("GET", "/records/{label}", {"at": {"label": "x"}}),
+            ("PUT", "/records/{label}", {"at": {"label": "x"}, "json": {"notes": "x"}}),
+            ("GET", "/history", {}),
+            ("GET", "/metrics", {}),
         ):
             response = api.call(method, template, token=token, expect=401, **kwargs)
             assert response.headers["www-authenticate"] == "Bearer"
             assert response.json()["error"] == "unauthorized"
-    assert not list((api.server.root / "inbox" / "catalog").glob("x/*"))
+    assert not list((api.server.root / "inbox" / "catalog").glob("x/*")) and not (api.server.root / "inbox" / "catalog" / "x").exists()
 
 
 def test_oversize_broken_and_hostile_uploads_get_clear_4xx(api: Api, server: ServerProcess, tmp_path: Path) -> None:
@@ -481,6 +486,61 @@ def test_server_and_daemon_share_one_root(api: Api, server: ServerProcess, daemo
     status = api.call("GET", "/status", expect=200).json()
     assert status["entries"] == len(final) and status["daemon"]["running"] is True
     assert not [e for e in daemon.events() if e.get("level") == "error"]
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_records_history_and_metrics_through_the_api(api: Api, server: ServerProcess) -> None:
+    label = "冰岛-2020"
+    at = {"label": label}
+    api.call("POST", "/catalog", expect=201, files=files(("a.jpg", jpeg(41))), data={"label": label})
+    assert api.call("GET", "/records/{label}", expect=404, at=at).json()["error"] == "no_record"
+    # A record set through the API: a bad field refuses the whole request and writes nothing.
+    bad = api.call("PUT", "/records/{label}", expect=400, at=at, json={"名称": "冰岛古树", "年份": "明年", "重量": "一饼"}).json()
+    assert bad["error"] == "bad_record" and {p["field"] for p in bad["problems"]} == {"年份", "重量"}
+    api.call("GET", "/records/{label}", expect=404, at=at)
+    assert api.call("PUT", "/records/{label}", expect=400, at={"label": ".hidden"}, json={"notes": "x"}).json()["error"] == "bad_label"
+    record = api.call("PUT", "/records/{label}", expect=200, at=at, json={"名称": "冰岛古树", "年份": 2020, "重量": "357克", "仓位": "B-12"}).json()
+    assert (record["display_name"], record["year"], record["weight_g"], record["extra"]) == ("冰岛古树", 2020, 357.0, {"仓位": "B-12"})
+    assert record["sources"] == [f"{label}/{label}.json"] and record["checks"]["count"] == 0
+    sidecar = (server.root / "inbox" / "catalog" / label / f"{label}.json").read_text(encoding="utf-8")
+    assert "冰岛古树" in sidecar and "\\u" not in sidecar
+    assert api.call("GET", "/records/{label}", expect=200, at=at).json() == record
+
+    # Answers: each counted once in /metrics and kept once in the history; a matched one carries the record.
+    before = metric_samples(api.call("GET", "/metrics", expect=200).text)
+    answers = [api.call("POST", "/match", expect=200, files={"file": (f"查验-{i}.jpg", jpeg(41), "image/jpeg")}).json() for i in (1, 2)]
+    answers.append(api.call("POST", "/match", expect=415, files={"file": ("坏.jpg", b"not a photo", "image/jpeg")}).json()["result"])
+    after = metric_samples(api.call("GET", "/metrics", expect=200).text)
+    first, second = answers[0], answers[1]
+    for result in answers:
+        jsonschema.validate(result, RESULT_SCHEMA)
+    assert first["label"] == second["label"] == label and first["record"]["display_name"] == "冰岛古树"
+    assert first["record"]["checks"]["count"] == 0 and second["record"]["checks"] == {
+        "count": 1, "first_at": first["created_at"], "last_at": first["created_at"]}
+    for status in ("matched", "rejected"):
+        key = ("teaprint_queries_total", (("component", "server"), ("source", "http"), ("status", status)))
+        assert after[key] - before.get(key, 0.0) == sum(r["status"] == status for r in answers)
+    total = ("teaprint_stage_seconds_count", (("component", "server"), ("stage", "total")))
+    assert after[total] - before.get(total, 0.0) == 2  # a refused photo has no stages
+    assert any(name == "teaprint_catalog_photos" and dict(labels)["component"] == "daemon" for name, labels in after)  # merged in
+
+    # The history, newest first, a page at a time, with filters.
+    page = api.call("GET", "/history", expect=200, query={"label": label, "limit": 1}).json()
+    assert page["total"] == 2 and page["items"][0]["at"] == second["created_at"] and page["items"][0]["query"] == "查验-2.jpg"
+    assert page["next"] is not None
+    following = api.call("GET", "/history", expect=200, query=dict(parse_qsl(page["next"].split("?", 1)[1]))).json()
+    assert [c["query"] for c in following["items"]] == ["查验-1.jpg"] and following["next"] is None
+    refused = api.call("GET", "/history", expect=200, query={"status": "rejected", "source": "http", "since": "1h", "limit": 50}).json()
+    assert "坏.jpg" in [c["query"] for c in refused["items"]] and all(c["status"] == "rejected" for c in refused["items"])
+    assert api.call("GET", "/history", expect=400, query={"since": "last tuesday"}).json()["error"] == "bad_since"
+    status = api.call("GET", "/status", expect=200).json()
+    assert status["records"]["cakes"] >= 1 and status["history"]["ok"] is True and status["metrics"]["queries"]["matched"] >= 2
 
 
 def test_refuses_to_serve_beyond_localhost_without_a_token(server_config: Path, tmp_path: Path,

@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from pipeline.fsutil import fit_name, move_noreplace
 from pipeline.results import write_json_atomic
@@ -147,12 +148,19 @@ class Journal:
         """Result file names that in-flight records have claimed."""
         return {Path(i.result).name for _, i in self._records()}
 
-    def recover(self) -> list[Intent]:
-        """Complete or discard every record left by a crash; returns completed ones."""
+    def recover(self, answered: Callable[[Intent], None] | None = None) -> list[Intent]:
+        """Complete or discard every record left by a crash; returns completed ones.
+
+        `answered` is called for each completed one before its record goes
+        (the history of checks notes it there: a kill in between repeats the
+        call on the next start, never skips it).
+        """
         done = []
         for record, intent in self._records():
             if Path(intent.result).exists():
                 _complete(intent)
+                if answered is not None:
+                    answered(intent)
                 done.append(intent)
             record.unlink(missing_ok=True)
         return done

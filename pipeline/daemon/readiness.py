@@ -16,7 +16,6 @@ not reported again, so duplicate events give exactly one processing.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import threading
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.daemon.events import FileReady, Folder, Reason
+from pipeline.photos import ignored
 
 Identity = tuple[int, int, int]  # (size, mtime_ns, inode)
 
@@ -34,11 +34,6 @@ class _Pending:
     identity: Identity | None
     since: float
     created_only: bool
-
-
-def ignored(name: str, patterns: tuple[str, ...]) -> bool:
-    """True for names that are still being written (`*.part`) or hidden."""
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def identity_of(path: Path) -> Identity | None:

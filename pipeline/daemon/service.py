@@ -27,18 +27,17 @@ from typing import Any
 import cv2
 import structlog
 
-from pipeline.catalog import NewEntry, label_from_path
 from pipeline.config import Config
 from pipeline.daemon.budget import Failure, prepare_within
 from pipeline.daemon.events import DaemonEvent, DirectorySeen, FileReady, FileRemoved, FileRenamed
 from pipeline.daemon.journal import MAX_CRASHES, Intent, Journal, error_name, move_aside, unique_path
 from pipeline.daemon.readiness import ReadinessTracker
-from pipeline.daemon.state import AlreadyRunning, acquire_lock, state_dir, write_status
-from pipeline.daemon.watcher import DropFolderHandler, make_observer, scan
+from pipeline.daemon.watcher import DropFolderHandler, make_observer
 from pipeline.engine import Engine
 from pipeline.fsutil import is_inside
-from pipeline.intake import is_candidate
+from pipeline.photos import is_photo, photo_files
 from pipeline.prepare import Prepared
+from pipeline.state import AlreadyRunning, acquire_lock, state_dir
 from pipeline.results import MatchResult, dumps, rejected, write_json_atomic
 
 log = structlog.get_logger("teaprint.daemon")
@@ -86,15 +85,14 @@ class Daemon:
         """Recover, watch, scan, then loop until `stop_requested` is set."""
         for stale in self.journal.clean_temp_files():
             log.info("removed_stale_temp", file=stale.name)
-        for intent in self.journal.recover():
+        for intent in self.journal.recover(answered=lambda i: self.engine.replayed(Path(i.result))):
             log.info("recovered", file=intent.photo, result=intent.result)
         cfg = self.config
-        log.info("start", root=str(self.root), model=self.engine.encoder.info.model_id, entries=len(self.engine.catalog),
+        log.info("start", root=str(self.root), model=self.engine.model_info.id, entries=len(self.engine.snapshot()),
                  watch_mode=cfg.daemon.watch.mode, config={"daemon": asdict(cfg.daemon), "matcher": asdict(cfg.matcher)})
         observer = make_observer(cfg.daemon.watch.mode, cfg.daemon.watch.poll_interval_s)
-        wanted = lambda p: is_candidate(p, cfg.intake)  # noqa: E731
         for folder, kind, recursive in ((self.catalog_dir, "catalog", True), (self.query_dir, "query", False)):
-            handler = DropFolderHandler(folder, kind, self.tracker, self.events.put, wanted, cfg.daemon.watch.ignore_patterns)
+            handler = DropFolderHandler(folder, kind, self.tracker, self.events.put, cfg)
             observer.schedule(handler, str(folder), recursive=recursive)
         # Observer first, then the scan: a file dropped in between is seen by
         # one or the other, and the tracker deduplicates the overlap.
@@ -127,16 +125,13 @@ class Daemon:
             log.info("stop", **self.counts)
 
     def warm_up(self) -> None:
-        """Start the workers and trace the model now, not on the first photo.
+        """Start the workers and run the model now, not on the first photo.
 
-        Without this the first query pays for process spawn and TensorFlow's
-        graph tracing (hundreds of ms).
+        Without this the first query pays for process spawn and the encoder's
+        set-up (hundreds of ms).
         """
-        import numpy as np
-
         futures = [self.pool.submit(_worker_ready) for _ in range(max(1, self.config.daemon.workers))]
-        shape = self.engine.shape
-        self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+        self.engine.warm_up()
         for future in futures:
             future.result()
 
@@ -215,7 +210,7 @@ class Daemon:
         return max(self.config.daemon.catalog_batch_size, 2 * max(1, self.config.daemon.workers))
 
     def feed_pool(self) -> None:
-        shape = self.engine.shape
+        shape = self.engine.encoder_input
         # While suspects of a worker crash are re-run, one file at a time.
         limit = 1 if self.suspects else self.pool_limit()
         while self.catalog_waiting and len(self.inflight) < limit:
@@ -317,13 +312,14 @@ class Daemon:
 
     def commit_prepared(self, batch: list[tuple[FileReady, Prepared]]) -> None:
         t0 = time.perf_counter()
-        entries = self.engine.new_entries([p for _, p in batch], catalog_root=self.catalog_dir)
+        entries = self.engine.describe([p for _, p in batch], catalog_root=self.catalog_dir)
         t1 = time.perf_counter()
-        result = self.engine.catalog.commit(entries)
+        result = self.engine.register(entries)
         t2 = time.perf_counter()
-        added = set(result.added)
+        added = {e.sha256 for e in result.added}
         for (ready, prepared), entry in zip(batch, entries):
             outcome = "indexed" if entry.sha256 in added else "duplicate"
+            added.discard(entry.sha256)  # the same bytes twice in one batch: the second is a duplicate
             self.counts["indexed" if outcome == "indexed" else "duplicates"] += 1
             log.info("catalog", file=str(ready.path), sha256=prepared.sha256, label=entry.label, outcome=outcome,
                      ready=ready.reason, timings_ms={**_round(prepared.timings_ms), "embed_batch": round((t1 - t0) * 1e3, 1),
@@ -349,7 +345,7 @@ class Daemon:
                 "crashed_daemon", f"{path.name}: the daemon stopped {crashes} times while handling this file; moved aside untried")
         else:
             self.journal.begin_attempt(path)
-            outcome = prepare_within(path, self.config, self.engine.shape, self.query_dir)
+            outcome = prepare_within(path, self.config, self.engine.encoder_input, self.query_dir)
         result = self.result_for(path, outcome)
         try:
             self.publish(path, outcome, result)
@@ -399,6 +395,7 @@ class Daemon:
         if error_file and error_text:
             write_json_atomic(error_file, error_text)
         move_aside(path, destination)
+        self.engine.answered(result, "folder", result_path)  # before the record goes: a kill here is replayed
         self.journal.finish(record)
 
     def explain(self, path: Path, result: Any, out: Path, query_local: Any = None) -> None:
@@ -408,7 +405,7 @@ class Daemon:
 
         try:
             pixels = read_photo(path, self.config.intake, root=self.query_dir).pixels
-            entries = {e.id: e for e in self.engine.catalog.entries()}
+            entries = self.engine.snapshot().by_id()
             write_explanation(out, render_explanation(pixels, result, entries, self.config, query_local=query_local))
         except (IntakeError, OSError, cv2.error) as exc:  # a picture must never cost an answer
             log.warning("explain_failed", file=path.name, reason=str(exc))
@@ -424,6 +421,7 @@ class Daemon:
                  "reason": failure.reason, "sha256": failure.sha256, "at": _now()}
         write_json_atomic(self.failed / error_name(destination.name), dumps(error, indent=1))
         self.counts["failed"] += 1
+        self.engine.failed_file("catalog", failure.code)
         self.note_error(path, failure.code, failure.reason)
         log.warning("catalog", file=str(path), outcome="failed", code=failure.code, reason=failure.reason, moved_to=str(destination))
 
@@ -436,37 +434,27 @@ class Daemon:
                     reason="a directory, not a photo; the query folder is not searched into")
 
     def removed(self, events: list[FileRemoved]) -> None:
-        catalog = self.engine.catalog
-        catalog.refresh()
-        shas = [e.sha256 for ev in events if (e := catalog.by_path(str(ev.path))) is not None]
-        if shas:
-            result = catalog.commit(removes=shas)
-            self.counts["removed"] += len(result.removed)
-            log.info("catalog_removed", files=[str(ev.path) for ev in events], removed=len(result.removed))
+        snapshot = self.engine.snapshot()
+        entries = [e for ev in events if (e := snapshot.by_path(str(ev.path))) is not None]
+        if entries:
+            removed = self.engine.remove(entries)
+            self.counts["removed"] += len(removed)
+            log.info("catalog_removed", files=[str(ev.path) for ev in events], removed=len(removed))
 
     def renamed(self, event: FileRenamed) -> None:
-        catalog = self.engine.catalog
-        catalog.refresh()
-        entry = catalog.by_path(str(event.src))
-        if entry is None:
+        moved = self.engine.rename(event.src, event.dest, self.catalog_dir)
+        if moved is None:
             self.tracker.observe("moved_in", event.dest, "catalog")
             return
-        label = label_from_path(event.dest, self.catalog_dir)
-        moved = NewEntry(entry.sha256, str(event.dest), label, entry.embedding, entry.lbp)
-        catalog.commit([moved], removes=[entry.sha256])
-        log.info("catalog_renamed", src=str(event.src), dest=str(event.dest), label=label, sha256=entry.sha256)
+        log.info("catalog_renamed", src=str(event.src), dest=str(event.dest), label=moved.label, sha256=moved.sha256)
 
     def reconcile(self) -> None:
         """Make the index agree with the catalog folder; pick up missed files."""
         cfg = self.config
-        wanted = lambda p: is_candidate(p, cfg.intake)  # noqa: E731
-        patterns = cfg.daemon.watch.ignore_patterns
-        catalog = self.engine.catalog
-        catalog.refresh()
-        indexed = {e.path for e in catalog.entries()}
+        indexed = {e.path for e in self.engine.snapshot().entries}
         busy = {r.path for r in self.catalog_waiting} | {r.path for r, _ in self.inflight} | {r.path for r, _ in self.batch}
         present = set()
-        for path in scan(self.catalog_dir, True, wanted, patterns):
+        for path in photo_files(self.catalog_dir, cfg, recursive=True):
             present.add(str(path))
             if str(path) not in indexed and path not in busy:
                 self.tracker.observe("scan", path, "catalog")
@@ -474,11 +462,11 @@ class Daemon:
         if gone:
             self.removed(gone)
         queued = {r.path for r in self.queries}
-        for path in scan(self.query_dir, False, wanted, patterns):
+        for path in photo_files(self.query_dir, cfg, recursive=False):
             if path not in queued:
                 self.tracker.observe("scan", path, "query")
         for path in self.query_dir.iterdir():
-            if wanted(path) and path.is_dir() and not path.is_symlink():
+            if is_photo(path, self.query_dir, cfg) and path.is_dir() and not path.is_symlink():
                 self.directory_seen(path)
         self.ignored_dirs = {n: t for n, t in self.ignored_dirs.items() if (self.query_dir / n).is_dir()}
 
@@ -487,7 +475,8 @@ class Daemon:
         self.last_error = {"file": str(path), "code": code, "reason": reason, "at": _now()}
 
     def write_status(self, running: bool = True) -> None:
-        write_status(self.root, self.config, {
+        """The status file: `Engine.status` with this daemon's live section."""
+        self.engine.publish_status(daemon={
             "pid": os.getpid(), "running": running, "started_at": self.started_at, "updated_at": _now(),
             "processed": self.counts, "last_error": self.last_error,
             "ignored": {"query_directories": sorted(self.ignored_dirs)},
@@ -505,7 +494,7 @@ def run_daemon(root: Path, config: Config) -> int:
         print(f"teaprint: {err}", file=__import__("sys").stderr)
         return 1
     try:
-        engine = Engine.load(config, Path(root))
+        engine = Engine.load(config, Path(root), component="daemon")
         daemon = Daemon(root, config, engine)
         signal.signal(signal.SIGTERM, daemon.request_stop)
         signal.signal(signal.SIGINT, daemon.request_stop)

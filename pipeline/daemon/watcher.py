@@ -1,17 +1,23 @@
-"""The watchdog observer over both drop folders, feeding readiness and removals."""
+"""The watchdog observer over both drop folders, feeding readiness and removals.
+
+Which names count as photos is `pipeline.photos`' rule; the handler applies
+it to events and `photo_files` to scans.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
 from pipeline.daemon.events import DaemonEvent, DirectorySeen, FileRemoved, FileRenamed, Folder
-from pipeline.daemon.readiness import ReadinessTracker, ignored
+from pipeline.config import Config
+from pipeline.daemon.readiness import ReadinessTracker
 from pipeline.fsutil import is_inside
+from pipeline.photos import is_photo
 
 
 def make_observer(mode: str, poll_interval_s: float) -> BaseObserver:
@@ -42,18 +48,16 @@ class DropFolderHandler(FileSystemEventHandler):
         kind: Folder,
         tracker: ReadinessTracker,
         notify: Callable[[DaemonEvent], None],
-        is_candidate: Callable[[Path], bool],
-        ignore_patterns: tuple[str, ...],
+        config: Config,
     ) -> None:
         self.folder = folder
         self.kind = kind
         self.tracker = tracker
         self.notify = notify
-        self.is_candidate = is_candidate
-        self.patterns = ignore_patterns
+        self.config = config
 
     def _wanted(self, path: Path) -> bool:
-        return is_inside(path, self.folder) and self.is_candidate(path) and not ignored(path.name, self.patterns)
+        return is_inside(path, self.folder) and is_photo(path, self.folder, self.config)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -83,17 +87,3 @@ class DropFolderHandler(FileSystemEventHandler):
             self.notify(FileRemoved(src))
         elif dest_in:
             self.tracker.observe("moved_in", dest, self.kind)
-
-
-def scan(folder: Path, recursive: bool, is_candidate: Callable[[Path], bool], patterns: tuple[str, ...]) -> Iterator[Path]:
-    """Candidate entries now in `folder`, directories excepted (sorted, so processing order is stable)."""
-    if not folder.is_dir():
-        return
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    for path in sorted(found):
-        if recursive and any(ignored(part, patterns) for part in path.relative_to(folder).parts[:-1]):
-            continue
-        # Anything but a directory: a FIFO, a socket or a link must be answered
-        # (refused, moved aside) too, or it would sit in the folder forever.
-        if is_candidate(path) and not ignored(path.name, patterns) and (path.is_symlink() or not path.is_dir()):
-            yield path

@@ -47,7 +47,7 @@ from pipeline.engine import Engine, resolve_model_path
 from pipeline.evaluation.metrics import CurvePoint, Figures, Outcome, compute_figures, far_recall_curve
 from pipeline.evaluation.variants import Variant
 from pipeline.features.embedding import Encoder
-from pipeline.intake import is_candidate
+from pipeline.photos import photo_files
 from pipeline.prepare import Prepared, prepare_or_error
 from pipeline.results import MatchResult, ModelInfo, rejected
 
@@ -92,9 +92,7 @@ def load_benchmark(root: Path, config: Config) -> Benchmark:
     catalog_dir = root / "catalog"
     if not catalog_dir.is_dir():
         raise BenchmarkError(f"{root}: no catalog/ folder (see BENCHMARK.md for the layout)")
-    catalog = tuple(
-        p for p in sorted(catalog_dir.rglob("*")) if p.is_file() and not p.name.startswith(".") and is_candidate(p, config.intake)
-    )
+    catalog = tuple(photo_files(catalog_dir, config, recursive=True))
     if not catalog:
         raise BenchmarkError(f"{catalog_dir}: no photos")
     names, labels = read_truth(root / "truth.csv")
@@ -241,16 +239,16 @@ def run_benchmark(
     encoder = Encoder.load(resolve_model_path(config, Path(model_root)))
     base = shared_config(config, variants)
     with tempfile.TemporaryDirectory(prefix="teaprint-eval-") as tmp:
-        engine = Engine(base, Path(tmp), encoder)
-        warm_up(engine)
+        engine = Engine(base, Path(tmp), encoder, serving=False)  # answers no one: no records, no history
+        engine.warm_up()  # so that start-up costs are not timed
         index = index_catalog(engine, bench, progress)
         catalog_by_label = _catalog_by_label(engine)
         started = time.perf_counter()
-        queries, embed_seconds = prepare_queries(engine, bench, progress, workers)
+        queries, embed_seconds = prepare_queries(engine, base, bench, progress, workers)
         prepare_seconds = time.perf_counter() - started
         shared = shared_breakdown(queries, embed_seconds)
         runs = tuple(
-            run_variant(Engine(v.derive(base), Path(tmp), encoder), v, queries, k, _uses(shared, v, base), progress)
+            run_variant(Engine(v.derive(base), Path(tmp), encoder, serving=False), v, queries, k, _uses(shared, v, base), progress)
             for v in variants
         )
         return EvalRun(bench, engine.model_info, encoder.info.path, index, catalog_by_label, prepare_seconds, shared, runs)
@@ -272,12 +270,6 @@ def _uses(shared: dict[str, float], variant: Variant, config: Config) -> float:
     return sum(ms for step, ms in shared.items() if step != "local" or variant.needs_local(config))
 
 
-def warm_up(engine: Engine) -> None:
-    """Call the encoder once so that start-up costs are not timed."""
-    size, channels = engine.shape.size, engine.shape.channels
-    engine.encoder.embed_prepared(np.zeros((1, size, size, channels), np.float32))
-
-
 def index_catalog(engine: Engine, bench: Benchmark, progress: bool = True) -> IndexTiming:
     """Register the catalog photos, timed."""
     with _bar(len(bench.catalog), "index", progress) as bar:
@@ -292,13 +284,13 @@ def index_catalog(engine: Engine, bench: Benchmark, progress: bool = True) -> In
 
 def _catalog_by_label(engine: Engine) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
-    for entry in engine.catalog.entries():
+    for entry in engine.snapshot().entries:
         out.setdefault(entry.label, []).append(entry.path)
     return {label: tuple(paths) for label, paths in out.items()}
 
 
 def prepare_queries(
-    engine: Engine, bench: Benchmark, progress: bool = True, workers: int = 1
+    engine: Engine, config: Config, bench: Benchmark, progress: bool = True, workers: int = 1
 ) -> tuple[list[PreparedQuery], float]:
     """Decode, LBP, keypoints and embed every query once, embeddings in batches of `model.batch_size`.
 
@@ -315,9 +307,9 @@ def prepare_queries(
     """
     out: list[PreparedQuery] = []
     embed_seconds = 0.0
-    size = engine.config.model.batch_size
+    size = config.model.batch_size
     with _mapper(workers) as mapper, _bar(len(bench.queries), "prepare", progress) as bar:
-        done = mapper(prepare_or_error, bench.queries, repeat(engine.config), repeat(engine.shape))
+        done = mapper(prepare_or_error, bench.queries, repeat(config), repeat(engine.encoder_input))
         pending: list[PreparedQuery] = []
         for path, truth, prepared in zip(bench.queries, bench.truth, done):
             pending.append(_prepared_query(path, truth, prepared))

@@ -88,7 +88,8 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     # Likewise the appearance expert is fitted for the photos geometry does not
     # already confirm: a blurred, tilted re-shot whose embedding is lost would
     # only teach it that a clear texture match means little.
-    pg, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, AppearanceWeights()))
+    unused = AppearanceWeights(**dict.fromkeys(("bias", *APPEARANCE_FEATURES), 0.0))  # only the geometric column is read
+    pg, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, unused))
     residual = ~y | (pg < 0.5)
     ab, aw = _fit_expert(appearance[residual], y[residual])
     app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})

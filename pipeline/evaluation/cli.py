@@ -1,6 +1,6 @@
 """`teaprint eval BENCH_DIR`: figures of BENCHMARK.md for each stage variant.
 
-Wired into `pipeline.cli` by `_add_optional_commands`::
+Wired into `pipeline.cli`::
 
     teaprint [--config FILE] [--root DIR] eval BENCH_DIR
         [--stages embedding,embedding+lbp,embedding+lbp+verify] [--top-k K] [--workers N]
@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.exits import EXIT_OK, UsageError
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace, config: Config) -> int:
     """Run the evaluation `args` describe; returns the exit code."""
-    from pipeline.cli import EXIT_OK, UsageError
     from pipeline.evaluation import report
     from pipeline.evaluation.bench import BenchmarkError, load_benchmark, run_benchmark
     from pipeline.evaluation.variants import parse_stages

@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from pipeline.config import Config
+from pipeline.config import Config, default_config
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,19 @@ class Variant:
 
 
 def stages(config: Config, lbp: bool, verify: bool) -> Config:
-    """`config` with the LBP stages (second shortlist source, refine) and verify switched."""
+    """`config` with the LBP stages (second shortlist source, refine) and verify switched.
+
+    The keypoint-vote source goes with verify (it needs its keypoints).
+    """
     m = config.matcher
-    lbp_top_k = (m.shortlist.lbp_top_k or Config().matcher.shortlist.lbp_top_k) if lbp else 0
+    shipped = default_config().matcher.shortlist
+    lbp_top_k = (m.shortlist.lbp_top_k or shipped.lbp_top_k) if lbp else 0
+    vote_top_k = (m.shortlist.vote_top_k or shipped.vote_top_k) if verify else 0
     return dataclasses.replace(
         config,
         matcher=dataclasses.replace(
             m,
-            shortlist=dataclasses.replace(m.shortlist, lbp_top_k=lbp_top_k),
+            shortlist=dataclasses.replace(m.shortlist, lbp_top_k=lbp_top_k, vote_top_k=vote_top_k),
             refine=dataclasses.replace(m.refine, enabled=lbp),
             verify=dataclasses.replace(m.verify, enabled=verify),
         ),

@@ -20,9 +20,11 @@ class Decision:
     status : {"matched", "no_match"}
     label : str or None
     confidence : float in [0, 1]
-        0.5 sits exactly at the embedding threshold; above it the best entry of
-        the chosen label is that much closer to a perfect match, discounted when
-        the texture stage overruled the embedding's first choice.
+        By `decide` (verification off): the cosine of the chosen label's first
+        shortlisted entry mapped so that the shortlist threshold gives 0.5 and
+        a perfect match 1, discounted by up to a quarter when the texture stage
+        overruled the embedding's first choice. By `fuse` (verification on):
+        the chosen label's fused score.
     order : ndarray of int64
         Positions within the shortlist, best first: the entries of the chosen
         label, then the rest.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from sklearn.svm import SVC
@@ -40,6 +40,10 @@ class Refinement:
     lbp_distances: np.ndarray
     mode: RefineMode
     votes: dict[str, float]
+
+    def report(self) -> dict[str, Any]:
+        """The stage's evidence for `stages.refine` of the result."""
+        return {"mode": self.mode, "svc_label": self.label, "votes": self.votes, "kept": int(self.kept.size)}
 
 
 def refine(

@@ -1,9 +1,9 @@
-"""Stage 1: embedding cosine shortlist."""
+"""Stage 1: the shortlist, from the embedding and widened by other sources."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -129,3 +129,40 @@ def widen(short: Shortlist, extras: Sequence[tuple[str, np.ndarray]], query: np.
     indices = np.array(order, dtype=np.int64)
     sims = (embeddings[indices] @ query).astype(np.float32)
     return Shortlist(indices, sims, short.threshold, short.best_rejected, tuple(sources[r] for r in order))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The shortlist stage's result: the embedding shortlist and what the other sources added.
+
+    Attributes
+    ----------
+    searched : int
+        Catalog entries searched.
+    embedding : Shortlist
+        The embedding stage alone (`shortlist`).
+    widened : Shortlist
+        After `widen`: the candidates every later stage sees, in this order.
+    top_k, lbp_top_k, vote_top_k : int
+        How many each source could propose (0: source off).
+    """
+
+    searched: int
+    embedding: Shortlist
+    widened: Shortlist
+    top_k: int
+    lbp_top_k: int
+    vote_top_k: int
+
+    def report(self) -> dict[str, Any]:
+        """The stage's evidence for `stages.shortlist` of the result."""
+        return {
+            "candidates": self.searched,
+            "kept": len(self.embedding),
+            "widened_to": len(self.widened),
+            "threshold": self.embedding.threshold,
+            "top_k": self.top_k,
+            "lbp_top_k": self.lbp_top_k,
+            "vote_top_k": self.vote_top_k,
+            "best_rejected_similarity": self.embedding.best_rejected,
+        }

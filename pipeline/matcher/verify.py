@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from pipeline.features.local import LocalFeatures, Verification, verify_pair
 
@@ -34,6 +34,15 @@ class Verified:
             if p == position:
                 return r
         return None
+
+    def report(self) -> dict[str, Any]:
+        """The stage's evidence for `stages.verify` of the result."""
+        return {"enabled": True, "query_keypoints": self.query_keypoints, "verified": len(self.positions),
+                "max_inliers": max((r.inliers for r in self.results), default=0)}
+
+
+VERIFY_OFF = {"enabled": False, "query_keypoints": 0, "verified": 0, "max_inliers": 0}
+"""`stages.verify` when verification is switched off."""
 
 
 def verify(

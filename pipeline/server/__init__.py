@@ -1,7 +1,7 @@
 """`teaprint serve`: an HTTP API and a phone page on the same engine as the daemon.
 
-* `service` - the engine behind a lock, registration into the catalog
-  folder, deletion to `deleted/`, thumbnails. No HTTP in it.
+* `service` - registration into the catalog folder, deletion to
+  `deleted/`, thumbnails, all through `Engine`. No HTTP in it.
 * `api` - the FastAPI application: routes, auth, errors, the OpenAPI document.
 * `guard` - the ASGI request-body limit.
 * `run` - `serve()`: checks the bind address against auth, runs uvicorn.

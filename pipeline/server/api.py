@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import structlog
-from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -33,6 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.catalog import CatalogEntry
 from pipeline.config import Config
+from pipeline.history import Filters, parse_since
+from pipeline.i18n import pick_language, render_page
+from pipeline.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.results import load_schema
 from pipeline.server.service import INTAKE_STATUS, ServiceError, TeaprintService, Upload, iso_time
 
@@ -45,6 +48,7 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 MAX_PAGE = 500
 
 _MATCH_RESULT = {"$ref": "#/components/schemas/MatchResult"}
+_CAKE_RECORD = {"$ref": "#/components/schemas/CakeRecord"}
 # Module level: annotations are strings here (PEP 563) and FastAPI resolves them in these globals.
 EntryId = Annotated[str, PathParam(pattern=ID_PATTERN, description="Entry id: 16 hex digits.")]
 
@@ -99,13 +103,42 @@ class Health(_Model):
 
 
 class ServerStatus(_Model):
+    """`Engine.status`, the document `teaprint status --json` prints, plus this server's section."""
+
     root: str
     entries: int
     labels: int
     index: dict[str, Any]
     model: dict[str, Any]
+    model_matches_index: bool
     daemon: dict[str, Any] = Field(description="The drop-folder daemon on the same root, as `teaprint status` shows it.")
+    records: dict[str, Any] = Field(description="Cakes with a record, and the problems of the record files (cakes, problem_count, problems).")
+    history: dict[str, Any] | None = Field(description="The history of checks: path, ok, pending (checks waiting to be written), error.")
+    metrics: dict[str, Any] = Field(description="A summary of GET /metrics: queries by status, failed files, backlog, catalog, stage_ms.")
     server: dict[str, Any]
+
+
+class Check(_Model):
+    """One answered query in the history of checks."""
+
+    key: str = Field(description="The answer's idempotency key (one row per answer).")
+    at: str = Field(description="When it was answered (the result's created_at, ISO 8601 UTC).")
+    source: Literal["folder", "cli", "http"]
+    query: str = Field(description="The query photo's name.")
+    sha256: str | None
+    status: Literal["matched", "no_match", "rejected"]
+    label: str | None
+    confidence: float
+    result_path: str | None = Field(description="The result JSON written for it (drop folder only).")
+    error_code: str | None
+
+
+class CheckPage(_Model):
+    total: int = Field(ge=0, description="Checks matching the filters.")
+    offset: int = Field(ge=0)
+    limit: int = Field(ge=1)
+    items: list[Check] = Field(description="Newest first.")
+    next: str | None = Field(description="URL of the next page; null on the last.")
 
 
 class ErrorBody(_Model):
@@ -115,17 +148,20 @@ class ErrorBody(_Model):
         default=None, description="POST /match: the `rejected` result object for a refused photo."
     )
     failed: list[Failure] | None = Field(default=None, description="POST /catalog: why each photo was refused.")
+    problems: list[dict[str, Any]] | None = Field(
+        default=None, description="PUT /records/{label}: each refused field (source, code, message, label, line, field).")
 
 
 _ERROR_TEXT = {
     400: "Invalid request (missing field, bad parameter, bad label).",
     401: "Missing or wrong bearer token.",
     403: "Host or Origin not allowed.",
-    404: "No such entry.",
+    404: "No such entry or record.",
     413: "Request body, file or image above a limit.",
     415: "Not an image, or an unsupported image type.",
     422: "An image that cannot be used (empty, truncated, unreadable).",
     500: "Server failure (never caused by a bad file).",
+    503: "The history of checks cannot be read now (locked or broken database); matching goes on.",
 }
 
 
@@ -157,13 +193,13 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
         version=VERSION,
         description=(
             "Register tea-cake photos and identify a cake from a photo. Same engine, catalog and "
-            "result object (`MatchResult`, schema/result.schema.json) as the drop-folder daemon. "
+            "result object (`MatchResult`, pipeline/data/result.schema.json) as the drop-folder daemon. "
             "Send `Authorization: Bearer <token>` on every call but /health."
         ),
         docs_url=None,
         redoc_url=None,
     )
-    page = (STATIC / "index.html").read_bytes()
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
     bearer = HTTPBearer(auto_error=False, description="The token from http.token or TEAPRINT_TOKEN.")
     expected = token.encode() if token else None
 
@@ -220,8 +256,10 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
 
     # ------------------------------------------------------------ routes
     @app.get("/", include_in_schema=False)
-    def index_page() -> Response:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+    def index_page(request: Request) -> Response:
+        language = pick_language(request.headers.get("accept-language"))
+        return HTMLResponse(render_page(page, language), headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                           "Content-Language": language, "Vary": "Accept-Language",
                                            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
                                            "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
                                            "connect-src 'self'; frame-ancestors 'none'"})
@@ -317,6 +355,60 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
             return error_response(INTAKE_STATUS.get(code, 422), code, result.error or "photo refused", result=data)
         return JSONResponse(data)
 
+    # ------------------------------------------------------------ records
+    @app.get("/records/{label}", dependencies=auth, tags=["records"], summary="A cake's record",
+             responses={200: {"content": {"application/json": {"schema": _CAKE_RECORD}},
+                              "description": "The record, as `record` in a matched result, with `checks`: how often and when the cake was identified."},
+                        **_errors(400, 401, 404)})
+    def get_record(label: Annotated[str, PathParam(max_length=200, description="The cake's label.")]) -> Response:
+        return JSONResponse(service.record(label))
+
+    @app.put("/records/{label}", dependencies=auth, tags=["records"], summary="Set a cake's record",
+             responses={200: {"content": {"application/json": {"schema": _CAKE_RECORD}},
+                              "description": "The record now in force (the sheet's fields under the ones set here)."},
+                        **_errors(400, 401)})
+    def put_record(
+        label: Annotated[str, PathParam(max_length=200, description="The cake's label.")],
+        values: Annotated[dict[str, Any], Body(description=(
+            "The fields (English or Chinese names: display_name/名称, year/年份, batch/批次, producer/生产商, "
+            "weight/重量 in grams or with a unit, notes/备注; any other key is kept in `extra`). "
+            "Replaces the record file beside the cake's photos (<catalog>/<label>/<label>.json)."))],
+    ) -> Response:
+        return JSONResponse(service.set_record(label, values))
+
+    # ------------------------------------------------------------ history and metrics
+    @app.get("/history", response_model=CheckPage, dependencies=auth, responses=_errors(400, 401, 503), tags=["history"],
+             summary="The history of checks, newest first, a page at a time")
+    def history(
+        offset: Annotated[int, Query(ge=0, description="Checks to skip.")] = 0,
+        limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="Page size (default http.page_size).")] = None,
+        label: Annotated[str | None, Query(max_length=200, description="Only checks that identified this cake.")] = None,
+        since: Annotated[str | None, Query(max_length=64, description="Only checks since: 7d, 12h, 30m, 2w ago, or an ISO date/time.")] = None,
+        status: Annotated[Literal["matched", "no_match", "rejected"] | None, Query(description="Only checks with this outcome.")] = None,
+        source: Annotated[Literal["folder", "cli", "http"] | None, Query(description="Only checks from this front-end.")] = None,
+    ) -> dict[str, Any]:
+        size = limit or config.http.page_size
+        try:
+            moment = parse_since(since) if since else None
+        except ValueError as err:
+            raise ServiceError(400, "bad_since", str(err)) from None
+        wanted = unicodedata.normalize("NFC", label) if label is not None else None
+        page = service.history(Filters(label=wanted, since=moment, status=status, source=source), offset, size)
+        following = None
+        if offset + size < page.total:
+            given = {"label": label, "since": since, "status": status, "source": source}
+            following = "/history?" + urlencode({"offset": offset + size, "limit": size, **{k: v for k, v in given.items() if v is not None}})
+        return {"total": page.total, "offset": offset, "limit": size, "items": [c.to_dict() for c in page.items], "next": following}
+
+    @app.get("/metrics", dependencies=auth, tags=["server"], response_class=Response,
+             summary="Prometheus metrics of this server and the daemon on the same root",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format 0.0.4: teaprint_queries_total, teaprint_stage_seconds, "
+                                             "teaprint_catalog_photos, teaprint_ingest_backlog, teaprint_failed_files_total, ..."},
+                        **_errors(401)})
+    def metrics() -> Response:
+        return Response(service.metrics(), media_type=METRICS_CONTENT_TYPE)
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
@@ -324,6 +416,7 @@ def create_app(service: TeaprintService, config: Config, token: str | None) -> F
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         result_schema = {k: v for k, v in load_schema().items() if k not in ("$schema", "$id")}
         schemas["MatchResult"] = result_schema
+        schemas["CakeRecord"] = {**result_schema["properties"]["record"], "type": "object"}
         # Validation errors are answered 400 with ErrorBody (see validation_error).
         for item in doc.get("paths", {}).values():
             for operation in item.values():

@@ -1,7 +1,7 @@
 """`teaprint serve`: check the address against auth, load the engine, run uvicorn.
 
 uvicorn is the production ASGI server (one process: the model is loaded once
-and requests share it through the thread pool; see `service` for the locks).
+and requests share it through the thread pool; see `service` on thread-safety).
 It handles SIGTERM/SIGINT by finishing requests in flight and exiting 0.
 """
 
@@ -88,6 +88,7 @@ def serve(root: Path, config: Config, port: int | None = None, host: str | None 
 
     from pipeline.server.api import create_app
     from pipeline.server.guard import BodyLimit
+    from pipeline.server.localise import LocalisedErrors
     from pipeline.server.service import TeaprintService
 
     host = host or config.http.host
@@ -102,7 +103,7 @@ def serve(root: Path, config: Config, port: int | None = None, host: str | None 
     service.warm_up()
     app = create_app(service, config, token)
     limit = int(config.http.max_upload_mb * 1_000_000)
-    asgi = BodyLimit(app, limit, f"{config.http.max_upload_mb:g} MB")
+    asgi = LocalisedErrors(BodyLimit(app, limit, f"{config.http.max_upload_mb:g} MB"))
     _Server = _server_class()
     sock = bind(host, port)
     actual = sock.getsockname()[1]
@@ -117,7 +118,7 @@ def serve(root: Path, config: Config, port: int | None = None, host: str | None 
     ))
     shown = f"[{host}]" if ":" in host else host
     log.info("serving", url=f"http://{shown}:{actual}/", host=host, port=actual, auth=token is not None,
-             root=str(service.root), entries=len(service.engine.catalog), model=service.engine.encoder.info.model_id)
+             root=str(service.root), entries=len(service.engine.snapshot()), model=service.engine.model_info.id)
     server.run(sockets=[sock])
     log.info("stopped", port=actual)
     return 0

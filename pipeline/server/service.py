@@ -18,20 +18,20 @@ Storage of uploads (no path is ever built from a client-supplied name):
 * A query photo is spooled to a private temp file (`mkstemp`, mode 0600) under
   ``<state>/uploads/``, matched, and removed.
 
-Thread-safety: requests run in parallel, up to uvicorn's thread pool, with no
-server-wide lock around matching: decoding and LBP (`Engine.prepare`) need no
-shared state, the encoder is thread-safe (one LiteRT interpreter per thread),
-and `Engine.match_prepared` reads the catalog through `Engine.catalog_view`,
-one generation taken under the engine's own short lock. At most one match per
-core runs at once (`match_slots`): more would only share the cores and hold
-more decoded photos in memory; the rest wait their turn. Writes go
-through a second `CatalogIndex` (`writer`, under `write_lock`) and listings
-through a third (`reader`), so a commit's HDF5 write and fsyncs never stall a
-match, and all three see every commit through `refresh()`.
+Thread-safety: requests run in parallel, up to uvicorn's thread pool, and
+the service holds no catalog object or lock of its own. Everything goes
+through `Engine`: reads (match, list, get, status) take one immutable catalog
+snapshot, and writes (register, delete) go through the catalog's one writer,
+whose commits never stall a reader. Decoding and LBP (`Engine.prepare`) need
+no shared state and the encoder is thread-safe (one LiteRT interpreter per
+thread). At most one match per core runs at once (`match_slots`): more would
+only share the cores and hold more decoded photos in memory; the rest wait
+their turn.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -39,8 +39,7 @@ import shutil
 import tempfile
 import threading
 import unicodedata
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, BinaryIO
@@ -49,15 +48,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline.catalog import CatalogEntry, CatalogIndex, NewEntry, label_from_path
+from pipeline.catalog import CatalogEntry, NewEntry, label_from_path
 from pipeline.config import Config
 from pipeline.engine import Engine
 from pipeline.fsutil import fsync_path, is_inside, open_regular
 from pipeline.intake import BYTES_PER_MB, IntakeError, file_sha256, read_photo
 from pipeline.prepare import Prepared
+from pipeline.history import Filters, HistoryError, HistoryPage
+from pipeline.records import MAX_LABEL_CHARS, RecordError, label_problem
 from pipeline.results import MatchResult, rejected
 
-MAX_LABEL_CHARS = 64
 MAX_NAME_CHARS = 120
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -106,22 +106,13 @@ def display_name(filename: str | None, fallback: str = "upload") -> str:
 def check_label(label: str) -> str:
     """The label, NFC-normalised and stripped, or `ServiceError` 400 saying why.
 
-    A label becomes a folder name under the catalog folder, so it must be one
-    plain path component: no separators, not `.`/`..`, no leading dot (the
-    daemon ignores dotfiles), no control characters, at most 64 characters.
+    A label becomes a folder name under the catalog folder (and names its
+    record), so it must be one plain path component (`label_problem`): no
+    separators, no leading dot (the daemon ignores dotfiles), no control
+    characters, at most 64 characters.
     """
     value = unicodedata.normalize("NFC", str(label)).strip()
-    problem = None
-    if not value:
-        problem = "is empty"
-    elif len(value) > MAX_LABEL_CHARS:
-        problem = f"is longer than {MAX_LABEL_CHARS} characters"
-    elif "/" in value or "\\" in value:
-        problem = "contains a path separator"
-    elif value in (".", "..") or value.startswith("."):
-        problem = "starts with a dot"
-    elif any(unicodedata.category(ch)[0] == "C" for ch in value):
-        problem = "contains control characters"
+    problem = label_problem(value)
     if problem:
         raise ServiceError(400, "bad_label", f"label {value[:MAX_LABEL_CHARS]!r} {problem}")
     return value
@@ -157,29 +148,22 @@ class TeaprintService:
         for folder in (self.catalog_dir, self.uploads, self.deleted):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.uploads, 0o700)
-        model_id = engine.encoder.info.model_id
-        self.writer = CatalogIndex(engine.path("index"), model_id=model_id, features=engine.catalog.features)
-        self.reader = CatalogIndex(engine.path("index"), model_id=model_id, features=engine.catalog.features)
-        self.write_lock = threading.Lock()
         self.match_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
-        self.read_lock = threading.Lock()
-        self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._thumb_lock = threading.Lock()
+        self._thumbnail = functools.lru_cache(maxsize=256)(self._render_thumbnail)
         umask = os.umask(0)
         os.umask(umask)
         self.file_mode = 0o644 & ~umask
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.counts = {"matches": 0, "registered": 0, "duplicates": 0, "deleted": 0, "refused": 0}
-        self._counts_lock = threading.Lock()
+        self._counts_lock = threading.Lock()  # guards the request counters above, nothing else
 
     @classmethod
     def load(cls, config: Config, root: Path) -> "TeaprintService":
-        return cls(config, root, Engine.load(config, Path(root)))
+        return cls(config, root, Engine.load(config, Path(root), component="server"))
 
     def warm_up(self) -> None:
-        """Trace the model once now, not on the first request."""
-        shape = self.engine.shape
-        self.engine.encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
+        """Run the model once now, not on the first request."""
+        self.engine.warm_up()
 
     def count(self, key: str, n: int = 1) -> None:
         with self._counts_lock:
@@ -231,9 +215,11 @@ class TeaprintService:
                     prepared = self._prepare(tmp, name)
                 except IntakeError as err:
                     self.count("refused")
-                    return rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
-                result = self.engine.match_prepared(prepared, name)
-            self.count("matches")
+                    result = rejected(name, str(err), err.code, sha256=_sha_or_none(tmp), model=self.engine.model_info)
+                else:
+                    result = self.engine.match_prepared(prepared, name)
+                    self.count("matches")
+            self.engine.answered(result, "http")
             return result
         finally:
             tmp.unlink(missing_ok=True)
@@ -269,8 +255,7 @@ class TeaprintService:
                     continue
                 ready.append((prepared, entry_label, _extension(tmp), tmp))
             if ready:
-                vectors = self.engine.embed([p for p, _, _, _ in ready])
-                self._store(ready, vectors, report)
+                self._store(ready, report)
         finally:
             for tmp in spooled:
                 tmp.unlink(missing_ok=True)
@@ -279,45 +264,33 @@ class TeaprintService:
         self.count("duplicates", len(report.duplicates))
         return report
 
-    def _store(self, ready: list[tuple[Prepared, str, str, Path]], vectors: np.ndarray, report: RegisterReport) -> None:
-        model_id = self.engine.encoder.info.model_id
-        with self.write_lock:
-            writer = self.writer
-            writer.refresh()
-            adds: list[NewEntry] = []
-            placed: list[Path] = []
-            seen: set[str] = set()
-            duplicate_shas: list[str] = []
-            try:
-                for (prepared, label, ext, tmp), vector in zip(ready, vectors):
-                    sha = prepared.sha256
-                    if writer.get(sha) is not None or sha in seen:
-                        duplicate_shas.append(sha)
-                        continue
-                    seen.add(sha)
-                    dest, new = self._place(tmp, label, sha, ext)
-                    if new:
-                        placed.append(dest)
-                    adds.append(NewEntry(sha, str(dest), label, vector, prepared.lbp, prepared.local))
-                # The files are in place before the commit: a daemon's reconcile in
-                # between sees a file not yet indexed (and indexes it: a duplicate),
-                # never an entry without its file.
-                result = writer.commit(adds, model_id=model_id)
-            except BaseException:
-                for dest in placed:  # our own copies; the client still has the photo
-                    dest.unlink(missing_ok=True)
-                raise
-            added = set(result.added)
-            for entry in adds:
-                stored = writer.get(entry.sha256)
-                if stored is None:
-                    continue
-                (report.added if entry.sha256 in added else report.duplicates).append(stored)
-            for sha in duplicate_shas:
-                stored = writer.get(sha)
-                if stored is not None:
-                    report.duplicates.append(stored)
-            report.catalog_size = len(writer)
+    def _store(self, ready: list[tuple[Prepared, str, str, Path]], report: RegisterReport) -> None:
+        """Register through the engine; each new photo's file is placed under the writer lock.
+
+        The files are in place before the commit: a daemon's reconcile in
+        between sees a file not yet indexed (and indexes it: a duplicate),
+        never an entry without its file. Photos already registered are never placed.
+        """
+        entries = self.engine.describe([p for p, _, _, _ in ready], labels=[label for _, label, _, _ in ready])
+        spooled = {p.sha256: (tmp, label, ext) for p, label, ext, tmp in ready}
+        placed: list[Path] = []
+
+        def place(entry: NewEntry) -> NewEntry:
+            tmp, label, ext = spooled[entry.sha256]
+            dest, new = self._place(tmp, label, entry.sha256, ext)
+            if new:
+                placed.append(dest)
+            return replace(entry, path=str(dest))
+
+        try:
+            result = self.engine.register(entries, place=place)
+        except BaseException:
+            for dest in placed:  # our own copies; the client still has the photo
+                dest.unlink(missing_ok=True)
+            raise
+        report.added.extend(result.added)
+        report.duplicates.extend(result.duplicates)
+        report.catalog_size = len(self.engine.snapshot())
 
     def _place(self, tmp: Path, label: str, sha: str, ext: str) -> tuple[Path, bool]:
         """Put the spooled file at `catalog/<label>/<sha16><ext>`; (path, newly created)."""
@@ -347,20 +320,14 @@ class TeaprintService:
 
     # ------------------------------------------------------------ reading
     def list_entries(self, offset: int, limit: int, label: str | None = None) -> tuple[int, list[CatalogEntry]]:
-        with self.read_lock:
-            self.reader.refresh()
-            entries = self.reader.entries()
-            if label is not None:
-                wanted = unicodedata.normalize("NFC", label)
-                entries = [e for e in entries if e.label == wanted]
-            return len(entries), list(entries[offset : offset + limit])
+        entries = self.engine.snapshot().entries
+        if label is not None:
+            wanted = unicodedata.normalize("NFC", label)
+            entries = tuple(e for e in entries if e.label == wanted)
+        return len(entries), list(entries[offset : offset + limit])
 
     def get(self, entry_id: str) -> CatalogEntry:
-        if not _ID.match(entry_id or ""):
-            raise ServiceError(400, "bad_id", "an entry id is 16 lowercase hex digits (the start of its sha256)")
-        with self.read_lock:
-            self.reader.refresh()
-            found = self.reader.find(entry_id)
+        found = self.engine.snapshot().find(_checked_id(entry_id))
         if not found:
             raise ServiceError(404, "not_found", f"no catalog entry {entry_id}")
         return found[0]
@@ -372,24 +339,16 @@ class TeaprintService:
         sha256 is checked), so the index cannot be used to read other files.
         """
         entry = self.get(entry_id)
-        side = self.config.http.thumbnail_px
-        key = (entry.sha256, side)
-        with self._thumb_lock:
-            if key in self._thumbs:
-                self._thumbs.move_to_end(key)
-                return self._thumbs[key]
+        return self._thumbnail(entry.path, entry.sha256, entry.id, self.config.http.thumbnail_px)
+
+    def _render_thumbnail(self, path: str, sha256: str, entry_id: str, side: int) -> bytes:
         try:
-            photo = read_photo(Path(entry.path), self.config.intake)
+            photo = read_photo(Path(path), self.config.intake)
         except IntakeError:
             photo = None
-        if photo is None or photo.sha256 != entry.sha256:
+        if photo is None or photo.sha256 != sha256:
             raise ServiceError(404, "image_gone", f"the photo of entry {entry_id} is no longer at its registered path")
-        data = _jpeg_thumbnail(photo.pixels, side)
-        with self._thumb_lock:
-            self._thumbs[key] = data
-            while len(self._thumbs) > 256:
-                self._thumbs.popitem(last=False)
-        return data
+        return _jpeg_thumbnail(photo.pixels, side)
 
     # ------------------------------------------------------------ deleting
     def delete(self, entry_id: str) -> tuple[CatalogEntry, str | None]:
@@ -398,54 +357,69 @@ class TeaprintService:
         Returns the removed entry and the name it was moved to (None when the
         photo lay outside the catalog folder and was left where it was).
         """
-        if not _ID.match(entry_id or ""):
-            raise ServiceError(400, "bad_id", "an entry id is 16 lowercase hex digits (the start of its sha256)")
-        with self.write_lock:
-            self.writer.refresh()
-            found = self.writer.find(entry_id)
-            if not found:
-                raise ServiceError(404, "not_found", f"no catalog entry {entry_id}")
-            entry = found[0]
-            moved_to = None
-            path = Path(entry.path)
-            if is_inside(Path(os.path.realpath(path)), Path(os.path.realpath(self.catalog_dir))) and path.is_file():
-                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-                target = self.deleted / f"{stamp}-{entry.id}{path.suffix.lower()}"
-                # File first, then the index: a daemon reconcile in between sees an
-                # entry whose file is gone and removes it too (idempotent).
+        entry = self.get(entry_id)
+        moved_to = None
+        path = Path(entry.path)
+        if is_inside(Path(os.path.realpath(path)), Path(os.path.realpath(self.catalog_dir))) and path.is_file():
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            target = self.deleted / f"{stamp}-{entry.id}{path.suffix.lower()}"
+            # File first, then the index: a daemon reconcile in between sees an
+            # entry whose file is gone and removes it too (idempotent).
+            try:
                 shutil.move(str(path), str(target))
+            except FileNotFoundError:  # a concurrent DELETE of the same entry moved it first
+                target = None
+            if target is not None:
                 note = {"id": entry.id, "sha256": entry.sha256, "label": entry.label, "path": entry.path,
                         "added_at": entry.added_at, "deleted_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
                 target.with_name(target.name + ".json").write_text(json.dumps(note, ensure_ascii=False, indent=1), encoding="utf-8")
                 moved_to = target.name
-            self.writer.commit(removes=[entry.sha256])
+        self.engine.remove([entry])
         self.count("deleted")
         return entry, moved_to
 
+    # ------------------------------------------------------------ records, history, metrics
+    def record(self, label: str) -> dict[str, Any]:
+        """The cake record of `label` (the `record` object of a result), or 404."""
+        value = check_label(label)
+        found = self.engine.record(value)
+        if found is None:
+            raise ServiceError(404, "no_record", f"no record for cake {value!r}: set one with PUT /records/{{label}} "
+                                                 "or a sidecar beside its photos")
+        return found
+
+    def set_record(self, label: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Replace the record of `label` (its sidecar beside its photos), or 400 naming each refused field."""
+        value = check_label(label)
+        try:
+            return self.engine.set_record(value, values)
+        except RecordError as err:
+            raise ServiceError(400, "bad_record", str(err), problems=[p.to_dict() for p in err.problems]) from None
+
+    def history(self, filters: Filters, offset: int, limit: int) -> HistoryPage:
+        """A page of the history of checks, or 503 when the database cannot be read now."""
+        try:
+            return self.engine.history_page(filters, offset, limit)
+        except HistoryError as err:
+            raise ServiceError(503, "history_unavailable", str(err)) from None
+
+    def metrics(self) -> str:
+        """The Prometheus exposition: this server's metrics and the daemon's on the same root."""
+        return self.engine.metrics_text()
+
     # ------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
-        from pipeline.daemon.state import daemon_status
-
-        with self.read_lock:
-            self.reader.refresh()
-            reader = self.reader
-            labels = {e.label for e in reader.entries()}
-            index = {"path": str(reader.directory), "generation": reader.generation, "size_bytes": reader.size_bytes(),
-                     "model_id": reader.index_model_id}
-            entries = len(reader)
-        info = self.engine.model_info
+        """`Engine.status` with this server's own section."""
         with self._counts_lock:
             counts = dict(self.counts)
-        return {
-            "root": str(self.root),
-            "entries": entries,
-            "labels": len(labels),
-            "index": index,
-            "model": {"id": info.id, "threshold": info.threshold, "threshold_source": info.threshold_source,
-                      "path": self.engine.encoder.info.path, "runtime": self.engine.encoder.info.runtime},
-            "daemon": daemon_status(self.root, self.config),
-            "server": {"pid": os.getpid(), "started_at": self.started_at, "counts": counts},
-        }
+        return self.engine.status(server={"pid": os.getpid(), "started_at": self.started_at, "counts": counts})
+
+
+def _checked_id(entry_id: str) -> str:
+    """`entry_id` when it is an entry id (16 lowercase hex digits), else `ServiceError` 400."""
+    if not _ID.match(entry_id or ""):
+        raise ServiceError(400, "bad_id", "an entry id is 16 lowercase hex digits (the start of its sha256)")
+    return entry_id
 
 
 def _extension(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""The catalog index: registered photos' descriptors in HDF5, crash-safe.
+"""The catalog's record: registered photos' descriptors in HDF5, crash-safe.
 
 Layout of the index directory::
 
@@ -13,24 +13,30 @@ file is written once to a temporary name, fsynced and renamed into place; the
 manifest is replaced the same way last. A kill at any instant therefore leaves
 the previous manifest or the new one, each naming only complete segments, so
 the index always opens and holds every commit made before the kill. Readers
-never lock: they read the manifest, then the immutable segments it names.
-Segments are merged into one when there are more than `max_segments`.
+never lock the files: they read the manifest, then the immutable segments it
+names, and get a `CatalogSnapshot`. Segments are merged into one when there
+are more than `max_segments`.
+
+Entries change only through `pipeline.catalog.writer.CatalogWriter`, which
+checks them and builds on `commit` and `replace_all` here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import h5py
 import numpy as np
 from filelock import FileLock
 
+from pipeline.catalog.entries import CatalogEntry, NewEntry
+from pipeline.catalog.snapshot import CatalogSnapshot
 from pipeline.features.local import LocalFeatures
 from pipeline.fsutil import atomic_write_bytes, fsync_path
 
@@ -70,35 +76,17 @@ class FeatureMismatchError(CatalogError):
         self.current_features = current_features
 
 
-@dataclass(frozen=True)
-class NewEntry:
-    """One photo to register: its descriptors and where it came from."""
+def features_agree(index_features: dict | None, current: dict) -> bool:
+    """Whether descriptors recorded with `index_features` compare with ones made with `current`.
 
-    sha256: str
-    path: str
-    label: str
-    embedding: np.ndarray  # (D,) float32, unit norm
-    lbp: np.ndarray  # (B,) float32
-    local: LocalFeatures | None = None  # keypoints for geometric verification
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """One registered photo as stored."""
-
-    sha256: str
-    path: str
-    label: str
-    embedding: np.ndarray
-    lbp: np.ndarray
-    added_at: float
-    model_id: str
-    local: LocalFeatures | None = None
-
-    @property
-    def id(self) -> str:
-        """Short stable id: the first 16 hex digits of the file's sha256."""
-        return self.sha256[:16]
+    An index written before the manifest recorded feature settings
+    (`index_features` None) described the whole photo: it agrees with the
+    current settings while the locator is off (`current["locate"]` None), so
+    such catalogs keep working unchanged until the locator is switched on.
+    """
+    if index_features is None:
+        return current.get("locate") is None
+    return index_features == current
 
 
 @dataclass(frozen=True)
@@ -133,28 +121,11 @@ class _State:
     entries: dict[str, CatalogEntry] = field(default_factory=dict)
 
 
-def label_from_path(path: Path, catalog_root: Path | None = None) -> str:
-    """Label of a catalog photo.
-
-    `catalog/<label>/<file>` gives the subfolder's name; otherwise the file
-    name's text before the first '-' (`a-000001.jpg` -> `a`), or the whole stem
-    when it has no '-'. Labels are NFC-normalised so that the same name typed
-    on two systems is one label.
-    """
-    path = Path(path)
-    if catalog_root is not None:
-        try:
-            rel = path.resolve().relative_to(Path(catalog_root).resolve())
-        except ValueError:
-            rel = None
-        if rel is not None and len(rel.parts) > 1:
-            return unicodedata.normalize("NFC", rel.parts[0])
-    stem = path.stem
-    return unicodedata.normalize("NFC", stem.split("-", 1)[0] if "-" in stem else stem)
-
-
 class CatalogIndex:
-    """Registered photos, their labels and descriptors.
+    """The record: registered photos, their labels and descriptors, on disk.
+
+    Safe to share between threads: reading state is guarded by a short lock
+    that is never held while a commit writes and fsyncs its segment.
 
     Parameters
     ----------
@@ -162,7 +133,7 @@ class CatalogIndex:
         The index directory; created on the first commit.
     model_id : str or None
         The loaded encoder's id. Opening an index built with another model
-        raises `ModelMismatchError`; None accepts any (for `status`).
+        raises `ModelMismatchError`; None accepts any (for `status`, `reembed`).
     max_segments : int
         Merge all segments into one when a commit leaves more than this.
     features : dict or None
@@ -178,34 +149,43 @@ class CatalogIndex:
         self.max_segments = max_segments
         self._cache: dict[str, _Segment] = {}
         self._state = _State()
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-        self._list: list[CatalogEntry] | None = None
+        self._snapshot: CatalogSnapshot | None = None
+        self._state_lock = threading.RLock()
+        self._write_lock = threading.Lock()
         self.refresh()
 
     # ----------------------------------------------------------------- reading
     def refresh(self) -> bool:
         """Reload if another writer committed since; True when it changed."""
-        for attempt in range(5):
-            try:
-                manifest = self._read_manifest()
-                if manifest["generation"] == self._state.generation and self._state.segments == manifest["segments"]:
-                    self._check_model(manifest.get("model_id"), manifest.get("features"))
-                    return False
-                self._state = self._load(manifest)
-                self._arrays = None
-                self._list = None
-                self._check_model(self._state.model_id, self._state.features)
-                return True
-            except FileNotFoundError:
-                # A compaction removed a segment between our manifest read and the
-                # segment read; the new manifest names its replacement.
-                time.sleep(0.01 * (attempt + 1))
+        with self._state_lock:
+            for attempt in range(5):
+                try:
+                    manifest = self._read_manifest()
+                    if manifest["generation"] == self._state.generation and self._state.segments == manifest["segments"]:
+                        self._check_model(manifest.get("model_id"), manifest.get("features"))
+                        return False
+                    self._state = self._load(manifest)
+                    self._check_model(self._state.model_id, self._state.features)
+                    return True
+                except FileNotFoundError:
+                    # A compaction removed a segment between our manifest read and the
+                    # segment read; the new manifest names its replacement.
+                    time.sleep(0.01 * (attempt + 1))
         raise CatalogError(f"index {self.directory} kept changing while being read")
+
+    def snapshot(self) -> CatalogSnapshot:
+        """The latest committed generation, as one immutable snapshot (refreshed first)."""
+        with self._state_lock:
+            self.refresh()
+            state = self._state
+            if self._snapshot is None or self._snapshot.generation != state.generation:
+                self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, list(state.entries.values()))
+            return self._snapshot
 
     def _check_model(self, index_model: str | None, index_features: dict | None) -> None:
         if self.model_id and index_model and index_model != self.model_id and self._state.entries:
             raise ModelMismatchError(index_model, self.model_id, self.directory)
-        if self.features is not None and index_features != self.features and self._state.entries:
+        if self.features is not None and not features_agree(index_features, self.features) and self._state.entries:
             raise FeatureMismatchError(index_features, self.features, self.directory)
 
     def __len__(self) -> int:
@@ -225,36 +205,11 @@ class CatalogIndex:
         return self._state.features
 
     def entries(self) -> list[CatalogEntry]:
-        """All entries, oldest first (cached until the index changes: do not mutate)."""
-        if self._list is None:
-            self._list = list(self._state.entries.values())
-        return self._list
+        """All entries as last refreshed, oldest first."""
+        return list(self._state.entries.values())
 
     def get(self, sha256: str) -> CatalogEntry | None:
         return self._state.entries.get(sha256)
-
-    def find(self, key: str) -> list[CatalogEntry]:
-        """Entries whose sha256 starts with `key` (an id) or whose path is `key`."""
-        key_path = os.path.abspath(key)
-        return [
-            e for e in self._state.entries.values() if (len(key) >= 6 and e.sha256.startswith(key.lower())) or e.path == key_path or e.path == key
-        ]
-
-    def by_path(self, path: str) -> CatalogEntry | None:
-        for entry in self._state.entries.values():
-            if entry.path == path:
-                return entry
-        return None
-
-    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings (N, D) float32, lbp (N, B) float32) in `entries()` order."""
-        if self._arrays is None:
-            entries = self.entries()
-            if entries:
-                self._arrays = (np.stack([e.embedding for e in entries]), np.stack([e.lbp for e in entries]))
-            else:
-                self._arrays = (np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
-        return self._arrays
 
     def labels(self) -> list[str]:
         return [e.label for e in self._state.entries.values()]
@@ -265,18 +220,27 @@ class CatalogIndex:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
 
     # ----------------------------------------------------------------- writing
-    def commit(self, adds: Sequence[NewEntry] = (), removes: Iterable[str] = (), model_id: str | None = None) -> CommitResult:
+    def commit(
+        self,
+        adds: Sequence[NewEntry] = (),
+        removes: Iterable[str] = (),
+        model_id: str | None = None,
+        before_write: Callable[[list[NewEntry]], list[NewEntry]] | None = None,
+    ) -> CommitResult:
         """Add and remove entries in one durable step.
 
         Removals apply before additions, so removing and re-adding one sha256
-        (a renamed file) updates its path. Adding bytes already registered is
-        a no-op reported in `duplicates`.
+        (a renamed file) updates its path; an added `CatalogEntry` keeps its
+        `added_at`. Adding bytes already registered is a no-op reported in
+        `duplicates`. `before_write` receives the entries that will really be
+        added, under the writer lock, and returns them as they must be stored
+        (e.g. with the path a file was just placed at).
         """
         model_id = model_id or self.model_id
         if adds and not model_id:
             raise CatalogError("cannot add entries without a model id")
         self.directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.directory / ".lock")):
+        with self._write_lock, FileLock(str(self.directory / ".lock")):
             self.refresh()
             if adds and self._state.entries and self._state.model_id not in (None, model_id):
                 raise ModelMismatchError(str(self._state.model_id), str(model_id), self.directory)
@@ -292,26 +256,27 @@ class CatalogIndex:
                     fresh[entry.sha256] = entry
             if not fresh and not removed:
                 return CommitResult(duplicates=tuple(duplicates), generation=self._state.generation)
+            stored = before_write(list(fresh.values())) if before_write and fresh else list(fresh.values())
             generation = self._state.generation + 1
             name = f"seg-{generation:08d}.h5"
-            _write_segment(self.directory / name, list(fresh.values()), removed, str(model_id or self._state.model_id))
+            _write_segment(self.directory / name, stored, removed, str(model_id or self._state.model_id))
             segments = [*self._state.segments, name]
             self._write_manifest(generation, model_id or self._state.model_id, segments, features)
             self.refresh()
             if len(segments) > self.max_segments:
                 self._compact_locked()
-            return CommitResult(tuple(fresh), tuple(duplicates), removed, self._state.generation)
+            return CommitResult(tuple(e.sha256 for e in stored), tuple(duplicates), removed, self._state.generation)
 
     def compact(self) -> None:
         """Merge all segments into one (readers are never blocked)."""
-        with FileLock(str(self.directory / ".lock")):
+        with self._write_lock, FileLock(str(self.directory / ".lock")):
             self.refresh()
             self._compact_locked()
 
     def replace_all(self, entries: Sequence[NewEntry], model_id: str, features: dict | None = None) -> None:
         """Swap the whole index for `entries` built with `model_id` and `features` in one step (re-embedding)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.directory / ".lock")):
+        with self._write_lock, FileLock(str(self.directory / ".lock")), self._state_lock:
             self.refresh_unchecked()
             generation = self._state.generation + 1
             name = f"seg-{generation:08d}.h5"
@@ -325,11 +290,12 @@ class CatalogIndex:
 
     def refresh_unchecked(self) -> None:
         """Load the index whatever model and feature settings built it."""
-        saved, self.model_id, saved_features, self.features = self.model_id, None, self.features, None
-        try:
-            self.refresh()
-        finally:
-            self.model_id, self.features = saved, saved_features
+        with self._state_lock:
+            saved, self.model_id, saved_features, self.features = self.model_id, None, self.features, None
+            try:
+                self.refresh()
+            finally:
+                self.model_id, self.features = saved, saved_features
 
     def _compact_locked(self) -> None:
         state = self._state
@@ -337,18 +303,15 @@ class CatalogIndex:
             return
         generation = state.generation + 1
         name = f"seg-{generation:08d}.h5"
-        keep = [
-            NewEntry(e.sha256, e.path, e.label, e.embedding, e.lbp, e.local) for e in state.entries.values()
-        ]
-        added_at = np.array([e.added_at for e in state.entries.values()], dtype=np.float64)
-        _write_segment(self.directory / name, keep, (), str(state.model_id), added_at=added_at)
+        _write_segment(self.directory / name, list(state.entries.values()), (), str(state.model_id))
         self._write_manifest(generation, state.model_id, [name], state.features)
         self.refresh()
         self._remove_files(state.segments)
 
     def _remove_files(self, names: Iterable[str]) -> None:
         for old in names:
-            self._cache.pop(old, None)
+            with self._state_lock:
+                self._cache.pop(old, None)
             try:
                 (self.directory / old).unlink()
             except FileNotFoundError:
@@ -396,7 +359,8 @@ class CatalogIndex:
                 entries.pop(sha, None)
             for i, sha in enumerate(seg.sha256):
                 entries[sha] = CatalogEntry(
-                    sha, seg.path[i], seg.label[i], seg.embedding[i], seg.lbp[i], float(seg.added_at[i]), seg.model_id[i], seg.local[i]
+                    sha256=sha, path=seg.path[i], label=seg.label[i], embedding=seg.embedding[i], lbp=seg.lbp[i],
+                    local=seg.local[i], added_at=float(seg.added_at[i]), model_id=seg.model_id[i],
                 )
         live = set(manifest["segments"])
         for name in list(self._cache):
@@ -405,11 +369,16 @@ class CatalogIndex:
         return _State(manifest["generation"], manifest.get("model_id"), manifest.get("features"), list(manifest["segments"]), entries)
 
 
-def _write_segment(
-    path: Path, entries: Sequence[NewEntry], removed: Sequence[str], model_id: str, added_at: np.ndarray | None = None
-) -> None:
+def _write_segment(path: Path, entries: Sequence[NewEntry], removed: Sequence[str], model_id: str) -> None:
+    """One immutable segment file, written to a temporary name, fsynced, renamed in.
+
+    A stored entry (`CatalogEntry`, e.g. renamed or compacted) keeps its
+    `added_at`; a new one gets the current time.
+    """
     tmp = path.with_name(path.name + ".tmp")
     n = len(entries)
+    now = time.time()
+    added_at = np.array([e.added_at if isinstance(e, CatalogEntry) else now for e in entries], dtype=np.float64)
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["model_id"] = model_id
@@ -424,7 +393,7 @@ def _write_segment(
         lbp = np.stack([e.lbp for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
         g.create_dataset("embedding", data=emb)
         g.create_dataset("lbp", data=lbp)
-        g.create_dataset("added_at", data=added_at if added_at is not None else np.full(n, time.time()))
+        g.create_dataset("added_at", data=added_at)
         g.create_dataset("model_id", data=[model_id] * n, dtype=_STR, shape=(n,))
         f.create_dataset("removed", data=np.array(list(removed), dtype="S64").reshape(len(removed)))
         _write_local(f, entries)

@@ -1,0 +1,240 @@
+"""The matcher as one pure sequence: shortlist sources -> refine -> verify -> decide.
+
+`run` takes a query's descriptors and one catalog generation's searchable
+data and returns every stage's result; each result reports its own evidence
+(`report`), and `Outcome.stages` gathers them for the result's `stages`. It
+reads no file and keeps no state: the caller (`pipeline.engine.Engine`)
+fetches the data (the catalog snapshot, the vote index) and times the stages
+through `lap`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+import numpy as np
+
+from pipeline.config import MatcherConfig
+from pipeline.features.local import LocalFeatures
+from pipeline.matcher.decide import Decision, decide
+from pipeline.matcher.fuse import LabelScore, fuse, gather
+from pipeline.matcher.refine import Refinement, refine
+from pipeline.matcher.shortlist import Candidates, Shortlist, lbp_nearest, shortlist, widen
+from pipeline.matcher.verify import VERIFY_OFF, Verified, verify
+from pipeline.matcher.votes import VoteIndex, vote
+
+
+class Searchable(Protocol):
+    """What the matcher reads of a catalog generation (`pipeline.catalog.CatalogSnapshot` is one).
+
+    `embeddings` (N, D) float32 unit rows, `lbps` (N, B) float32 and
+    `labels` (N,) are row-aligned; `keypoints(rows)` gives those rows' local
+    features (None where an entry has none).
+    """
+
+    @property
+    def embeddings(self) -> np.ndarray: ...
+
+    @property
+    def lbps(self) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    def keypoints(self, rows: Sequence[int]) -> list[LocalFeatures | None]: ...
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query photo's descriptors.
+
+    Attributes
+    ----------
+    embedding : ndarray, shape (D,), dtype float32, unit norm
+    lbp : ndarray, shape (B,), dtype float32
+    local : LocalFeatures or None
+    """
+
+    embedding: np.ndarray
+    lbp: np.ndarray
+    local: LocalFeatures | None
+
+
+@dataclass(frozen=True)
+class Decided:
+    """The decide stage's result.
+
+    Attributes
+    ----------
+    decision : Decision
+    scores : dict
+        Label -> both experts' probabilities (empty without fusion).
+    method : {"fusion", "similarity"}
+        Fused experts (verification on) or the similarity rule (off).
+    accept_confidence : float
+        The confidence `matched` needed.
+    best_label : str or None
+        The label of the first candidate in decision order.
+    """
+
+    decision: Decision
+    scores: dict[str, LabelScore]
+    method: Literal["fusion", "similarity"]
+    accept_confidence: float
+    best_label: str | None
+
+    def report(self) -> dict[str, Any]:
+        """The stage's evidence for `stages.decide`: agreement, rule, and the best label's two experts."""
+        out: dict[str, Any] = {"agreed": list(self.decision.agreed), "accept_confidence": self.accept_confidence, "method": self.method}
+        best = self.scores.get(self.best_label) if self.best_label is not None else None
+        if best is not None:
+            out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6))
+        return out
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One candidate as offered in the answer, with each stage's evidence.
+
+    `row` is its catalog row, `position` its place in the widened shortlist;
+    `inliers`, `rotation_deg` and `scale` are None when it was not verified
+    (rotation and scale also when it got no inlier); `score` is its label's
+    fused confidence (None without fusion).
+    """
+
+    row: int
+    position: int
+    label: str
+    similarity: float
+    source: str
+    svc_label: str | None
+    lbp_distance: float
+    inliers: int | None
+    rotation_deg: float | None
+    scale: float | None
+    score: float | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Every stage's result for one query, and the candidates in decision order."""
+
+    candidates: Candidates
+    refined: Refinement
+    verified: Verified | None
+    decided: Decided
+    ranked: tuple[Ranked, ...]
+
+    @property
+    def decision(self) -> Decision:
+        return self.decided.decision
+
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """The result's `stages`: each stage's own report."""
+        return {
+            "shortlist": self.candidates.report(),
+            "refine": self.refined.report(),
+            "verify": self.verified.report() if self.verified is not None else dict(VERIFY_OFF),
+            "decide": self.decided.report(),
+        }
+
+
+def run(
+    query: Query,
+    catalog: Searchable,
+    settings: MatcherConfig,
+    threshold: float,
+    votes: VoteIndex | None = None,
+    lap: Callable[[str], None] = lambda stage: None,
+) -> Outcome:
+    """Identify `query` among `catalog`'s entries.
+
+    Parameters
+    ----------
+    query : Query
+    catalog : Searchable
+        One catalog generation.
+    settings : MatcherConfig
+    threshold : float
+        The embedding shortlist's cosine threshold (the model's or the config's).
+    votes : VoteIndex or None
+        The generation's keypoint vote index; needed when
+        `settings.shortlist.vote_top_k` > 0.
+    lap : callable
+        Called with each stage's name as it ends ("shortlist", "refine",
+        "verify" when on, "decide"), for the caller's timings.
+    """
+    candidates = _shortlist(query, catalog, settings, threshold, votes)
+    lap("shortlist")
+    rows = candidates.widened.indices
+    labels = [catalog.labels[i] for i in rows]
+    refined = refine(query.lbp, catalog.lbps[rows] if len(rows) else np.zeros((0, query.lbp.size), np.float32), labels,
+                     c=settings.refine.svc_c, kernel=settings.refine.kernel, enabled=settings.refine.enabled)
+    lap("refine")
+    verified = None
+    if settings.verify.enabled:
+        v = settings.verify
+        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches)
+        lap("verify")
+    decided = _decide(candidates.widened, refined, labels, verified, settings)
+    lap("decide")
+    ranked = tuple(_ranked(i, candidates.widened, labels, refined, verified, decided) for i in decided.decision.order)
+    return Outcome(candidates, refined, verified, decided, ranked)
+
+
+def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteIndex | None) -> Candidates:
+    """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources."""
+    sl = settings.shortlist
+    embeddings = catalog.embeddings
+    short = shortlist(query.embedding, embeddings, sl.top_k, threshold, sl.min_candidates, sl.floor)
+    extras = [("lbp", lbp_nearest(query.lbp, catalog.lbps, sl.lbp_top_k))]
+    if sl.vote_top_k > 0:
+        if votes is None:
+            raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote index")
+        extras.append(("votes", vote(votes, query.local, sl.vote_top_k, settings.verify.ratio)))
+    widened = widen(short, extras, query.embedding, embeddings)
+    return Candidates(int(embeddings.shape[0]), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k)
+
+
+def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None, settings: MatcherConfig) -> Decided:
+    """The fused decision when verification ran; the similarity rule otherwise."""
+    cfg = settings.decide
+    if verified is None:
+        decision = decide(candidates, refined, labels, cfg.similarity_accept)
+        return Decided(decision, {}, "similarity", cfg.similarity_accept, _first_label(decision, labels))
+    inliers = [verified.inliers_at(i) for i in range(len(labels))]
+    evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
+    embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
+    best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
+    first_choices = {
+        "shortlist": embedding_first,
+        "refine": refined.label if refined.mode == "svc" else None,
+        "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
+    }
+    decision, scores = fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices)
+    return Decided(decision, scores, "fusion", cfg.accept_confidence, _first_label(decision, labels))
+
+
+def _first_label(decision: Decision, labels: Sequence[str]) -> str | None:
+    return labels[int(decision.order[0])] if len(decision.order) else None
+
+
+def _ranked(position: int, candidates: Shortlist, labels: list[str], refined: Refinement, verified: Verified | None,
+            decided: Decided) -> Ranked:
+    check = verified.result_at(position) if verified is not None else None
+    label = labels[position]
+    moved = check is not None and bool(check.inliers)
+    return Ranked(
+        row=int(candidates.indices[position]),
+        position=int(position),
+        label=label,
+        similarity=float(candidates.similarities[position]),
+        source=candidates.sources[position] if candidates.sources else "embedding",
+        svc_label=refined.label,
+        lbp_distance=float(refined.lbp_distances[position]),
+        inliers=check.inliers if check is not None else None,
+        rotation_deg=check.rotation_deg if moved and check.rotation_deg is not None else None,
+        scale=check.scale if moved and check.scale is not None else None,
+        score=decided.scores[label].confidence if label in decided.scores else None,
+    )
