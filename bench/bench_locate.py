@@ -82,14 +82,17 @@ def found_outlines(o: CakeOutline) -> list[CakeOutline]:
 def run_set(name: str, spec: dict, n: int, sources: list[np.ndarray], seed: int, size: int, overlays: Path | None) -> dict:
     rng = np.random.default_rng([seed, 10, list(SETS).index(name)])
     ious, detected, shapes_ok, counts_ok, ms = [], [], [], [], []
+    by_table: dict[str, list[tuple[float, bool]]] = {}  # the largest cake's IoU and detection, by what it lies on
     for i in range(n):
         scene = scenes.render_scene(rng, sources, out_size=size, **spec)
         t0 = time.perf_counter()
         o = locate(scene.image)
         ms.append((time.perf_counter() - t0) * 1e3)
         found = found_outlines(o)
-        for truth in scene.outlines:
+        for k, truth in enumerate(scene.outlines):
             ious.append(max((polygon_iou(f.polygon(), truth, size) for f in found), default=0.0))
+            if k == 0:
+                by_table.setdefault(scene.table, []).append((ious[-1], not o.fallback))
         detected.append(not o.fallback)
         shapes_ok.append(bool(found) and found[0].shape == scene.shapes[0])
         counts_ok.append(len(found) == len(scene.outlines))
@@ -104,6 +107,8 @@ def run_set(name: str, spec: dict, n: int, sources: list[np.ndarray], seed: int,
         "shape_ok": round(float(np.mean(shapes_ok)), 4),
         "count_ok": round(float(np.mean(counts_ok)), 4),
         "ms_per_photo": round(float(np.mean(ms)), 1),
+        "by_table": {t: {"photos": len(v), "mean_iou": round(float(np.mean([i for i, _ in v])), 4),
+                         "detected": round(float(np.mean([d for _, d in v])), 4)} for t, v in sorted(by_table.items())},
     }
 
 
@@ -222,6 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     figures["all_mean_iou"] = round(float(np.average([r["mean_iou"] for r in one], weights=[r["photos"] for r in one])), 4)
     figures["all_detected"] = round(float(np.average([r["detected"] for r in one], weights=[r["photos"] for r in one])), 4)
     print(f"all sets: mean IoU {figures['all_mean_iou']:.3f}, detected {figures['all_detected']:.3f}")
+    tables: dict[str, list[tuple[int, float, float]]] = {}
+    for r in figures["sets"].values():
+        for table, t in r["by_table"].items():
+            tables.setdefault(table, []).append((t["photos"], t["mean_iou"], t["detected"]))
+    figures["by_table"] = {table: {"photos": sum(n for n, _, _ in v),
+                                   "mean_iou": round(float(np.average([i for _, i, _ in v], weights=[n for n, _, _ in v])), 4),
+                                   "detected": round(float(np.average([d for _, _, d in v], weights=[n for n, _, _ in v])), 4)}
+                           for table, v in sorted(tables.items())}
+    for table, t in figures["by_table"].items():  # the largest cake of each photo, all sets together
+        print(f"  on {table:16} {t['photos']:4d} photos: mean IoU {t['mean_iou']:.3f}, detected {t['detected']:.3f}")
     figures["benches"] = {}
     for folder in args.bench:
         parts = run_bench(folder, args.bench_n, args.overlays)

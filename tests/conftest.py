@@ -65,6 +65,14 @@ def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path)
     return path
 
 
+@pytest.fixture(scope="session")
+def locate_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config_file: Path) -> Path:
+    """`tiny_config_file` with the cake locator on (off in the shipped defaults, by measurement)."""
+    path = tmp_path_factory.mktemp("config") / "tiny-locate.yaml"
+    path.write_text(tiny_config_file.read_text() + "locate:\n  enabled: true\n")
+    return path
+
+
 def source_photos() -> dict[str, np.ndarray]:
     """Distinct real RGB photos bundled with scikit-image, keyed by name."""
     from skimage import data

@@ -87,6 +87,20 @@ def test_other_feature_settings_are_refused_until_rebuilt(tmp_path: Path) -> Non
         CatalogIndex(tmp_path / "idx", model_id="m1", features=old)
 
 
+def test_an_index_from_before_feature_settings_were_recorded_serves_the_whole_photo_settings_only(tmp_path: Path) -> None:
+    """A catalog written before the manifest recorded features described whole photos: usable with the locator off."""
+    CatalogIndex(tmp_path / "idx", model_id="m1").commit([entry(1)])  # no features: as an older teaprint wrote it
+    assert CatalogIndex(tmp_path / "idx").index_features is None
+    whole = {"locate": None, "lbp": {"size": 256}}
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", features=whole)
+    index.commit([entry(2)])  # the first commit with the locator off records the settings
+    assert len(index) == 2 and CatalogIndex(tmp_path / "idx").index_features == whole
+    legacy = tmp_path / "legacy"
+    CatalogIndex(legacy, model_id="m1").commit([entry(1)])
+    with pytest.raises(FeatureMismatchError, match="not recorded.*reembed"):
+        CatalogIndex(legacy, model_id="m1", features={"locate": {"version": "locate/2", "size": 512}, "lbp": {"size": 256}})
+
+
 def test_second_reader_sees_commits(tmp_path: Path) -> None:
     writer = CatalogIndex(tmp_path / "idx", model_id="m1")
     reader = CatalogIndex(tmp_path / "idx", model_id="m1")

@@ -117,7 +117,8 @@ def metric_values(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, locate_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_config_file = locate_config_file  # the cake locator on: a catalog photo of two cakes is refused
     photos = distinct_photos(5, seed=5)
     for i, p in enumerate(photos[:4]):
         (root / "inbox/catalog" / f"k{i}-1.jpg").write_bytes(jpeg_bytes(p))
@@ -156,7 +157,7 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
             assert reason["code"] and reason["reason"]
         wait_until(lambda: (failed / "pair-1.jpg.error.json").exists(), 60, "two-cake catalog photo refused")
         assert json.loads((failed / "pair-1.jpg.error.json").read_text())["code"] == "several_cakes"
-        assert len(CatalogIndex(root / "index")) == 4
+        assert len(CatalogIndex(root / "index")) == 5  # the pair refused, the others kept
         by_query = {r["query"]: r for r in results(root / "outbox")}
         assert {by_query[n]["status"] for n in ("empty.jpg", "text.jpg", "broken.jpg")} == {"rejected"}
         assert by_query["k0.jpg"]["matches"][0]["label"] == "k0"

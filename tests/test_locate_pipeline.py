@@ -47,13 +47,13 @@ CATALOG_SEEDS = (20, 21, 22)
 
 
 @pytest.fixture
-def indexed(tmp_path: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+def indexed(tmp_path: Path, locate_config_file: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
     """A root whose catalog holds three rendered cakes and refused one photo of two cakes."""
     catalog = tmp_path / "catalog"
     for i, seed in enumerate(CATALOG_SEEDS):
         write_rgb(catalog / f"cake{i}-1.jpg", scene(seed, tilt=5.0).image)
     write_rgb(catalog / "pair-1.jpg", scene(5, kind="two", tilt=15.0, tilt_axis=30.0, angle=0.0).image)
-    base = ["--config", str(tiny_config_file), "--root", str(tmp_path / "root")]
+    base = ["--config", str(locate_config_file), "--root", str(tmp_path / "root")]
     code, out, err = run(capsys, *base, "index", str(catalog))
     assert code == 0 and "indexed 3 new, 0 already present, 1 refused" in out
     assert "pair-1.jpg" in err and "2 cakes in one photo" in err
@@ -107,9 +107,9 @@ def test_texture_close_up_falls_back_to_the_whole_photo(tmp_path: Path, indexed:
     assert cake["fallback"] is True and cake["shape"] == "none" and cake["outline"] is None and cake["rectification"] is None
 
 
-def test_changing_the_canonical_size_needs_reembed(tmp_path: Path, indexed: list[str], tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_changing_the_canonical_size_needs_reembed(tmp_path: Path, indexed: list[str], locate_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "size384.yaml"
-    other.write_text(tiny_config_file.read_text() + "locate:\n  size: 384\n")
+    other.write_text(locate_config_file.read_text() + "  size: 384\n")  # under its locate: section
     base = ["--config", str(other), *indexed[2:]]
     query = write_rgb(tmp_path / "q.jpg", scene(21, tilt=20.0).image)
     code, out, err = run(capsys, *base, "match", "--json", str(query))

@@ -35,6 +35,7 @@ __all__ = [
     "photometric",
     "rephotograph",
     "make_table",
+    "make_named_table",
     "disc_photo",
     "disc_shot",
     "disc_scene",
@@ -502,6 +503,14 @@ def make_table(rng: np.random.Generator, size: int, channels: int = 3) -> np.nda
     -------
     ndarray, shape (size, size, 3) or (size, size), dtype uint8
     """
+    return make_named_table(rng, size, channels)[0]
+
+
+TABLE_KINDS = ("flat colour", "wood", "cloth")  # `make_named_table`'s kinds, in the order it draws them
+
+
+def make_named_table(rng: np.random.Generator, size: int, channels: int = 3) -> tuple[np.ndarray, str]:
+    """`make_table` and which kind of table it drew (one of `TABLE_KINDS`); same draws from `rng`."""
     base = rng.uniform(30, 230, size=3).astype(np.float32)
     kind = int(rng.integers(0, 3))
     if kind == 0:  # flat, slightly noisy
@@ -515,8 +524,8 @@ def make_table(rng: np.random.Generator, size: int, channels: int = 3) -> np.nda
         field = cv2.GaussianBlur(rng.normal(0, 20, size=(size, size)).astype(np.float32), (0, 0), 1.0)
     table = np.clip(base[None, None, :] + field[..., None], 0, 255).astype(np.uint8)
     if channels == 1:
-        return cv2.cvtColor(table, cv2.COLOR_RGB2GRAY)
-    return table
+        return cv2.cvtColor(table, cv2.COLOR_RGB2GRAY), TABLE_KINDS[kind]
+    return table, TABLE_KINDS[kind]
 
 
 def disc_photo(
