@@ -328,6 +328,7 @@ class Engine:
         if self._records is None:
             raise RuntimeError("this engine keeps no cake records (serving=False)")
         self._records.set(label, values)
+        self._record_scan = None  # status must show the new record now, not after RECORD_SCAN_MAX_AGE_S
         record = self.record(label)
         assert record is not None  # just written
         return record
