@@ -2,7 +2,7 @@
 """Which local features verify best, and at what cost? Method, working size, keypoint cap, estimator.
 
     python bench/compare_local_features.py BENCH_DIR [--keypoints 400,1000] [--side 640,1024]
-        [--methods sift,orb] [--estimators ransac,magsac] [--contrast 0.04,0.01]
+        [--methods sift,orb] [--estimators ransac,magsac] [--contrast 0.04,0.01] [--guided 0,0.9]
 
 For every query, verifies it against every catalog entry (ratio test + robust
 homography) and ranks entries by inliers. Prints one JSON line per
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--methods", default="sift,orb")
     ap.add_argument("--estimators", default="ransac")
     ap.add_argument("--contrast", default="0.04", help="comma-separated SIFT contrast thresholds")
+    ap.add_argument("--guided", default="0", help="comma-separated guided-matching ratios (0 = off; see verify_pair)")
+    ap.add_argument("--dump", type=Path, default=None, help="also save each combination's per-pair inliers and matches (.npz) here")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N queries")
     args = ap.parse_args()
     sides = [int(v) for v in args.side.split(",")]
@@ -70,16 +72,22 @@ def main() -> None:
                 cat_f = [extract_local(im, method, cap, side, contrast) for im in cat_px]
                 q_f = [extract_local(im, method, cap, side, contrast) for im in q_px]
                 extract_ms = (time.perf_counter() - t0) * 1e3 / (len(cat_px) + len(q_px))
-                for estimator in args.estimators.split(","):
+                for estimator, guided in ((e, float(g)) for e in args.estimators.split(",") for g in args.guided.split(",")):
                     t1 = time.perf_counter()
                     px = side / 640 * 8.0
-                    inl = np.array([[verify_pair(q, c, ransac_px=px, estimator=estimator).inliers for c in cat_f] for q in q_f], dtype=np.float32)
+                    checks = [[verify_pair(q, c, ransac_px=px, estimator=estimator, guided_ratio=guided) for c in cat_f] for q in q_f]
+                    inl = np.array([[v.inliers for v in row] for row in checks], dtype=np.float32)
                     pair_ms = (time.perf_counter() - t1) * 1e3 / inl.size
                     best = inl.argmax(1)
                     correct = np.array([labels[b] == t for b, t in zip(best, truth)])
                     others = np.where(labels[None, :] == labels[best][:, None], -1, inl).max(1)
+                    if args.dump:
+                        args.dump.mkdir(parents=True, exist_ok=True)
+                        np.savez(args.dump / f"{args.bench.name}-{method}-{side}-{cap}-{contrast}-{estimator}-{guided}.npz", inliers=inl,
+                                 matches=np.array([[v.matches for v in row] for row in checks]), labels=labels, truth=np.array(truth),
+                                 query_keypoints=np.array([len(q) for q in q_f]), catalog_keypoints=np.array([len(c) for c in cat_f]))
                     nbytes = np.mean([f.descriptors.nbytes + f.points.nbytes for f in cat_f])
-                    print(json.dumps({"bench": args.bench.name, "method": method, "keypoints": cap, "side": side, "contrast": contrast, "estimator": estimator,
+                    print(json.dumps({"bench": args.bench.name, "method": method, "keypoints": cap, "side": side, "contrast": contrast, "estimator": estimator, "guided": guided,
                                       "query_keypoints_median": float(np.median([len(q) for q in q_f])),
                                       "top1": round(float(correct[registered].mean()), 4),
                                       "recall_at_far1": round(recall_at_far(inl.max(1), correct, registered), 4),

@@ -3,13 +3,21 @@
 
     python bench/make_discs.py OUT_DIR [--seed S] [--per-source 2] [--shots 3]
 
-Cakes are cut ONLY from photos the encoder is never trained on:
+Cakes are cut ONLY from photos the shipped encoder was never trained on: every
+source is checked against the encoder's training record
+(`pipeline.training.data.trained_photos`, the `training.data.photos` list in
+pipeline/data/models/teaprint-encoder.json) and dropped when it or a
+near-duplicate (same `family`) is listed there, whatever the held-out rule says.
 
-* the held-out real photos (`pipeline.training.data.is_held_out`, ~20 % of
-  scikit-image's bundled photos and of Debian opencv-doc's samples in
-  /usr/share/doc/opencv-doc/examples/data, when installed), and
-* procedural textures drawn with benchmark keys (2, seed, i); training only
-  draws keys (0, ...), calibration (1, ...).
+* ``--split held_out`` (evaluation, the default): the held-out real photos
+  (`pipeline.training.data.is_held_out`) of scikit-image's bundled photos and
+  of Debian opencv-doc's samples (/usr/share/doc/opencv-doc/examples/data,
+  when installed), and procedural textures drawn with benchmark keys (2, seed, i);
+* ``--split calibration`` (fitting the fused decision): the held-out wallpaper
+  and paper photos of the other Debian photo packages (`make train-photos`:
+  mate-backgrounds' nature set, lomiri- and ukui-wallpapers, mypaint's
+  backgrounds; GIMP's tiled patterns are no cakes) and procedural textures
+  with calibration keys (1, seed, i). Training draws keys (0, ...) only.
 
 Each source photo gives `--per-source` non-overlapping cakes, each its own
 label ("same tea, different cake": they share their tea but not their leaves).
@@ -127,6 +135,13 @@ def write_bench(out: Path, cakes: list, rng: np.random.Generator, args: argparse
     print(f"{len(cakes) - n_unreg} catalog {len(rows)} queries ({n_unreg} unregistered cakes) {what}{' (hard)' if args.hard else ''}")
 
 
+def source_specs(split: str) -> list[str]:
+    """`resolve_sources` items of a split: evaluation and calibration never share a package."""
+    if split == "held_out":
+        return ["skimage"] + ([str(tdata.OPENCV_DOC_DIR)] if tdata.OPENCV_DOC_DIR.is_dir() else [])
+    return [spec for spec in tdata.DEBIAN_PHOTO_SPECS if Path(spec.split(":", 1)[1]).is_dir()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -138,19 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unregistered", type=float, default=0.25, help="share of cakes never registered")
     parser.add_argument(
         "--split",
-        choices=("held_out", "train"),
+        choices=("held_out", "calibration"),
         default="held_out",
-        help="held_out (default): evaluation photos; train: the encoder's training photos with calibration-key "
-        "textures, for fitting the fused decision (`teaprint calibrate`) apart from evaluation data",
+        help="held_out (default): evaluation photos (scikit-image, opencv-doc); calibration: other Debian packages' "
+        "held-out photos with calibration-key textures, for fitting the fused decision (`teaprint calibrate`) "
+        "apart from evaluation data. Neither ever includes a photo the shipped encoder trained on",
     )
+    parser.add_argument("--record", type=Path, default=tdata.SHIPPED_RECORD,
+                        help="the encoder's training record whose photos are excluded (default: the shipped encoder's)")
     add_shot_arguments(parser)
     args = parser.parse_args(argv)
 
-    items = ["skimage"] + ([str(tdata.OPENCV_DOC_DIR)] if tdata.OPENCV_DOC_DIR.is_dir() else [])
+    items = source_specs(args.split)
+    if not items:
+        parser.error("--split calibration needs the Debian photo packages: make train-photos")
     # One photo per family: graf1/graf3, rubberwhale1/2, leuvenA/B show the same
     # scene, so cakes cut from both would be one physical cake under two labels.
     by_family: dict[str, tdata.Source] = {}
-    for s in sorted(tdata.resolve_sources(items, split=args.split).photos, key=lambda s: s.name):
+    held_out = tdata.resolve_sources(items, split="held_out").photos
+    photos = tdata.without_trained(held_out, tdata.trained_photos(args.record))
+    for s in sorted((s for s in photos if not s.tiled), key=lambda s: s.name):
         family = tdata.family(s.name)
         by_family.setdefault(SAME_OBJECT.get(family, family), s)
     sources = list(by_family.values())

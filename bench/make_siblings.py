@@ -9,8 +9,10 @@ them apart, which is what teaprint must do for cakes of one batch. The faces
 are read from ``../shared/data/puerh_dev/faces`` (never copied anywhere).
 
 Split by face, never by seed alone: evaluation uses cake1_a, cake1_b and
-cake2_a (the default); calibration and training use cake2_b, cake3_a and
-cake3_b (`--faces cake2_b,cake3_a,cake3_b`).
+cake2_a (the default); calibration uses cake2_b, cake3_a and cake3_b
+(`--faces cake2_b,cake3_a,cake3_b`). A face the shipped encoder was trained on
+(listed in its training record, `pipeline.training.data.trained_photos`) is
+refused: the encoder trains on puerh_dev's bare/ and chunks/, never faces/.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from make_discs import add_shot_arguments, write_bench  # noqa: E402
+from pipeline.training import data as tdata  # noqa: E402
 
 FACES_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "puerh_dev" / "faces"
 EVAL_FACES = ("cake1_a", "cake1_b", "cake2_a")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--faces", default=",".join(EVAL_FACES), help="comma-separated face names in the faces folder")
     parser.add_argument("--faces-dir", type=Path, default=FACES_DIR)
+    parser.add_argument("--record", type=Path, default=tdata.SHIPPED_RECORD,
+                        help="the encoder's training record whose photos are refused (default: the shipped encoder's)")
     parser.add_argument("--grid", type=int, default=4, help="squares per side of each face")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=int, default=3, help="query photos per cake")
@@ -66,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reg_size is None:
         args.reg_size = args.size
+    trained = tdata.trained_photos(args.record)
     cakes = []
     for face in args.faces.split(","):
+        if f"{args.faces_dir.name}:{face}.jpg" in trained:
+            parser.error(f"face {face!r} is one of the encoder's training photos ({args.record})")
         bgr = cv2.imread(str(args.faces_dir / f"{face}.jpg"))
         if bgr is None:
             parser.error(f"cannot read face {face!r} in {args.faces_dir}")

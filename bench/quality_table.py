@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO.parent / "shared" / "bench" / "baselines.py"
 
 
-def run_product(bench: Path, out: Path, config: Path | None) -> dict:
+def run_product(bench: Path, out: Path, config: Path | None, reuse: bool = False) -> dict:
     target = out / f"{bench.name}.jsonl"
+    if reuse and target.with_suffix(".summary.json").exists():
+        return json.loads(target.with_suffix(".summary.json").read_text())["variants"][0]
     cmd = [sys.executable, "-m", "pipeline", *(["--config", str(config)] if config else []), "eval", str(bench),
            "--stages", "embedding+lbp+verify", "--json", str(target)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
@@ -35,8 +37,8 @@ def run_product(bench: Path, out: Path, config: Path | None) -> dict:
     return summary["variants"][0]
 
 
-def run_peers(bench: Path, out: Path, peers: str) -> list[dict]:
-    text = subprocess.run([sys.executable, str(BASELINES), str(bench), "--methods", peers], check=True,
+def run_peers(bench: Path, out: Path, peers: str, baselines: Path = BASELINES) -> list[dict]:
+    text = subprocess.run([sys.executable, str(baselines), str(bench), "--methods", peers], check=True,
                           capture_output=True, text=True).stdout
     rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     (out / f"{bench.name}.peers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -49,17 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("benches", type=Path, nargs="+")
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--peers", default="lbp,sift")
-    ap.add_argument("--no-peers", action="store_true", help="reuse OUT_DIR/<bench>.peers.jsonl from an earlier run")
+    ap.add_argument("--baselines", type=Path, default=BASELINES, help=f"the peers' script (default {BASELINES})")
+    ap.add_argument("--no-peers", action="store_true", help="reuse OUT_DIR/<bench>.peers.jsonl from an earlier run (run the peers where there is none)")
+    ap.add_argument("--reuse", action="store_true", help="reuse OUT_DIR/<bench>.summary.json from an earlier run of the same config")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print("| bench | teaprint top1 | R@FAR1 | recall | precision | FAR | ms/q | best peer top1 | best peer R@FAR1 | peer ms/q | lead top1 / R@FAR1 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for bench in args.benches:
-        product = run_product(bench, args.out, args.config)
+        product = run_product(bench, args.out, args.config, args.reuse)
         peers_file = args.out / f"{bench.name}.peers.jsonl"
         peers = ([json.loads(l) for l in peers_file.read_text().splitlines()] if args.no_peers and peers_file.exists()
-                 else run_peers(bench, args.out, args.peers))
+                 else run_peers(bench, args.out, args.peers, args.baselines))
         f = product["figures"]
         best_top1 = max(peers, key=lambda p: p["top1"])
         best_far = max(peers, key=lambda p: p["recall_at_far1"])

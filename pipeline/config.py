@@ -104,6 +104,7 @@ class VerifyConfig:
     ratio: float
     ransac_px: float
     min_matches: int
+    guided_ratio: float
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,20 @@ class AppearanceWeights:
 
 
 @dataclass(frozen=True)
+class TextureWeights:
+    """Logistic weights of the texture expert (`pipeline.matcher.fuse`): the LBP evidence alone."""
+
+    bias: float
+    svc_vote: float
+    lbp_distance: float
+    lbp_margin: float
+
+
+@dataclass(frozen=True)
 class FusionConfig:
     geometric: GeometricWeights
     appearance: AppearanceWeights
+    texture: TextureWeights
 
 
 @dataclass(frozen=True)
@@ -259,6 +271,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("matcher.verify.ratio", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("matcher.verify.ransac_px", lambda v: v > 0, "> 0"),
     ("matcher.verify.min_matches", lambda v: v >= 4, ">= 4 (a homography needs 4 points)"),
+    ("matcher.verify.guided_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0 = no guided matching)"),
     ("matcher.decide.accept_confidence", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("matcher.decide.similarity_accept", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("daemon.watch.poll_interval_s", lambda v: v > 0, "> 0"),

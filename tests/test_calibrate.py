@@ -49,6 +49,20 @@ def test_fit_learns_sensible_signs_and_meets_the_far_target() -> None:
     assert (accepted & right)[registered].mean() > 0.7
 
 
+def test_fit_keeps_each_weight_on_its_side_when_the_data_confound_it() -> None:
+    """Right labels given LARGER LBP distances (two kinds of photo mixed, as cakes and textures are)
+    must not teach the appearance expert that a farther texture counts for a label."""
+    evidence = []
+    for q in synthetic_evidence():
+        appearance = q.appearance.copy()
+        right = np.array([label == q.truth for label in q.labels])
+        appearance[right, 3] += 0.2  # the right label's texture is the farthest
+        evidence.append(QueryEvidence(q.labels, q.geometric, appearance, q.truth))
+    a = fit(evidence, target_far=0.01).fusion.appearance
+    assert a.lbp_distance == 0.0  # bounded at 0, not learned as positive
+    assert a.similarity > 0 and a.similarity_margin >= 0 and a.lbp_margin >= 0 and a.svc_vote >= 0
+
+
 def test_write_into_keeps_the_config_loadable_and_its_comments(tmp_path: Path) -> None:
     target = tmp_path / "default.yaml"
     shutil.copy(DEFAULT_CONFIG, target)

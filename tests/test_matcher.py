@@ -115,10 +115,10 @@ def test_label_features_compare_each_label_with_the_best_other() -> None:
 
 
 def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
     decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})
@@ -185,11 +185,30 @@ def test_gather_prefers_more_inliers_then_higher_similarity_for_a_labels_positio
     assert a.position == 0 and a.inliers == 3 and a.similarity == 0.95 and a.lbp_distance == 0.4 and a.svc_vote == 0.0
 
 
-def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights
+def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_of_its_own() -> None:
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0))
+    # The texture expert alone: accepts a label 20x closer in LBP than the next one.
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0))
+    # A relit texture: no inliers, the embedding's first choice is right but unsure; its LBP match is clear.
+    relit = [LabelEvidence("t1", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("t2", 1, 0.88, 0.0, 0, 0.2)]
+    decision, scores = fuse(relit, ["t1", "t2"], weights, 0.5, {})
+    assert decision.status == "matched" and decision.label == "t1"
+    assert scores["t1"].texture > 0.5 > max(scores["t1"].appearance, scores["t1"].geometric)
+    # A hard re-shot with a few inliers: the LBP-nearest label is another cake (the SVC chose it too). The texture
+    # expert would give it ~0.9, but appearance ranks the cake first, so the other cake gets no texture say at all.
+    cake = [LabelEvidence("cake", 0, 0.7, 0.0, 6, 0.3), LabelEvidence("other", 1, 0.6, 1.0, 0, 0.006)]
+    decision, scores = fuse(cake, ["cake", "other"], weights, 0.5, {})
+    assert scores["other"].texture == 0.0 and decision.order[0] == 0
+    assert scores["cake"].confidence > scores["other"].confidence
+
+
+def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.matcher.fuse import LabelEvidence, fuse
+
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0))
     labels = ["b", "a", "b", "a"]
     evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]
     decision, scores = fuse(evidence, labels, weights, 0.0, {"shortlist": "b", "verify": "a", "refine": "a"})

@@ -177,3 +177,124 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(trained: tuple[Pat
     out = tmp_path / "enc.keras"
     assert _train(out, images, "--stop-after", "1") == 0
     assert _train(out, images, "--resume", "--seed", "3") == 2
+
+
+# ------------------------------------------------- more real data, hard shots
+
+
+def _write_gimp_pattern(path: Path, pixels: np.ndarray) -> None:
+    """A GIMP .pat file: big-endian header (size, version, w, h, depth, 'GPAT', name) + raw pixels."""
+    name = b"test\0"
+    h, w, depth = pixels.shape
+    header = (24 + len(name)).to_bytes(4, "big") + (1).to_bytes(4, "big") + w.to_bytes(4, "big") + h.to_bytes(4, "big")
+    path.write_bytes(header + depth.to_bytes(4, "big") + b"GPAT" + name + pixels.tobytes())
+
+
+def test_gimp_patterns_are_read_tiled_and_never_give_sibling_negatives(tmp_path: Path) -> None:
+    tile = _photo(30, 64)
+    folder = tmp_path / "patterns"
+    (folder / "Stone").mkdir(parents=True)
+    _write_gimp_pattern(folder / "Stone" / "rock.pat", tile)
+    _write_gimp_pattern(folder / "grey.pat", cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY)[..., None])
+    (folder / "broken.pat").write_bytes(b"not a pattern")
+    sources = tdata.resolve_sources([f"each:{folder}"], split="all").photos
+    assert [s.name for s in sources] == ["patterns:Stone/rock.pat", "patterns:grey.pat"]
+    rock = sources[0]
+    assert rock.image.shape == (tdata.PATTERN_SIDE, tdata.PATTERN_SIDE, 3) and rock.tiled
+    assert np.array_equal(rock.image[:64, :64], tile) and np.array_equal(rock.image[64:128, :64], tile)
+    assert rock.group == rock.name  # each: a subfolder is not one object
+    assert sources[1].image.shape[2] == 3
+    # a plain folder keeps its old meaning: a subfolder is one object
+    assert tdata.resolve_sources([str(folder)], split="all").photos[0].group == "patterns:Stone"
+    # tiled sources never give siblings, even when every draw asks for them
+    _, _, groups = tdata.make_pair_bank(sources, np.random.default_rng(0), 8, 32, sibling_prob=1.0)
+    assert (groups >= 0).all()
+
+
+def test_hard_pairs_and_sibling_discs_are_seeded_and_siblings_are_each_others_negatives() -> None:
+    sources = tdata.procedural_sources((9, 1), 5, size=256)
+    bank = [tdata.make_pair_bank(sources, np.random.default_rng(4), 8, 48, hard_prob=0.5, sibling_prob=1.0) for _ in range(2)]
+    (a, b, groups), (a2, b2, groups2) = bank
+    assert np.array_equal(a, a2) and np.array_equal(b, b2) and np.array_equal(groups, groups2)
+    assert a.shape == (8, 48, 48, 3) and a.dtype == np.uint8
+    siblings = np.flatnonzero(groups < 0)
+    assert siblings.size >= 3  # every single-photo source gives two discs when asked
+    for k in siblings:  # a sibling follows its twin, which has the source's group: two labels, one photo
+        assert groups[k] == -1 - k and groups[k - 1] >= 0
+    assert len(set(groups.tolist())) == 8  # one round: all distinct, the loss takes every other object as a negative
+    rng = np.random.default_rng(2)
+    objs = tdata.sample_siblings(rng, sources[0].image, 0, hard_prob=0.0)
+    assert objs is not None and len(objs) == 2
+    (x0, y0), (x1, y1) = objs[0].centre, objs[1].centre
+    gap = max(abs(x1 - x0), abs(y1 - y0))
+    assert gap >= (objs[0].side + objs[1].side) / 2  # disjoint squares
+    assert tdata.sample_siblings(rng, np.full((256, 256, 3), 128, np.uint8), 0, 0.0) is None  # blank: no siblings
+
+
+def test_hard_view_shows_the_disc_smaller_tilted_and_occluded_than_its_registration_shot() -> None:
+    img = np.zeros((200, 200, 3), np.uint8)
+    img[:, :] = (200, 200, 200)
+    obj = tdata.ObjectSpec(0, (100.0, 100.0), 200.0, disc=True, hard=True)
+    reg, hard = tdata.render_pair(img, obj, np.random.default_rng(3), 96)
+    assert reg.shape == hard.shape == (96, 96, 3)
+    assert not np.array_equal(reg, hard)
+    again = tdata.render_pair(img, obj, np.random.default_rng(3), 96)
+    assert np.array_equal(again[0], reg) and np.array_equal(again[1], hard)
+
+
+def test_epoch_views_do_not_depend_on_the_number_of_worker_processes() -> None:
+    import argparse
+
+    from pipeline.training import train
+
+    args = argparse.Namespace(seed=3, steps=2, batch_size=4, input_size=32, channels=1, disc_mask=False, disc_prob=0.3,
+                              hard_prob=0.5, sibling_prob=0.5, _procedural=3, workers=2)
+    photos = tdata.procedural_sources((9, 2), 3, size=128)
+    x1, g1 = train.epoch_bank(args, photos, 1)
+    pool = train._pool(args, photos)
+    try:
+        x2, g2 = train.collect_epoch(train.submit_epoch(pool, args, photos, 1))
+    finally:
+        pool.shutdown()
+    assert x1.shape == (2 * 2 * 4, 32, 32, 1) and x1.dtype == np.float32
+    assert np.array_equal(x1, x2) and np.array_equal(g1, g2)
+    # batch i is view a of its objects, then their view b: the same groups twice
+    assert np.array_equal(g1[:4], g1[4:8])
+
+
+def test_ntxent_loss_masks_same_group_rows_and_prefers_matching_views() -> None:
+    from keras import ops
+
+    from pipeline.training.train import make_loss
+
+    loss = make_loss("ntxent", temperature=0.1, margin=0.3)
+    z = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1, 2, 3]]  # view b == view a
+    groups = np.array([0, 1, 2, 3] * 2, np.float32)
+    good = float(ops.convert_to_numpy(loss(groups, z)))
+    swapped = float(ops.convert_to_numpy(loss(groups, z[[0, 1, 2, 3, 1, 0, 3, 2]])))
+    assert good < 0.01 < swapped
+    # objects 0 and 1 in one group: their identical rows are masked, not counted as negatives
+    same = np.eye(4, dtype=np.float32)[[0, 0, 2, 3, 0, 0, 2, 3]]
+    assert float(ops.convert_to_numpy(loss(np.array([0, 0, 2, 3] * 2, np.float32), same))) < 0.01
+    assert float(ops.convert_to_numpy(loss(groups, same))) > 0.5
+
+
+def test_benchmark_sources_leave_out_the_encoders_training_photos_and_their_near_duplicates(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, name in enumerate(("graf1.png", "graf3.png", "baboon.png", "fruits.png")):
+        cv2.imwrite(str(folder / name), _photo(40 + i, 128))
+    record = tmp_path / "encoder.json"
+    record.write_text(json.dumps({"training": {"data": {"photos": ["data:graf1.png", "data:fruits.png"]}}}))
+    trained = tdata.trained_photos(record)
+    sources = tdata.resolve_sources([str(folder)], split="all").photos
+    # graf3 shows graf1's scene: a benchmark cake cut from it would be a trained-on object under another name
+    assert [s.name for s in tdata.without_trained(sources, trained)] == ["data:baboon.png"]
+    # the shipped record names real photos, and the benchmark's evaluation photos are not among them
+    shipped = tdata.trained_photos()
+    assert "bare:shape-100g.jpg" in shipped
+    held_out = tdata.resolve_sources(["skimage"], split="held_out").photos
+    assert held_out and tdata.without_trained(held_out, shipped) == held_out
+    record.write_text(json.dumps({"training": {"command": "teaprint train"}}))
+    with pytest.raises(ValueError, match="training.data.photos"):
+        tdata.trained_photos(record)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import source_photos, write_rgb
 from pipeline.cli import main
-from pipeline.features.local import extract_local, verify_pair
+from pipeline.features.local import LocalFeatures, extract_local, verify_pair
 from pipeline.results import load_schema
 
 
@@ -60,6 +60,33 @@ def test_different_cake_cut_from_the_same_photo_finds_no_geometry() -> None:
     wrong = verify_pair(q, extract_local(left, "sift", 400, 400))
     right_one = verify_pair(q, extract_local(right, "sift", 400, 400))
     assert wrong.inliers < 8 <= right_one.inliers
+
+
+def test_keypoints_piled_on_one_catalog_keypoint_cannot_outvote_the_true_homography(astronaut: np.ndarray) -> None:
+    """A repeated grain or a glare spot: many query keypoints whose best match is ONE catalog keypoint.
+    Taken as they come, they fit a homography collapsing the photo onto that point."""
+    cake = disc(astronaut, 256, 200, 150)
+    q = extract_local(rephotograph(cake, angle=40, tilt=0.12), "sift", 400, 400)
+    c = extract_local(cake, "sift", 400, 400)
+    honest = verify_pair(q, c).inliers
+    rng = np.random.default_rng(0)
+    piled = 3 * honest
+    points = np.vstack([q.points, rng.uniform(20, 280, size=(piled, 2)).astype(np.float32)])
+    descriptors = np.vstack([q.descriptors, np.repeat(c.descriptors[:1], piled, axis=0)])
+    result = verify_pair(LocalFeatures(points, descriptors, q.side), c)
+    assert result.inliers >= honest - 2 and result.homography is not None
+    assert result.rotation_deg is not None and abs(abs(result.rotation_deg) - 40) < 8
+
+
+def test_guided_matching_adds_inliers_to_a_blurred_reshot_and_none_to_another_cake() -> None:
+    coffee = source_photos()["chelsea"]
+    left, right = disc(coffee, 110, 150, 100), disc(coffee, 340, 150, 100)
+    shot = cv2.GaussianBlur(rephotograph(right, angle=25, tilt=0.1), (0, 0), 1.6)
+    q = extract_local(shot, "sift", 400, 400, contrast_threshold=0.01)
+    same, other = extract_local(right, "sift", 400, 400, contrast_threshold=0.01), extract_local(left, "sift", 400, 400, contrast_threshold=0.01)
+    plain, guided = verify_pair(q, same), verify_pair(q, same, guided_ratio=0.9)
+    assert guided.inliers > plain.inliers >= 8
+    assert verify_pair(q, other, guided_ratio=0.9).inliers < 8
 
 
 def test_orb_also_verifies(astronaut: np.ndarray) -> None:
@@ -121,7 +148,8 @@ def lit(height: np.ndarray, azimuth: float, elevation: float) -> np.ndarray:
 
 def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Bare textures under another light: verification finds no geometry, and with
-    the shipped model and calibrated decision the appearance expert decides."""
+    the shipped model and calibrated decision the texture (LBP) expert decides:
+    the embedding finds every relit texture alike, the LBP match tells them apart."""
     surfaces = {"fine": relief(1, 1.2), "medium": relief(2, 2.5), "coarse": relief(3, 5.0)}
     catalog = tmp_path / "catalog"
     for name, height in surfaces.items():
@@ -137,7 +165,7 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.Capt
         assert result["matches"][0]["label"] == name
         assert result["status"] == "matched" and result["label"] == name
         decide = result["stages"]["decide"]
-        assert decide["appearance"] >= decide["accept_confidence"] > decide["geometric"]
+        assert decide["texture"] >= decide["accept_confidence"] > decide["geometric"]
 
 
 def test_shipped_pipeline_confirms_the_cake_and_refuses_its_sibling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

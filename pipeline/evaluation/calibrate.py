@@ -1,7 +1,7 @@
 """`teaprint calibrate BENCH_DIR...`: fit the fused decision on held-out benchmarks.
 
 The full pipeline runs on each benchmark (temporary index, as `eval` does).
-Every candidate label of every query becomes one example: the two experts'
+Every candidate label of every query becomes one example: the three experts'
 features (`pipeline.matcher.fuse.label_features`, the very function the
 matcher scores with) and whether it is the query's right label. One logistic
 regression per expert fits its weights; the accept threshold is then the
@@ -11,7 +11,7 @@ with `--write`, stored in a config file (comments kept), with the measured
 rates in a comment, so the threshold carries a stated false-accept rate.
 
 Calibrate on data the evaluation does not use: e.g. `bench/make_discs.py
---split train`, `bench/make_siblings.py --faces cake2_b,cake3_a,cake3_b`
+--split calibration`, `bench/make_siblings.py --faces cake2_b,cake3_a,cake3_b`
 (easy and `--hard`) and `bench/make_textures.py --seed 1`, never KTH-TIPS.
 """
 
@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights
-from pipeline.matcher.fuse import APPEARANCE_FEATURES, GEOMETRIC_FEATURES, combine, expert_probabilities, gather, label_features
+from pipeline.config import AppearanceWeights, Config, FusionConfig, GeometricWeights, TextureWeights
+from pipeline.matcher.fuse import (APPEARANCE_FEATURES, APPEARANCE_SIGNS, GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, TEXTURE_COLUMNS,
+                                   TEXTURE_FEATURES, TEXTURE_SIGNS, combine, expert_probabilities, gather, label_features)
 from pipeline.results import MatchEvidence, MatchResult
 
 
 @dataclass(frozen=True)
 class QueryEvidence:
-    """All candidate labels of one query: both experts' features and the right label ('' = none)."""
+    """All candidate labels of one query: the experts' features and the right label ('' = none)."""
 
     labels: tuple[str, ...]
     geometric: np.ndarray  # (L, len(GEOMETRIC_FEATURES))
@@ -64,17 +66,33 @@ def _evidence_of(m: Sequence[MatchEvidence], truth: str) -> QueryEvidence:
     return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth)
 
 
-def _fit_expert(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    from sklearn.linear_model import LogisticRegression
+def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[float, np.ndarray]:
+    """Logistic regression (L2, C = 1) whose weights keep the sign `signs` allows.
 
-    # Unweighted classes: the fitted output is a probability, so the two
-    # experts are on one scale and taking their maximum is meaningful.
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
-    return round(float(model.intercept_[0]), 4), np.round(model.coef_[0], 4)
+    Each weight is bounded to its side (+1: >= 0, -1: <= 0, 0: free): a
+    feature that counts against a label on every kind of photo (an LBP
+    distance) must not be learned as counting for it because the calibration
+    mixes kinds of photo on which it scales differently. Unweighted classes:
+    the output is a probability, so the experts are on one scale and
+    taking their maximum is meaningful.
+    """
+    from scipy.optimize import minimize
+
+    x, target = np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = w[0] + x @ w[1:]
+        residual = 1.0 / (1.0 + np.exp(-z)) - target
+        value = float((np.logaddexp(0.0, z) - target * z).sum() + 0.5 * w[1:] @ w[1:])
+        return value, np.concatenate([[residual.sum()], x.T @ residual + w[1:]])
+
+    bounds = [(None, None)] + [(0.0, None) if s > 0 else (None, 0.0) if s < 0 else (None, None) for s in signs]
+    found = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+    return round(float(found.x[0]), 4), np.round(found.x[1:], 4) + 0.0  # + 0.0: no -0.0 in the YAML
 
 
 def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibration:
-    """Fit both experts' weights, then the accept threshold for `target_far`."""
+    """Fit the three experts' weights, then the accept threshold for `target_far`."""
     used = [e for e in evidence if len(e.labels)]
     y = np.concatenate([[label == e.truth for label in e.labels] for e in used])
     geometric = np.concatenate([e.geometric for e in used])
@@ -82,19 +100,32 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01) -> Calibrat
     # that verification gave no inlier at all (a relit texture) is the other
     # expert's to find, and would only teach this one that inliers mean little.
     speaks = ~y | (geometric[:, 0] > 0)
-    gb, gw = _fit_expert(geometric[speaks], y[speaks])
+    gb, gw = _fit_expert(geometric[speaks], y[speaks], GEOMETRIC_SIGNS)
     geo = GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)})
     appearance = np.concatenate([e.appearance for e in used])
     # Likewise the appearance expert is fitted for the photos geometry does not
     # already confirm: a blurred, tilted re-shot whose embedding is lost would
     # only teach it that a clear texture match means little.
     unused = AppearanceWeights(**dict.fromkeys(("bias", *APPEARANCE_FEATURES), 0.0))  # only the geometric column is read
-    pg, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, unused))
+    unread = TextureWeights(**dict.fromkeys(("bias", *TEXTURE_FEATURES), 0.0))
+    pg, _, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, unused, unread))
     residual = ~y | (pg < 0.5)
-    ab, aw = _fit_expert(appearance[residual], y[residual])
+    ab, aw = _fit_expert(appearance[residual], y[residual], APPEARANCE_SIGNS)
     app = AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)})
-    fusion = align_experts(used, FusionConfig(geo, app), target_far / 2)
-    threshold, far, recall, precision = choose_threshold(evidence, fusion, target_far)
+    # The texture expert is fitted for what neither other expert confirms
+    # (relit bare textures): there the LBP match is the evidence left, and the
+    # cosine that every relit texture shares would only drown it. It is fitted
+    # on every such label and then speaks only for the appearance expert's
+    # first choice (`texture_speaks`); its bias is set by `align_experts`.
+    _, pa, _ = expert_probabilities(geometric, appearance, FusionConfig(geo, app, unread))
+    left = ~y | ((pg < 0.5) & (pa < 0.5))
+    tb, tw = _fit_expert(appearance[left][:, TEXTURE_COLUMNS], y[left], TEXTURE_SIGNS)
+    tex = TextureWeights(tb, **{n: float(w) for n, w in zip(TEXTURE_FEATURES, tw)})
+    fusion = align_experts(used, FusionConfig(geo, app, tex), target_far / 3)
+    # The config stores 4 decimals: round the threshold UP, never below an
+    # impostor it was chosen to refuse, and state the rates at the stored value.
+    threshold = math.ceil(choose_threshold(evidence, fusion, target_far)[0] * 1e4) / 1e4
+    far, recall, precision = rates_at(evidence, fusion, threshold)
     registered = sum(1 for e in evidence if e.truth)
     return Calibration(fusion, threshold, far, recall, precision, len(evidence) - registered, registered)
 
@@ -103,15 +134,15 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     """Shift each expert's bias so that ITS false-accept point (`far` alone) lies at 0.5.
 
     Each expert's probabilities are honest on the data it was fitted for, but
-    the two see different impostors: a relit texture's right answer rarely
-    reaches the confidence of forty inliers. Putting both operating points at
-    one value lets a single accept point serve both kinds of photo, and the
-    union of the two keeps the false-accept rate within twice `far`.
+    they see different impostors: a relit texture's right answer rarely
+    reaches the confidence of forty inliers. Putting every operating point at
+    one value lets a single accept point serve every kind of photo, and the
+    union of the three keeps the false-accept rate within three times `far`.
     """
     registered = np.array([bool(e.truth) for e in evidence])
     best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion)] for e in evidence])
     shifts = []
-    for column in range(2):
+    for column in range(best.shape[1]):
         impostors = np.sort(best[~registered, column])
         if not impostors.size:
             shifts.append(0.0)
@@ -119,8 +150,9 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
         point = float(impostors[len(impostors) - 1 - int(np.floor(far * len(impostors)))])
         point = min(max(point, 1e-6), 1 - 1e-6)
         shifts.append(-float(np.log(point / (1 - point))))
-    g, a = fusion.geometric, fusion.appearance
-    return FusionConfig(dataclasses.replace(g, bias=round(g.bias + shifts[0], 4)), dataclasses.replace(a, bias=round(a.bias + shifts[1], 4)))
+    g, a, t = fusion.geometric, fusion.appearance, fusion.texture
+    return FusionConfig(dataclasses.replace(g, bias=round(g.bias + shifts[0], 4)), dataclasses.replace(a, bias=round(a.bias + shifts[1], 4)),
+                        dataclasses.replace(t, bias=round(t.bias + shifts[2], 4)))
 
 
 def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,8 +163,7 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
             best.append(0.0)
             right.append(False)
         else:
-            pg, pa = expert_probabilities(e.geometric, e.appearance, fusion)
-            scores = combine(pg, pa)
+            scores = combine(*expert_probabilities(e.geometric, e.appearance, fusion))
             k = int(np.argmax(scores))
             best.append(float(scores[k]))
             right.append(e.labels[k] == e.truth)
@@ -163,18 +194,26 @@ def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
     return {
         "geometric": {n: getattr(fusion.geometric, n) for n in ("bias", *GEOMETRIC_FEATURES)},
         "appearance": {n: getattr(fusion.appearance, n) for n in ("bias", *APPEARANCE_FEATURES)},
+        "texture": {n: getattr(fusion.texture, n) for n in ("bias", *TEXTURE_FEATURES)},
     }
+
+
+def rates_at(evidence: Sequence[QueryEvidence], fusion: FusionConfig, threshold: float) -> tuple[float, float, float]:
+    """(false-accept rate, recall, precision) of the decision accepting confidence >= `threshold`."""
+    best, right, registered = decisions(evidence, fusion)
+    accepted = best >= threshold
+    far = (accepted & ~registered).sum() / max((~registered).sum(), 1)
+    recall = (accepted & right & registered).sum() / max(registered.sum(), 1)
+    precision = (accepted & right).sum() / max(accepted.sum(), 1)
+    return float(far), float(recall), float(precision)
 
 
 def per_bench_rates(by_bench: dict[str, list[QueryEvidence]], cal: Calibration) -> list[str]:
     """One line per calibration benchmark: its FAR, recall and precision at the fitted accept point."""
     lines = []
     for name, evidence in by_bench.items():
-        best, right, registered = decisions(evidence, cal.fusion)
-        accepted = best >= cal.accept_confidence
-        far = (accepted & ~registered).sum() / max((~registered).sum(), 1)
-        recall = (accepted & right & registered).sum() / max(registered.sum(), 1)
-        precision = (accepted & right).sum() / max(accepted.sum(), 1)
+        registered = np.array([bool(e.truth) for e in evidence])
+        far, recall, precision = rates_at(evidence, cal.fusion, cal.accept_confidence)
         lines.append(f"{name}: FAR {far:.4f} ({(~registered).sum()} unregistered), recall {recall:.3f} "
                      f"({registered.sum()} registered), precision {precision:.3f}")
     return lines
@@ -192,7 +231,7 @@ def format_yaml(cal: Calibration, benches: Sequence[Path], target_far: float) ->
     return (
         f"# {summary(cal, benches, target_far)}\n"
         f"accept_confidence: {cal.accept_confidence:.4f}\n"
-        f"fusion:\n  geometric: {flow(w['geometric'])}\n  appearance: {flow(w['appearance'])}\n"
+        f"fusion:\n  geometric: {flow(w['geometric'])}\n  appearance: {flow(w['appearance'])}\n  texture: {flow(w['texture'])}\n"
     )
 
 

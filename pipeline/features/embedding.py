@@ -218,8 +218,10 @@ class Encoder:
         """
         info = _check_shapes(Path(info.path), tuple(model.input_shape), int(model.output_shape[-1]), info)
 
+        from keras import ops  # any backend; a torch tensor may live on a GPU
+
         def run(batch: np.ndarray) -> np.ndarray:
-            return model(batch, training=False).numpy().astype(np.float32, copy=False)
+            return np.asarray(ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
 
         return cls(run, replace(info, runtime="keras"))
 

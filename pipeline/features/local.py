@@ -153,6 +153,7 @@ def verify_pair(
     ransac_px: float = 8.0,
     min_matches: int = 8,
     estimator: Estimator = "ransac",
+    guided_ratio: float = 0.0,
 ) -> Verification:
     """Ratio-test matching, then a robust homography from query to candidate.
 
@@ -168,6 +169,13 @@ def verify_pair(
         Fewer ratio-test matches than this are not worth a homography.
     estimator : {"ransac", "magsac"}
         Robust estimator of the homography (OpenCV RANSAC or USAC MAGSAC++).
+    guided_ratio : float
+        0: off. Otherwise, once a plausible homography is found, every query
+        keypoint is matched again among the candidate keypoints lying within
+        `ransac_px` of where the homography puts it, kept when that distance is
+        below `guided_ratio` times its second-best distance over the whole
+        candidate (a looser test than `ratio`, made safe by the spatial gate),
+        and the homography is refitted on these (guided matching).
     """
     none = Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
     if len(query) < 2 or len(candidate) < 2:
@@ -178,22 +186,66 @@ def verify_pair(
     else:
         matcher, qd, cd = cv2.BFMatcher(cv2.NORM_L2), root_sift(query.descriptors), root_sift(candidate.descriptors)
     pairs = matcher.knnMatch(qd, cd, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-    if len(good) < min_matches:
-        return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
-    src = query.points[[m.queryIdx for m in good]]
-    dst = candidate.points[[m.trainIdx for m in good]]
+    good = _one_to_one([p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance])
+    found = _fit(query.points[[m.queryIdx for m in good]], candidate.points[[m.trainIdx for m in good]], len(good),
+                 min_matches, ransac_px, estimator)
+    if guided_ratio > 0 and found.homography is not None:
+        second = np.array([p[1].distance if len(p) == 2 else np.inf for p in pairs], np.float32)
+        q_idx, c_idx = _guided_matches(query.points, candidate.points, found.homography, matcher, qd, cd, second, ransac_px, guided_ratio)
+        again = _fit(query.points[q_idx], candidate.points[c_idx], len(good), min_matches, ransac_px, estimator)
+        if again.inliers > found.inliers:
+            return again
+    return found
+
+
+def _one_to_one(matches: list) -> list:
+    """The best match of each candidate keypoint: several query keypoints on one
+    candidate keypoint (a glare spot, a repeated grain) let RANSAC fit a
+    collapsed homography that outvotes the true one."""
+    best: dict[int, object] = {}
+    for m in matches:
+        if m.trainIdx not in best or m.distance < best[m.trainIdx].distance:
+            best[m.trainIdx] = m
+    return sorted(best.values(), key=lambda m: m.queryIdx)
+
+
+def _fit(src: np.ndarray, dst: np.ndarray, matches: int, min_matches: int, ransac_px: float, estimator: Estimator) -> Verification:
+    """A robust homography from `src` to `dst` (matched points, (M, 2) each) and its plausible inliers."""
+    if len(src) < min_matches:
+        return Verification(0, matches, None, None, None, np.zeros((0, 4), np.float32))
     homography, mask = cv2.findHomography(src, dst, _ESTIMATORS[estimator], ransac_px, maxIters=2000, confidence=0.995)
     if homography is None or mask is None:
-        return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
+        return Verification(0, matches, None, None, None, np.zeros((0, 4), np.float32))
     keep = mask.ravel().astype(bool)
     if not keep.any():
-        return Verification(0, len(good), None, None, None, np.zeros((0, 4), np.float32))
+        return Verification(0, matches, None, None, None, np.zeros((0, 4), np.float32))
     rotation, scale = similarity_of(homography, src[keep].mean(axis=0))
     if not plausible(homography, scale, src[keep].mean(axis=0)):
-        return Verification(0, len(good), rotation, scale, None, np.zeros((0, 4), np.float32))
+        return Verification(0, matches, rotation, scale, None, np.zeros((0, 4), np.float32))
     inlier_pairs = np.hstack([src[keep], dst[keep]]).astype(np.float32)
-    return Verification(int(keep.sum()), len(good), rotation, scale, homography, inlier_pairs)
+    return Verification(int(keep.sum()), matches, rotation, scale, homography, inlier_pairs)
+
+
+def _guided_matches(
+    q_points: np.ndarray, c_points: np.ndarray, homography: np.ndarray, matcher: cv2.DescriptorMatcher,
+    qd: np.ndarray, cd: np.ndarray, second: np.ndarray, radius: float, guided_ratio: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matches among candidate keypoints within `radius` of each query keypoint's projection.
+
+    Returns (query indices, candidate indices), each (M,) int64.
+    """
+    projected = cv2.perspectiveTransform(q_points.reshape(-1, 1, 2).astype(np.float64), homography).reshape(-1, 2)
+    near = ((projected[:, None, :] - c_points[None, :, :]) ** 2).sum(axis=2) <= radius * radius
+    found = matcher.match(qd, cd, mask=near.astype(np.uint8))
+    kept = [(m.distance, m.queryIdx, m.trainIdx) for m in found if near[m.queryIdx, m.trainIdx] and m.distance < guided_ratio * second[m.queryIdx]]
+    taken: set[int] = set()
+    q_idx, c_idx = [], []
+    for _, qi, ci in sorted(kept):  # best distance first: each candidate keypoint once
+        if ci not in taken:
+            taken.add(ci)
+            q_idx.append(qi)
+            c_idx.append(ci)
+    return np.array(q_idx, np.int64), np.array(c_idx, np.int64)
 
 
 def similarity_of(homography: np.ndarray, at: np.ndarray) -> tuple[float, float]:

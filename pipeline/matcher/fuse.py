@@ -1,6 +1,6 @@
 """Final stage with verification on: one calibrated decision from all evidence.
 
-Two experts, each a logistic model fitted on held-out data
+Three experts, each a logistic model fitted on held-out data
 (`pipeline.evaluation.calibrate`), score every candidate label:
 
 * **geometric**: the label's RANSAC inliers, and their margin over the best
@@ -8,13 +8,23 @@ Two experts, each a logistic model fitted on held-out data
   of one tea share enough texture for a handful of stray inliers);
 * **appearance**: the label's best embedding cosine and its margin over the
   best other label's, whether the LBP/SVC stage chose it, and its smallest
-  LBP chi-square distance (bare leaf textures, where no keypoint survives a
-  change of light).
+  LBP chi-square distance;
+* **texture**: the LBP evidence alone (the SVC vote, the LBP distance and its
+  margin over the closest other label): bare leaf textures under another
+  light, where no keypoint survives and the embedding finds every relit
+  texture alike. Fitted inside the appearance expert, the LBP evidence is
+  outweighed by the cosine that cake photos teach, and a texture's clear LBP
+  match stays below the most cosine-alike impostor. It speaks only for the
+  appearance expert's first choice: it may confirm that label, never pick
+  one of its own (on cakes the LBP-nearest label is usually another cake, and
+  a texture expert free to choose ranked it above the right cake's few
+  inliers: hard discs' top1 fell from 0.98 to 0.88).
 
-A label's confidence is the larger of the two probabilities, so a stage that
-carries nothing on some kind of photo cannot sink the other: a blurred,
+A label's confidence is the largest of the three probabilities, so a stage
+that carries nothing on some kind of photo cannot sink another: a blurred,
 tilted re-shot whose embedding is lost keeps its inliers, and a relit texture
-with no inliers keeps its appearance. The accept threshold is fitted on the
+with no inliers keeps its LBP match. Each expert's own false-accept point is
+put at 0.5 on the calibration data, and the accept threshold is fitted on the
 same held-out data for a stated false-accept rate.
 """
 
@@ -26,11 +36,20 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import FusionConfig
+from pipeline.config import FusionConfig, TextureWeights
 from pipeline.matcher.decide import Decision
 
 GEOMETRIC_FEATURES = ("inliers", "inlier_margin")
 APPEARANCE_FEATURES = ("similarity", "similarity_margin", "svc_vote", "lbp_distance", "lbp_margin")
+# Which way each feature may move its expert (+1 for the label, -1 against it),
+# enforced when calibrating: fitted freely on a mix of cakes and bare textures,
+# the LBP distance came out as "farther is better" and lifted KTH's impostors.
+GEOMETRIC_SIGNS = (1, 1)
+APPEARANCE_SIGNS = (1, 1, 1, -1, 1)
+# The texture expert reads these columns of the appearance features.
+TEXTURE_FEATURES = ("svc_vote", "lbp_distance", "lbp_margin")
+TEXTURE_COLUMNS = tuple(APPEARANCE_FEATURES.index(n) for n in TEXTURE_FEATURES)
+TEXTURE_SIGNS = tuple(APPEARANCE_SIGNS[c] for c in TEXTURE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -47,19 +66,20 @@ class LabelEvidence:
 
 @dataclass(frozen=True)
 class LabelScore:
-    """A label's two expert probabilities and the confidence taken from them."""
+    """A label's expert probabilities and the confidence taken from them."""
 
     geometric: float
     appearance: float
+    texture: float = 0.0
 
     @property
     def confidence(self) -> float:
-        return float(combine(np.float64(self.geometric), np.float64(self.appearance)))
+        return float(combine(np.float64(self.geometric), np.float64(self.appearance), np.float64(self.texture)))
 
 
-def combine(geometric: np.ndarray, appearance: np.ndarray) -> np.ndarray:
-    """A label's confidence from its experts' probabilities (element-wise)."""
-    return np.maximum(geometric, appearance)
+def combine(geometric: np.ndarray, appearance: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """A label's confidence from its experts' probabilities (element-wise): the most confident expert."""
+    return np.maximum(np.maximum(geometric, appearance), texture)
 
 
 def gather(
@@ -127,18 +147,34 @@ def _logistic(x: np.ndarray, bias: float, weights: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights: FusionConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(geometric, appearance) probabilities, shape (L,) each, from `label_features`' arrays."""
+def texture_probability(appearance: np.ndarray, weights: TextureWeights) -> np.ndarray:
+    """The texture expert's probabilities, shape (L,), from `label_features`' appearance array (ungated)."""
+    return _logistic(appearance[:, TEXTURE_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in TEXTURE_FEATURES]))
+
+
+def texture_speaks(appearance_probability: np.ndarray) -> np.ndarray:
+    """Where the texture expert may speak, shape (L,) bool: for the appearance expert's first choice only."""
+    out = np.zeros(appearance_probability.shape, bool)
+    if appearance_probability.size:
+        out[int(np.argmax(appearance_probability))] = True
+    return out
+
+
+def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(geometric, appearance, texture) probabilities, shape (L,) each, from ONE query's `label_features` arrays.
+
+    The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
+    """
     g, a = weights.geometric, weights.appearance
     pg = _logistic(geometric, g.bias, np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
     pa = _logistic(appearance, a.bias, np.array([getattr(a, n) for n in APPEARANCE_FEATURES]))
-    return pg, pa
+    return pg, pa, np.where(texture_speaks(pa), texture_probability(appearance, weights.texture), 0.0)
 
 
 def score_labels(evidence: Sequence[LabelEvidence], weights: FusionConfig) -> list[LabelScore]:
-    """Both experts' probabilities for every label, in `evidence` order."""
-    pg, pa = expert_probabilities(*label_features(evidence), weights)
-    return [LabelScore(float(g), float(a)) for g, a in zip(pg, pa)]
+    """The experts' probabilities for every label, in `evidence` order."""
+    pg, pa, pt = expert_probabilities(*label_features(evidence), weights)
+    return [LabelScore(float(g), float(a), float(t)) for g, a, t in zip(pg, pa, pt)]
 
 
 def fuse(

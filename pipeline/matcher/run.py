@@ -69,7 +69,7 @@ class Decided:
     ----------
     decision : Decision
     scores : dict
-        Label -> both experts' probabilities (empty without fusion).
+        Label -> its experts' probabilities (empty without fusion).
     method : {"fusion", "similarity"}
         Fused experts (verification on) or the similarity rule (off).
     accept_confidence : float
@@ -85,11 +85,11 @@ class Decided:
     best_label: str | None
 
     def report(self) -> dict[str, Any]:
-        """The stage's evidence for `stages.decide`: agreement, rule, and the best label's two experts."""
+        """The stage's evidence for `stages.decide`: agreement, rule, and the best label's experts."""
         out: dict[str, Any] = {"agreed": list(self.decision.agreed), "accept_confidence": self.accept_confidence, "method": self.method}
         best = self.scores.get(self.best_label) if self.best_label is not None else None
         if best is not None:
-            out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6))
+            out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6), texture=round(best.texture, 6))
         return out
 
 
@@ -175,7 +175,7 @@ def run(
     verified = None
     if settings.verify.enabled:
         v = settings.verify
-        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches)
+        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio)
         lap("verify")
     decided = _decide(candidates.widened, refined, labels, verified, settings)
     lap("decide")

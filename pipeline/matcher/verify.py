@@ -52,11 +52,13 @@ def verify(
     ratio: float = 0.8,
     ransac_px: float = 8.0,
     min_matches: int = 8,
+    guided_ratio: float = 0.0,
 ) -> Verified:
     """Verify the first `max_candidates` candidates against the query.
 
     The cap bounds the cost: each verification is one ratio-test matching and
-    one RANSAC fit (a few ms each).
+    one RANSAC fit (a few ms each); `guided_ratio` > 0 adds guided matching
+    under the first fit (`pipeline.features.local.verify_pair`).
     """
     if query is None or len(query) == 0:
         return Verified((), (), 0 if query is None else len(query))
@@ -65,5 +67,5 @@ def verify(
         if candidate is None:
             continue
         positions.append(position)
-        results.append(verify_pair(query, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches))
+        results.append(verify_pair(query, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches, guided_ratio=guided_ratio))
     return Verified(tuple(positions), tuple(results), len(query))

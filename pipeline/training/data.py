@@ -5,11 +5,18 @@ Sources (``--images`` items):
 * a folder: every image below it. A photo directly in the folder is its own
   object; photos inside one subfolder are several photos of ONE object (they
   give extra positive pairs, and are never used as each other's negatives).
+* ``each:DIR``: every image below DIR is its own object, subfolders or not
+  (wallpaper and pattern collections sort unrelated photos into subfolders).
 * ``skimage``: the photos bundled with scikit-image (`skimage.data`).
 * ``procedural`` (or ``procedural:N``): N generated leaf-like textures
   (noise octaves, random strokes and ellipses), fresh ones every epoch.
 * Debian's opencv-doc samples are a folder:
-  ``/usr/share/doc/opencv-doc/examples/data`` (``apt-get install opencv-doc``).
+  ``/usr/share/doc/opencv-doc/examples/data`` (``apt-get install opencv-doc``);
+  `DEBIAN_PHOTO_SPECS` lists the other Debian packages' photo folders that
+  `make train` installs (`DEBIAN_PHOTO_PACKAGES`).
+* GIMP patterns (``.pat``, small tileable textures) are read and tiled to
+  `PATTERN_SIDE`; they never give sibling negatives (every region of a tiling
+  shows the same texture).
 
 Held-out split: a real photo whose name hashes to 0 mod 5 (`is_held_out`) is
 never trained on; those photos feed calibration and `bench/make_discs.py`.
@@ -19,6 +26,7 @@ Procedural textures for calibration use keys training never draws.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +35,26 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from pipeline.features.embedding import centre_square
 from pipeline.training import views
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# The shipped encoder's record: its `training.data.photos` lists every real photo it was trained on.
+SHIPPED_RECORD = Path(__file__).resolve().parent.parent / "data" / "models" / "teaprint-encoder.json"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pat")
 OPENCV_DOC_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
+# Real photos and textures from Debian packages (`make train` installs them):
+# wallpaper photos (mate-backgrounds' nature set, lomiri-wallpapers and
+# ukui-wallpapers at the top of /usr/share/backgrounds), paper and cork scans
+# (mypaint-data-extras) and GIMP's texture patterns (gimp-data, gimp-data-extras).
+DEBIAN_PHOTO_PACKAGES = ("opencv-doc", "mate-backgrounds", "lomiri-wallpapers", "ukui-wallpapers", "mypaint-data-extras",
+                         "gimp-data", "gimp-data-extras")
+DEBIAN_PHOTO_SPECS = (
+    "each:/usr/share/backgrounds/mate/nature",
+    "each:/usr/share/backgrounds/.",  # lomiri-wallpapers' photos lie at the top level; subfolders are other packages'
+    "each:/usr/share/mypaint/backgrounds",
+    "each:/usr/share/gimp/2.0/patterns",
+)
+PATTERN_SIDE = 256
 # First element of a procedural key: 0 = training, 1 = calibration, 2 = benchmark.
 TRAIN_KEY, CALIBRATION_KEY, BENCH_KEY = 0, 1, 2
 MIN_SIDE = 96
@@ -51,11 +75,14 @@ class Source:
         At most `MAX_SIDE` pixels on its longer side.
     group : str
         Photos sharing a group show the same object.
+    tiled : bool
+        A repeated tile (GIMP pattern): two regions of it are not different objects.
     """
 
     name: str
     image: np.ndarray
     group: str
+    tiled: bool = False
 
 
 def family(name: str) -> str:
@@ -78,6 +105,31 @@ def is_held_out(name: str) -> bool:
     return int(hashlib.sha1(family(name).encode("utf-8")).hexdigest(), 16) % 5 == 0
 
 
+def trained_photos(record: Path = SHIPPED_RECORD) -> frozenset[str]:
+    """Names (``origin:relative path``) of the real photos an encoder was trained on.
+
+    Read from its training record (the ``.json`` beside the ``.keras``,
+    ``training.data.photos``), so benchmark generators can exclude them
+    explicitly rather than trusting that `is_held_out` was applied.
+
+    Raises
+    ------
+    ValueError
+        When the record lists no training photos (an encoder trained before
+        records kept them cannot vouch for any benchmark).
+    """
+    photos = json.loads(Path(record).read_text(encoding="utf-8")).get("training", {}).get("data", {}).get("photos")
+    if not photos:
+        raise ValueError(f"{record}: no training.data.photos, cannot tell which photos the encoder trained on")
+    return frozenset(photos)
+
+
+def without_trained(sources: Iterable[Source], trained: frozenset[str]) -> list[Source]:
+    """`sources` less every photo in `trained` and every near-duplicate of one (same `family`)."""
+    families = {family(name) for name in trained}
+    return [s for s in sources if s.name not in trained and family(s.name) not in families]
+
+
 def _fit(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -92,8 +144,30 @@ def _fit(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def read_gimp_pattern(path: Path) -> np.ndarray | None:
+    """Decode a GIMP pattern (``.pat``) as RGB uint8, tiled to at least `PATTERN_SIDE` a side.
+
+    The format is a big-endian header (header size, version, width, height,
+    bytes per pixel, magic ``GPAT``, name) followed by raw pixels. None if the
+    file is not such a pattern.
+    """
+    raw = Path(path).read_bytes()
+    if len(raw) < 24 or raw[20:24] != b"GPAT":
+        return None
+    header, _, w, h, depth = (int.from_bytes(raw[i : i + 4], "big") for i in range(0, 20, 4))
+    if depth not in (1, 2, 3, 4) or w < 1 or h < 1 or len(raw) < header + w * h * depth:
+        return None
+    px = np.frombuffer(raw[header : header + w * h * depth], np.uint8).reshape(h, w, depth)
+    px = px[..., :1] if depth <= 2 else px[..., :3]  # drop alpha
+    reps = (-(-PATTERN_SIDE // h), -(-PATTERN_SIDE // w), 1)
+    return np.ascontiguousarray(np.tile(np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px, reps))
+
+
 def read_image(path: Path) -> np.ndarray | None:
     """Decode `path` as RGB uint8 (H, W, 3), shrunk to MAX_SIDE; None if unreadable."""
+    if Path(path).suffix.lower() == ".pat":
+        pattern = read_gimp_pattern(path)
+        return None if pattern is None else _fit(pattern)
     data = np.fromfile(str(path), dtype=np.uint8)
     im = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if im is None:
@@ -109,28 +183,35 @@ def _usable(name: str, image: np.ndarray | None) -> bool:
     return float(image.std()) > 8.0  # blank or near-blank images teach nothing
 
 
-def folder_sources(folder: Path) -> list[Source]:
-    """Every readable image below `folder` (recursive, sorted).
+def folder_sources(folder: Path, each: bool = False, recursive: bool = True) -> list[Source]:
+    """Every readable image below `folder` (sorted).
 
     Parameters
     ----------
     folder : Path
+    each : bool
+        Every photo is its own object, whatever subfolder it is in.
+    recursive : bool
+        Also read subfolders.
 
     Returns
     -------
     list of Source
-        Group = the subfolder for photos in one, else the photo itself.
+        Group = the photo itself with `each`, else the subfolder for photos in one.
+        Symbolic links are skipped.
     """
     folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
     out = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+    # A link is another name for a photo (lomiri-wallpapers links its default background): never a second object.
+    for path in sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.is_symlink()):
         rel = path.relative_to(folder)
         name = f"{folder.name}:{rel.as_posix()}"
         image = read_image(path)
         if not _usable(name, image):
             continue
-        group = f"{folder.name}:{rel.parent.as_posix()}" if len(rel.parts) > 1 else name
-        out.append(Source(name, image, group))  # type: ignore[arg-type]
+        group = f"{folder.name}:{rel.parent.as_posix()}" if len(rel.parts) > 1 and not each else name
+        out.append(Source(name, image, group, tiled=path.suffix.lower() == ".pat"))  # type: ignore[arg-type]
     return out
 
 
@@ -243,7 +324,9 @@ def resolve_sources(items: Sequence[str], split: str = "train") -> SourceSet:
     Parameters
     ----------
     items : sequence of str
-        Folders, ``skimage``, ``procedural`` or ``procedural:N``.
+        Folders, ``each:FOLDER`` (every photo its own object; a trailing
+        ``/.`` reads FOLDER alone, not its subfolders), ``skimage``,
+        ``procedural`` or ``procedural:N``.
     split : {"train", "held_out", "all"}
         Which side of `is_held_out` to keep.
 
@@ -264,10 +347,13 @@ def resolve_sources(items: Sequence[str], split: str = "train") -> SourceSet:
         elif item == "procedural" or item.startswith("procedural:"):
             procedural += int(item.split(":", 1)[1]) if ":" in item else 256
         else:
-            folder = Path(item)
+            each = item.startswith("each:")
+            text = item[len("each:") :] if each else item
+            recursive = not (text.endswith("/.") and each)
+            folder = Path(text)
             if not folder.is_dir():
-                raise ValueError(f"--images {item}: not a folder (nor 'skimage' / 'procedural[:N]')")
-            photos.extend(folder_sources(folder))
+                raise ValueError(f"--images {item}: not a folder (nor 'each:DIR' / 'skimage' / 'procedural[:N]')")
+            photos.extend(folder_sources(folder, each=each, recursive=recursive))
     if split != "all":
         keep = split == "held_out"
         photos = [s for s in photos if is_held_out(s.name) == keep]
@@ -279,12 +365,18 @@ def resolve_sources(items: Sequence[str], split: str = "train") -> SourceSet:
 
 @dataclass(frozen=True)
 class ObjectSpec:
-    """One physical object: a region of one source, bare texture or a disc."""
+    """One physical object: a region of one source, bare texture or a disc.
+
+    A `hard` object is a disc whose two views are a careful registration shot
+    and a hard re-shot (`hard_view`), the pair a hard query makes with its
+    catalog photo.
+    """
 
     source: int
     centre: tuple[float, float]
     side: float
     disc: bool
+    hard: bool = False
 
 
 def texture_energy(region: np.ndarray) -> float:
@@ -302,11 +394,20 @@ def texture_energy(region: np.ndarray) -> float:
 MIN_TEXTURE = 5.0
 
 
-def sample_object(rng: np.random.Generator, image: np.ndarray, source: int, disc_prob: float, tries: int = 12) -> ObjectSpec:
+def _region_energy(image: np.ndarray, centre: tuple[float, float], side: float) -> float:
+    x0, y0 = int(centre[0] - side / 2), int(centre[1] - side / 2)
+    return texture_energy(image[max(0, y0) : y0 + int(side), max(0, x0) : x0 + int(side)])
+
+
+def sample_object(
+    rng: np.random.Generator, image: np.ndarray, source: int, disc_prob: float, tries: int = 12, hard_prob: float = 0.0
+) -> ObjectSpec:
     """Draw a square region (side 40-100 % of the shorter side) of `image` as an object.
 
     Up to `tries` regions are drawn; the first with `texture_energy` >= MIN_TEXTURE
-    is kept, else the most textured one.
+    is kept, else the most textured one. With probability `hard_prob` the
+    object is a hard disc (no random draw is made when it is 0, so recipes
+    without hard shots keep their random stream).
     """
     h, w = image.shape[:2]
     best: tuple[float, ObjectSpec] | None = None
@@ -314,15 +415,69 @@ def sample_object(rng: np.random.Generator, image: np.ndarray, source: int, disc
         side = float(min(h, w)) * float(rng.uniform(0.4, 1.0))
         cx = float(rng.uniform(side / 2, w - side / 2))
         cy = float(rng.uniform(side / 2, h - side / 2))
-        obj = ObjectSpec(source, (cx, cy), side, bool(rng.uniform() < disc_prob))
-        x0, y0 = int(cx - side / 2), int(cy - side / 2)
-        energy = texture_energy(image[y0 : y0 + int(side), x0 : x0 + int(side)])
+        hard = bool(hard_prob > 0 and rng.uniform() < hard_prob)
+        obj = ObjectSpec(source, (cx, cy), side, hard or bool(rng.uniform() < disc_prob), hard)
+        energy = _region_energy(image, (cx, cy), side)
         if energy >= MIN_TEXTURE:
             return obj
         if best is None or energy > best[0]:
             best = (energy, obj)
     assert best is not None
     return best[1]
+
+
+def sample_siblings(rng: np.random.Generator, image: np.ndarray, source: int, hard_prob: float, count: int = 2) -> list[ObjectSpec] | None:
+    """`count` disjoint disc objects of one photo: "sibling cakes" (same tea, other leaves).
+
+    The photo's longer side is cut into `count` equal cells and one square
+    (60-100 % of the cell's shorter side) is drawn inside each, so the objects
+    never overlap. None when a cell is too small (< 48 px) or blank
+    (`texture_energy` < MIN_TEXTURE): two blank regions cannot be told apart.
+    """
+    h, w = image.shape[:2]
+    long_side, short = max(h, w), min(h, w)
+    cell = long_side / count
+    limit = min(cell, short)
+    if limit < 48:
+        return None
+    out = []
+    for k in range(count):
+        side = limit * float(rng.uniform(0.6, 1.0))
+        along = k * cell + float(rng.uniform(side / 2, cell - side / 2))
+        across = float(rng.uniform(side / 2, short - side / 2))
+        centre = (along, across) if w >= h else (across, along)
+        hard = bool(hard_prob > 0 and rng.uniform() < hard_prob)
+        out.append(ObjectSpec(source, centre, side, True, hard))
+    if any(_region_energy(image, o.centre, o.side) < MIN_TEXTURE for o in out):
+        return None
+    return out
+
+
+def registration_view(image: np.ndarray, obj: ObjectSpec, rng: np.random.Generator, out_size: int) -> np.ndarray:
+    """A careful catalog photo of disc `obj`: near overhead, even framing, JPEG 90-95 (as bench/make_discs.py)."""
+    return views.disc_photo(image, rng, obj.centre, obj.side / 2.0, out_size=out_size, fill=float(rng.uniform(0.8, 0.9)),
+                            max_tilt=8.0, scale_range=(0.95, 1.05), quality_range=(90, 95))
+
+
+def hard_view(image: np.ndarray, obj: ObjectSpec, rng: np.random.Generator, out_size: int) -> np.ndarray:
+    """A hard re-shot of disc `obj` as the encoder sees it: `views.hard_disc_photo` then the centre square.
+
+    The photo is a 4:3 frame (portrait or landscape) whose shorter side is
+    1-1.2 x `out_size`, so its noise, blur and JPEG act at about the
+    encoder's resolution (harsher than on a 640 px query, which the encoder
+    sees reduced 5-10 x; rendering it that large costs 30x more); the centre
+    square is what `prepare_input` keeps.
+
+    Returns
+    -------
+    ndarray, shape (out_size, out_size, 3), dtype uint8
+    """
+    short = int(round(out_size * float(rng.uniform(1.0, 1.2))))
+    wh = (short * 4 // 3, short)
+    if rng.uniform() < 0.5:
+        wh = (wh[1], wh[0])
+    photo = views.hard_disc_photo(image, rng, obj.centre, obj.side / 2.0, wh, fill=float(rng.uniform(0.75, 0.95)))
+    return cv2.resize(centre_square(photo), (out_size, out_size), interpolation=cv2.INTER_AREA)
 
 
 def render_view(
@@ -353,21 +508,27 @@ def make_pair_bank(
     out_size: int,
     disc_prob: float = 0.3,
     group_pair_prob: float = 0.5,
+    hard_prob: float = 0.0,
+    sibling_prob: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two views each of `n_objects` objects, for one epoch.
+    """Two views each of `n_objects` objects, for one epoch (or one batch).
 
     Objects are drawn in rounds over a random permutation of the groups, so
     within a block of ``len(groups)`` consecutive objects no two share a group
     (a batch smaller than that has only true negatives). For a group with
     several photos, with probability `group_pair_prob` the two views are two
-    different photos of the group (whole frame).
+    different photos of the group (whole frame). With probability
+    `hard_prob` an object is a hard disc (registration shot + hard re-shot).
+    With probability `sibling_prob` a single-photo, untiled source gives two
+    disjoint discs (`sample_siblings`) as two objects with their own group
+    ids (negative numbers): hard negatives of the same tea.
 
     Returns
     -------
     a, b : ndarray, shape (n_objects, out_size, out_size, 3), dtype uint8
         View pairs; a[i] and b[i] show the same object.
     groups : ndarray, shape (n_objects,), dtype int64
-        Group index of each object.
+        Group index of each object (siblings: -1 - their index).
     """
     group_names = sorted({s.group for s in sources})
     gidx = {g: i for i, g in enumerate(group_names)}
@@ -378,7 +539,8 @@ def make_pair_bank(
     b = np.empty_like(a)
     groups = np.empty(n_objects, np.int64)
     order: list[int] = []
-    for k in range(n_objects):
+    k = 0
+    while k < n_objects:
         if not order:
             order = list(rng.permutation(len(group_names)))
         g = int(order.pop())
@@ -389,12 +551,27 @@ def make_pair_bank(
             si, sj = sources[mem[i]].image, sources[mem[j]].image
             a[k] = views.rephotograph(si, rng, out_size=out_size, scale_range=(0.9, 1.2))
             b[k] = views.rephotograph(sj, rng, out_size=out_size, scale_range=(0.9, 1.2))
+            k += 1
             continue
         s = int(mem[int(rng.integers(len(mem)))])
-        obj = sample_object(rng, sources[s].image, s, disc_prob)
-        a[k] = render_view(sources[s].image, obj, rng, out_size)
-        b[k] = render_view(sources[s].image, obj, rng, out_size)
+        image = sources[s].image
+        siblings = None
+        if sibling_prob > 0 and len(mem) == 1 and not sources[s].tiled and k + 1 < n_objects and rng.uniform() < sibling_prob:
+            siblings = sample_siblings(rng, image, s, hard_prob)
+        objs = siblings or [sample_object(rng, image, s, disc_prob, hard_prob=hard_prob)]
+        for n, obj in enumerate(objs):
+            if n:
+                groups[k] = -1 - k
+            a[k], b[k] = render_pair(image, obj, rng, out_size)
+            k += 1
     return a, b, groups
+
+
+def render_pair(image: np.ndarray, obj: ObjectSpec, rng: np.random.Generator, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two training views of `obj`: registration + hard re-shot for a hard object, else two shots."""
+    if obj.hard:
+        return registration_view(image, obj, rng, out_size), hard_view(image, obj, rng, out_size)
+    return render_view(image, obj, rng, out_size), render_view(image, obj, rng, out_size)
 
 
 def iter_names(sources: Iterable[Source]) -> list[str]:

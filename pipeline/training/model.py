@@ -61,9 +61,20 @@ def build_encoder(input_size: int = 96, channels: int = 3, embedding_dim: int = 
 
 
 def save_encoder(model: Any, path: Path, metadata: dict[str, Any]) -> Path:
-    """Save `model` to `path` (.keras) and its metadata JSON beside it."""
+    """Save `model` to `path` (.keras) and its metadata JSON beside it.
+
+    A compiled model is saved as an uncompiled copy: the served file holds the
+    weights alone, not the optimizer's state (3x the size; resuming reads the
+    training checkpoint, not this file).
+    """
+    import keras
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "optimizer", None) is not None:
+        bare = keras.Model.from_config(model.get_config())
+        bare.set_weights(model.get_weights())
+        model = bare
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)
     tmp.replace(path)

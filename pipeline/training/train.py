@@ -7,8 +7,13 @@ other objects of the batch (NT-Xent, in-batch negatives) or the hardest one
 seeded by ``(seed, epoch)``, so an epoch's data does not depend on whether the
 run was resumed, and the same --seed gives the same model.
 
-Run it with ``python -m pipeline.training.train --images ...`` until the CLI
-wires `add_train_arguments` / `run_train`.
+The loop is backend-agnostic Keras 3 (`keras.ops` losses, `Model.fit`, a
+checkpoint of plain weight arrays): the same command trains with
+KERAS_BACKEND=tensorflow (the default here, on CPU) or KERAS_BACKEND=torch
+(on a GPU machine without TensorFlow, ``--train-only``), and a checkpoint made
+under one backend is resumed, calibrated and exported under the other. Each
+batch's views are drawn from a generator seeded by ``(seed, epoch, batch)``,
+so ``--workers`` processes drawing them in parallel give the same data as one.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import multiprocessing
 import os
+import platform
 import shlex
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -46,6 +53,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=40, help="batches per epoch (default 40)")
     g.add_argument("--batch-size", type=int, default=64, help="objects per batch, 2 views each (default 64)")
     g.add_argument("--disc-prob", type=float, default=0.3, help="share of objects shot as a disc on a table")
+    g.add_argument("--hard-prob", type=float, default=0.0,
+                   help="share of objects that are a disc seen in a registration shot and a hard re-shot "
+                   "(thumb, glare, strong tilt, blur, noise, JPEG 40-80, zoom 0.5-1.2; default 0)")
+    g.add_argument("--sibling-prob", type=float, default=0.0,
+                   help="share of single photos that give two disjoint discs as each other's negatives (default 0)")
     m = parser.add_argument_group("model")
     m.add_argument("--input-size", type=int, default=96)
     m.add_argument("--channels", type=int, choices=(1, 3), default=1)
@@ -70,40 +82,56 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--calib-procedural", type=int, default=128, help="held-out procedural textures for calibration")
     r.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs in this invocation (checkpoint kept; --resume continues)")
+    r.add_argument("--train-only", action="store_true",
+                   help="stop after the last epoch's checkpoint: calibration and export are left to a --resume run "
+                   "(for a GPU machine without TensorFlow)")
+    r.add_argument("--workers", type=int, default=1,
+                   help="processes drawing the views (the data do not depend on it; default 1: one thread)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # ------------------------------------------------------------------ losses
 
 
-def _losses() -> dict[str, Any]:
-    import tensorflow as tf
+def make_loss(name: str, temperature: float, margin: float) -> Any:
+    """The training loss as a `keras.losses.Loss` on one batch.
 
-    def ntxent(za: Any, zb: Any, groups: Any, temperature: float, margin: float) -> Any:
-        z = tf.concat([za, zb], axis=0)
-        n = tf.shape(za)[0]
-        g = tf.concat([groups, groups], axis=0)
-        sim = tf.matmul(z, z, transpose_b=True) / temperature
-        idx = tf.range(2 * n)
-        pos = tf.concat([idx[n:], idx[:n]], axis=0)
-        same_group = tf.equal(g[:, None], g[None, :])
-        is_pos = tf.one_hot(pos, 2 * n, on_value=True, off_value=False)
-        # mask self and same-group non-positives (not true negatives)
-        mask = tf.logical_and(same_group, tf.logical_not(is_pos))
-        sim = tf.where(mask, tf.constant(-1e9, sim.dtype), sim)
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=pos, logits=sim))
+    A batch is ``concat([view_a, view_b])`` of n objects: row i and row i + n
+    (mod 2n) are the two views of one object; ``y_true`` holds each row's group
+    (float, compared for equality only). Rows of one group that are not each
+    other's positive are masked out: they are not true negatives.
+    """
+    import keras
+    from keras import ops
 
-    def triplet(za: Any, zb: Any, groups: Any, temperature: float, margin: float) -> Any:
-        # batch-hard: for each anchor in a, its b view vs the closest other-group view in a or b
-        pos = tf.reduce_sum(za * zb, axis=1)
-        cand = tf.concat([za, zb], axis=0)
-        sim = tf.matmul(za, cand, transpose_b=True)
-        g2 = tf.concat([groups, groups], axis=0)
-        other = tf.not_equal(groups[:, None], g2[None, :])
-        hardest = tf.reduce_max(tf.where(other, sim, tf.constant(-2.0, sim.dtype)), axis=1)
-        return tf.reduce_mean(tf.nn.relu(hardest - pos + margin))
+    class NTXent(keras.losses.Loss):
+        """NT-Xent (InfoNCE over the batch, both directions), temperature `temperature`."""
 
-    return {"ntxent": ntxent, "triplet": triplet}
+        def call(self, y_true: Any, y_pred: Any) -> Any:
+            groups = ops.reshape(y_true, (-1,))
+            rows = ops.shape(y_pred)[0]
+            idx = ops.arange(rows)
+            pos = (idx + rows // 2) % rows
+            sim = ops.matmul(y_pred, ops.transpose(y_pred)) / temperature
+            same = ops.equal(groups[:, None], groups[None, :])
+            is_pos = ops.equal(idx[None, :], pos[:, None])
+            sim = ops.where(ops.logical_and(same, ops.logical_not(is_pos)), -1e9, sim)
+            return keras.losses.sparse_categorical_crossentropy(pos, sim, from_logits=True)
+
+    class BatchHardTriplet(keras.losses.Loss):
+        """For each view-a anchor: its view b against the closest other-group view, cosine margin `margin`."""
+
+        def call(self, y_true: Any, y_pred: Any) -> Any:
+            groups = ops.reshape(y_true, (-1,))
+            n = ops.shape(y_pred)[0] // 2
+            za, zb = y_pred[:n], y_pred[n:]
+            pos = ops.sum(za * zb, axis=1)
+            sim = ops.matmul(za, ops.transpose(y_pred))
+            other = ops.not_equal(groups[:n, None], groups[None, :])
+            hardest = ops.max(ops.where(other, sim, -2.0), axis=1)
+            return ops.relu(hardest - pos + margin)
+
+    return {"ntxent": NTXent, "triplet": BatchHardTriplet}[name](name=name)
 
 
 # ------------------------------------------------------------------- data
@@ -113,23 +141,88 @@ def _prepare(views: np.ndarray, size: int, channels: int, disc_mask: bool) -> np
     return np.stack([prepare_input(v, size, channels, disc_mask) for v in views])
 
 
-def epoch_bank(args: argparse.Namespace, photos: list[tdata.Source], epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The views of one epoch: deterministic in (seed, epoch) only.
+def batch_views(args: argparse.Namespace, sources: Sequence[tdata.Source], epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batch: deterministic in (seed, epoch, index) only.
 
     Returns
     -------
-    a, b : ndarray, shape (steps * batch, S, S, C), dtype float32 (0-255)
-    groups : ndarray, shape (steps * batch,), dtype int32
+    x : ndarray, shape (2 * batch, S, S, C), dtype float32 (0-255)
+        View a of every object, then view b of every object.
+    groups : ndarray, shape (2 * batch,), dtype float32
+        Each row's group id (the loss compares them for equality).
+    """
+    rng = np.random.default_rng([args.seed, epoch, 7, index])
+    a, b, groups = tdata.make_pair_bank(sources, rng, args.batch_size, args.input_size, disc_prob=args.disc_prob,
+                                        hard_prob=args.hard_prob, sibling_prob=args.sibling_prob)
+    x = np.concatenate([_prepare(a, args.input_size, args.channels, args.disc_mask),
+                        _prepare(b, args.input_size, args.channels, args.disc_mask)])
+    return x, np.concatenate([groups, groups]).astype(np.float32)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _epoch_sources(args: argparse.Namespace, photos: list[tdata.Source], epoch: int) -> list[tdata.Source]:
+    """The photos plus this epoch's procedural textures (cached: every batch of an epoch shares them)."""
+    if _WORKER.get("epoch") != epoch:
+        extra = tdata.procedural_sources((tdata.TRAIN_KEY, args.seed, epoch), args._procedural) if args._procedural else []
+        _WORKER.update(epoch=epoch, sources=list(photos) + extra)
+    return _WORKER["sources"]
+
+
+def _init_worker(args: argparse.Namespace, photos: list[tdata.Source]) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+    _WORKER.clear()
+    _WORKER.update(args=args, photos=photos)
+
+
+def _worker_batch(epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    args, photos = _WORKER["args"], _WORKER["photos"]
+    return batch_views(args, _epoch_sources(args, photos, epoch), epoch, index)
+
+
+def epoch_bank(args: argparse.Namespace, photos: list[tdata.Source], epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The views of one epoch, batch after batch: deterministic in (seed, epoch) only.
+
+    Returns
+    -------
+    x : ndarray, shape (steps * 2 * batch, S, S, C), dtype float32 (0-255)
+        Batch i is rows ``[2 * batch * i, 2 * batch * (i + 1))``: its view a, then its view b.
+    groups : ndarray, shape (steps * 2 * batch,), dtype float32
     """
     sources = list(photos)
-    n_proc = args._procedural
-    if n_proc:
-        sources += tdata.procedural_sources((tdata.TRAIN_KEY, args.seed, epoch), n_proc)
-    rng = np.random.default_rng([args.seed, epoch, 7])
-    a, b, groups = tdata.make_pair_bank(sources, rng, args.steps * args.batch_size, args.input_size, disc_prob=args.disc_prob)
-    pa = _prepare(a, args.input_size, args.channels, args.disc_mask)
-    pb = _prepare(b, args.input_size, args.channels, args.disc_mask)
-    return pa, pb, groups.astype(np.int32)
+    if args._procedural:
+        sources += tdata.procedural_sources((tdata.TRAIN_KEY, args.seed, epoch), args._procedural)
+    return _join([batch_views(args, sources, epoch, i) for i in range(args.steps)])
+
+
+def _join(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _pool(args: argparse.Namespace, photos: list[tdata.Source]) -> Executor:
+    """Where epoch banks are drawn: `args.workers` spawned processes, or one thread.
+
+    Spawned, never forked: a fork inherits OpenCV's and the framework's thread
+    pools half-made and hung now and then in a child (seen here with torch).
+    """
+    if args.workers <= 1:
+        return ThreadPoolExecutor(max_workers=1)
+    return ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(args, photos))
+
+
+def submit_epoch(pool: Executor, args: argparse.Namespace, photos: list[tdata.Source], epoch: int) -> list[Future]:
+    """Start drawing epoch `epoch`'s views; `collect_epoch` gathers them (== `epoch_bank`)."""
+    if isinstance(pool, ThreadPoolExecutor):
+        return [pool.submit(epoch_bank, args, photos, epoch)]
+    return [pool.submit(_worker_batch, epoch, i) for i in range(args.steps)]
+
+
+def collect_epoch(pending: list[Future]) -> tuple[np.ndarray, np.ndarray]:
+    return _join([f.result() for f in pending])
 
 
 # ------------------------------------------------------------ checkpoint
@@ -142,11 +235,61 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 _RECIPE_KEYS = ("images", "steps", "batch_size", "disc_prob", "input_size", "channels", "width", "embedding_dim",
-                "loss", "temperature", "margin", "lr", "seed", "disc_mask")
+                "loss", "temperature", "margin", "lr", "seed", "disc_mask", "hard_prob", "sibling_prob")
+# Options that change how a run goes, not what it makes: not part of the recorded command.
+_RUN_ONLY = ("help", "resume", "quiet", "stop_after", "train_only", "workers")
 
 
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _RECIPE_KEYS}
+
+
+def save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any) -> None:
+    """Model weights and optimizer variables as plain arrays: readable under any Keras backend."""
+    from keras import ops
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {f"w{i}": np.asarray(ops.convert_to_numpy(v)) for i, v in enumerate(model.weights)}
+    arrays.update({f"o{i}": np.asarray(ops.convert_to_numpy(v)) for i, v in enumerate(optimizer.variables)})
+    tmp = ckpt_dir / "ckpt.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, ckpt_dir / "ckpt.npz")
+
+
+def load_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any) -> None:
+    """Restore what `save_checkpoint` wrote (the optimizer must be built)."""
+    with np.load(ckpt_dir / "ckpt.npz") as data:
+        weights = [data[f"w{i}"] for i in range(len(model.weights))]
+        opt = [data[f"o{i}"] for i in range(len(optimizer.variables))]
+        if len(data.files) != len(weights) + len(opt):
+            raise ValueError(f"{ckpt_dir}: checkpoint holds {len(data.files)} arrays, the model and optimizer {len(weights) + len(opt)}")
+    for var, value in zip(model.weights, weights):
+        var.assign(value)
+    for var, value in zip(optimizer.variables, opt):
+        var.assign(value)
+
+
+def hardware() -> str:
+    """What trains: the Keras backend and its device, in words (recorded in the metadata)."""
+    import keras
+
+    backend = keras.backend.backend()
+    device = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"GPU {torch.cuda.get_device_name(0)}"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = f"GPU x{len(gpus)}" if gpus else device
+    elif backend == "jax":
+        import jax
+
+        device = str(jax.devices()[0])
+    return f"{backend} on {device}"
 
 
 # ------------------------------------------------------------------ train
@@ -159,7 +302,7 @@ def training_command(args: argparse.Namespace) -> str:
     parts = ["teaprint", "train"]
     for action in defaults._actions:  # noqa: SLF001 - argparse has no public listing
         dest = action.dest
-        if dest in ("help", "resume", "quiet", "stop_after") or not action.option_strings:
+        if dest in _RUN_ONLY or not action.option_strings:
             continue
         value = getattr(args, dest)
         value = str(value) if isinstance(value, Path) else value
@@ -177,15 +320,6 @@ def run_train(args: argparse.Namespace) -> int:
     """Train, checkpoint each epoch, calibrate, save `args.out` + metadata. Returns 0."""
     t_start = time.time()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    from pipeline.training.model import build_encoder, save_encoder
-
-    keras.utils.set_random_seed(args.seed)
-    if args.deterministic:
-        tf.config.experimental.enable_op_determinism()
     try:
         sources = tdata.resolve_sources(args.images, split="train")
     except ValueError as exc:
@@ -196,69 +330,68 @@ def run_train(args: argparse.Namespace) -> int:
     if not sources.photos and not sources.procedural_per_epoch:
         print("teaprint train: no training images found", file=sys.stderr)
         return 2
-
-    model = build_encoder(args.input_size, args.channels, args.embedding_dim, args.width, args.seed)
-    total_steps = args.epochs * args.steps
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, total_steps), alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
-    optimizer.build(model.trainable_variables)
-    loss_fn = _losses()[args.loss]
     ckpt_dir = checkpoint_dir(args.out)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    prior_seconds = 0.0
+    state: dict[str, Any] = {}
     if args.resume and (ckpt_dir / STATE_FILE).is_file():
         state = json.loads((ckpt_dir / STATE_FILE).read_text())
         if state["recipe"] != json.loads(json.dumps(_recipe(args))):
             print(f"teaprint train: --resume: checkpoint {ckpt_dir} was made with other settings", file=sys.stderr)
             return 2
-        ckpt.read(str(ckpt_dir / "ckpt")).assert_existing_objects_matched()
-        start_epoch, history, prior_seconds = state["epoch"], state["history"], state["seconds"]
-        print(f"resuming from {ckpt_dir} at epoch {start_epoch + 1}/{args.epochs}", file=sys.stderr)
     elif ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
+    start_epoch = int(state.get("epoch", 0))
+    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    pool = _pool(args, sources.photos) if start_epoch < end_epoch else None
+    # Submitted before Keras is imported: the workers start while the framework loads.
+    pending = submit_epoch(pool, args, sources.photos, start_epoch) if pool is not None else None
 
-    @tf.function(reduce_retracing=True, autograph=False)
-    def step(xa: Any, xb: Any, groups: Any) -> Any:
-        with tf.GradientTape() as tape:
-            z = model(tf.concat([xa, xb], axis=0), training=True)
-            za, zb = tf.split(z, 2, axis=0)
-            loss = loss_fn(za, zb, groups, args.temperature, args.margin)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    import keras
+
+    from pipeline.training.model import build_encoder, save_encoder
+
+    keras.utils.set_random_seed(args.seed)
+    if args.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    model = build_encoder(args.input_size, args.channels, args.embedding_dim, args.width, args.seed)
+    total_steps = args.epochs * args.steps
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, total_steps), alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule)
+    optimizer.build(model.trainable_variables)
+    model.compile(optimizer=optimizer, loss=make_loss(args.loss, args.temperature, args.margin), jit_compile=False)
+    history: list[dict[str, float]] = list(state.get("history", []))
+    segments: list[dict[str, Any]] = list(state.get("segments", []))
+    prior_seconds = float(state.get("seconds", 0.0))
+    if state:
+        load_checkpoint(ckpt_dir, model, optimizer)
+        print(f"resuming from {ckpt_dir} at epoch {start_epoch + 1}/{args.epochs}", file=sys.stderr)
 
     t_train = time.time()
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = pool.submit(epoch_bank, args, sources.photos, start_epoch) if start_epoch < args.epochs else None
-    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        assert pending is not None
-        t_data = time.time()
-        xa, xb, groups = pending.result()
-        wait_s = time.time() - t_data
-        pending = pool.submit(epoch_bank, args, sources.photos, epoch + 1) if epoch + 1 < end_epoch else None
-        bs = args.batch_size
-        losses = []
-        bar = tqdm(range(args.steps), desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet, leave=True, file=sys.stderr)
-        for i in bar:
-            sl = slice(i * bs, (i + 1) * bs)
-            loss = float(step(tf.constant(xa[sl]), tf.constant(xb[sl]), tf.constant(groups[sl])))
-            losses.append(loss)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        bar.close()
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5), "data_wait_s": round(wait_s, 2)})
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write(str(ckpt_dir / "ckpt"))
-        state = {"epoch": epoch + 1, "history": history, "recipe": _recipe(args),
-                 "seconds": prior_seconds + time.time() - t_train}
-        tmp = ckpt_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, ckpt_dir / STATE_FILE)
-    pool.shutdown()
+    if pool is not None:
+        segments.append({"epochs": [start_epoch + 1, start_epoch], "hardware": hardware(), "keras": keras.__version__})
+        for epoch in range(start_epoch, end_epoch):
+            t_data = time.time()
+            assert pending is not None
+            x, groups = collect_epoch(pending)
+            pending = submit_epoch(pool, args, sources.photos, epoch + 1) if epoch + 1 < end_epoch else None
+            wait_s = time.time() - t_data
+            fit = model.fit(x, groups, batch_size=2 * args.batch_size, epochs=1, shuffle=False, verbose=0)
+            loss = float(fit.history["loss"][-1])
+            history.append({"epoch": epoch + 1, "loss": round(loss, 5), "data_wait_s": round(wait_s, 2)})
+            segments[-1]["epochs"][1] = epoch + 1  # what this run really did, should it be stopped
+            save_checkpoint(ckpt_dir, model, optimizer)
+            state = {"epoch": epoch + 1, "history": history, "recipe": _recipe(args), "segments": segments,
+                     "seconds": prior_seconds + time.time() - t_train}
+            tmp = ckpt_dir / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps(state, indent=1))
+            os.replace(tmp, ckpt_dir / STATE_FILE)
+            if not args.quiet:
+                print(f"epoch {epoch + 1}/{args.epochs} loss {loss:.4f} data wait {wait_s:.1f}s "
+                      f"({time.time() - t_start:.0f}s)", file=sys.stderr, flush=True)
+        pool.shutdown()
     train_seconds = prior_seconds + time.time() - t_train
-    if end_epoch < args.epochs:
+    if end_epoch < args.epochs or args.train_only:
         print(f"stopped after epoch {end_epoch}/{args.epochs}; continue with --resume", file=sys.stderr)
         return 0
 
@@ -281,7 +414,8 @@ def run_train(args: argparse.Namespace) -> int:
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "train_seconds": round(train_seconds, 1),
             "deterministic": bool(args.deterministic),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "hardware": segments,
+            "keras": keras.__version__,
         },
     }
     save_encoder(model, args.out, meta)

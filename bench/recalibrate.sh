@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Refit the fused decision (matcher.decide) on the calibration benchmarks: run
+# this after anything that changes the evidence (a new encoder, other local
+# features, other verification settings).
+#
+#   bench/recalibrate.sh [BENCH_ROOT] [CONFIG]
+#
+# RESULTS (default BENCH_ROOT/results) receives the per-folder result files,
+# so BENCH_ROOT may be a read-only shared folder of already-built benchmarks.
+# BENCH_ROOT (default /tmp/teaprint-cal) holds the calibration folders; any
+# that is missing is built from its generator with the fixed seeds below
+# (faces and photos the evaluation never uses). Each folder is evaluated with
+# CONFIG's settings (default: the shipped pipeline/data/default.yaml), then
+# `teaprint calibrate --write CONFIG` fits the three experts and the accept point
+# on the result files and rewrites CONFIG's matcher.decide (comments kept,
+# each calibration benchmark's FAR and recall stated above it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${1:-/tmp/teaprint-cal}
+CONFIG=${2:-pipeline/data/default.yaml}
+PY=${PYTHON:-.venv/bin/python}
+CAL_FACES=cake2_b,cake3_a,cake3_b
+FACES_DIR=${FACES_DIR:-../shared/data/puerh_dev/faces}
+RESULTS=${RESULTS:-$ROOT/results}
+mkdir -p "$RESULTS"
+
+build() {  # name, generator command...
+  local name=$1; shift
+  [ -f "$ROOT/$name/truth.csv" ] || nice "$PY" "$@" "$ROOT/$name"
+}
+build cal-sib-hard bench/make_siblings.py --faces-dir "$FACES_DIR" --faces "$CAL_FACES" --seed 11 --hard --shots 2
+build cal-sib-easy bench/make_siblings.py --faces-dir "$FACES_DIR" --faces "$CAL_FACES" --seed 12 --shots 1
+build cal-discs-hard bench/make_discs.py --split calibration --seed 5 --per-source 2 --shots 2 --hard
+build cal-discs bench/make_discs.py --split calibration --seed 5 --per-source 2 --shots 2
+build cal-tex1 bench/make_textures.py --seed 1
+
+results=()
+for name in cal-sib-hard cal-sib-easy cal-discs-hard cal-discs cal-tex1; do
+  out="$RESULTS/$name.jsonl"
+  [ -n "${REUSE:-}" ] && [ -f "${out%.jsonl}.summary.json" ] && { results+=("$out"); continue; }
+  nice "$PY" -m pipeline --config "$CONFIG" eval "$ROOT/$name" --stages embedding+lbp+verify --json "$out" >/dev/null
+  results+=("$out")
+done
+"$PY" -m pipeline --config "$CONFIG" calibrate "${results[@]}" --write "$CONFIG"
