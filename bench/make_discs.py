@@ -24,13 +24,15 @@ label ("same tea, different cake": they share their tea but not their leaves).
 About a quarter of the cakes are never registered (truth label '').
 Registered cakes get one catalog photo; every cake gets `--shots` query photos,
 each an independent phone shot (any rotation, tilt <= 30 deg, zoom 0.7-1.4,
-light, colour cast, table, JPEG 50-95).
+light, colour cast, table, JPEG 50-95). `outlines.json` beside truth.csv holds
+every photo's true cake outline (for `bench/bench_locate.py --bench OUT`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -69,20 +71,30 @@ def add_shot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reg-size", type=int, default=None, help="side of registration photos (default --size; hard: 1024)")
 
 
-def registration_shot(image: np.ndarray, rng: np.random.Generator, centre, radius, side: int) -> np.ndarray:
-    """A careful registration photo: near overhead, even light, high JPEG quality."""
-    return views.disc_photo(image, rng, centre, radius, out_size=side, fill=float(rng.uniform(0.8, 0.9)),
-                            max_tilt=8.0, scale_range=(0.95, 1.05), quality_range=(90, 95))
+def registration_shot(image: np.ndarray, rng: np.random.Generator, centre, radius, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A careful registration photo (near overhead, even light, high JPEG quality) and the cake's true outline in it."""
+    return views.disc_shot(image, rng, centre, radius, out_size=side, fill=float(rng.uniform(0.8, 0.9)),
+                           max_tilt=8.0, scale_range=(0.95, 1.05), quality_range=(90, 95))
 
 
-def query_shot(image: np.ndarray, rng: np.random.Generator, centre, radius, args: argparse.Namespace) -> np.ndarray:
+def query_shot(image: np.ndarray, rng: np.random.Generator, centre, radius, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """A query photo and the cake's true outline in it, (N, 2) photo pixels."""
     if args.hard:
         w, h = (640, 480) if rng.uniform() < 0.5 else (1024, 768)
         if rng.uniform() < 0.5:  # portrait
             w, h = h, w
-        return views.hard_disc_photo(image, rng, centre, radius, (w, h), fill=float(rng.uniform(0.75, 0.95)))
+        return views.hard_disc_shot(image, rng, centre, radius, (w, h), fill=float(rng.uniform(0.75, 0.95)))
     quality = {"quality_range": (50, 95), "scale_range": (0.7, 1.4), "max_tilt": 30.0}
-    return views.disc_photo(image, rng, centre, radius, out_size=args.size, fill=float(rng.uniform(0.75, 0.95)), **quality)
+    return views.disc_shot(image, rng, centre, radius, out_size=args.size, fill=float(rng.uniform(0.75, 0.95)), **quality)
+
+
+OUTLINE_POINTS = 90  # rim samples stored per photo in outlines.json
+
+
+def outline_json(outline: np.ndarray) -> list[list[float]]:
+    """A true outline for outlines.json: `OUTLINE_POINTS` (x, y) photo pixels, 0.01 px."""
+    step = max(1, len(outline) // OUTLINE_POINTS)
+    return [[round(float(x), 2), round(float(y), 2)] for x, y in outline[::step]]
 
 
 def write_bench(out: Path, cakes: list, rng: np.random.Generator, args: argparse.Namespace, what: str) -> None:
@@ -99,15 +111,18 @@ def write_bench(out: Path, cakes: list, rng: np.random.Generator, args: argparse
     unregistered = set(order[:n_unreg].tolist())
     numbers = rng.permutation(len(cakes) * args.shots) + 1  # query names say nothing about the cake
     rows, qn = [], 0
+    outlines: dict[str, list] = {}
     for i, (name, image, centre, radius) in enumerate(cakes):
         label = f"cake{i:03d}"
         if i not in unregistered:
-            shot = registration_shot(image, rng, centre, radius, reg_side) if args.hard else query_shot(image, rng, centre, radius, args)
+            shot, outline = registration_shot(image, rng, centre, radius, reg_side) if args.hard else query_shot(image, rng, centre, radius, args)
             cv2.imwrite(str(out / "catalog" / f"{label}-1.jpg"), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            outlines[f"catalog/{label}-1.jpg"] = outline_json(outline)
         for _ in range(args.shots):
             qname = f"q{numbers[qn]:05d}.jpg"
             qn += 1
-            shot = query_shot(image, rng, centre, radius, args)
+            shot, outline = query_shot(image, rng, centre, radius, args)
+            outlines[f"query/{qname}"] = outline_json(outline)
             # Hard shots already carry their JPEG 40-80; q98 only stores them.
             cv2.imwrite(str(out / "query" / qname), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98 if args.hard else 92])
             rows.append((qname, "" if i in unregistered else label, f"{name}@{centre[0]:.0f},{centre[1]:.0f},r{radius:.0f}"))
@@ -115,6 +130,8 @@ def write_bench(out: Path, cakes: list, rng: np.random.Generator, args: argparse
         w = csv.writer(fh)
         w.writerow(["query", "label", "source"])
         w.writerows(sorted(rows))
+    # The cake's true rim in every photo, for the locator's accuracy (bench/bench_locate.py --bench OUT).
+    (out / "outlines.json").write_text(json.dumps({"format": "teaprint-outlines/1", "shape": "disc", "outlines": outlines}))
     print(f"{len(cakes) - n_unreg} catalog {len(rows)} queries ({n_unreg} unregistered cakes) {what}{' (hard)' if args.hard else ''}")
 
 

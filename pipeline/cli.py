@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="+")
     p.set_defaults(handler=cmd_remove)
 
-    p = sub.add_parser("reembed", help="re-embed the catalog with the loaded model")
+    p = sub.add_parser("reembed", help="recompute the catalog's descriptors with the loaded model and feature settings")
     p.set_defaults(handler=cmd_reembed)
 
     p = sub.add_parser("run", help="the drop-folder daemon (main job)")
@@ -250,6 +250,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"model     {model['id']} threshold {model['threshold']} ({model['threshold_source']}; {model['path']}, {model['runtime']})")
     if not status["model_matches_index"]:
         print(f"WARNING   index built with model {index['model_id']}: run `teaprint reembed`")
+    if not status["features_match_index"]:
+        print("WARNING   index built with other feature settings (locate, lbp, local): run `teaprint reembed`")
     print(f"daemon    {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}")
     print(f"pending   {daemon['pending']['catalog']} catalog, {daemon['pending']['query']} query")
     ignored_dirs = (daemon.get("ignored") or {}).get("query_directories")

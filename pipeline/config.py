@@ -69,6 +69,16 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class LocateConfig:
+    """The cake locator (`pipeline.features.locate`) in front of every descriptor."""
+
+    enabled: bool
+    size: int
+    margin: float
+    min_confidence: float
+
+
+@dataclass(frozen=True)
 class ShortlistConfig:
     top_k: int
     threshold: float | None
@@ -204,6 +214,7 @@ class Config:
     paths: PathsConfig
     model: ModelConfig
     intake: IntakeConfig
+    locate: LocateConfig
     lbp: LbpConfig
     local: LocalConfig
     matcher: MatcherConfig
@@ -242,6 +253,9 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("intake.max_megapixels", lambda v: v > 0, "> 0"),
     ("intake.max_file_mb", lambda v: v > 0, "> 0"),
     ("intake.work_side", lambda v: v >= 1, ">= 1"),
+    ("locate.size", lambda v: v >= 64, ">= 64 (the rim and keypoints need room)"),
+    ("locate.margin", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("locate.min_confidence", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("lbp.size", lambda v: v >= 16, ">= 16"),
     ("local.max_keypoints", lambda v: v >= 1, ">= 1"),
     ("local.side", lambda v: v >= 16, ">= 16"),

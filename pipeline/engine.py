@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import structlog
 
-from pipeline.catalog import CatalogEntry, CatalogIndex, CatalogSnapshot, CatalogWriter, NewEntry, Registered, label_from_path
+from pipeline.catalog import CatalogEntry, CatalogIndex, CatalogSnapshot, CatalogWriter, NewEntry, Registered, features_agree, label_from_path
 from pipeline.config import Config
 from pipeline.data import shipped
 from pipeline.features.embedding import Encoder
@@ -40,7 +40,7 @@ from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.refine import load_classifier
 from pipeline.matcher.votes import VoteIndex, build_vote_index
 from pipeline.ops.metrics import Metrics, merge_expositions, summary
-from pipeline.prepare import EncoderInput, Prepared, prepare
+from pipeline.prepare import EncoderInput, Prepared, feature_settings, prepare
 from pipeline.records import RecordScan, RecordStore, result_record
 from pipeline.results import CatalogRef, MatchEvidence, MatchResult, ModelInfo, rejected
 from pipeline.state import daemon_state, metrics_path, write_status
@@ -103,8 +103,10 @@ class Engine:
         self.root = Path(root).resolve()
         self._encoder = encoder
         info = encoder.info
-        self._record = CatalogIndex(self.index_dir, model_id=info.model_id if check_model else None)
-        self._writer = CatalogWriter(self._record, info.model_id, require_local=config.local.enabled)
+        features = feature_settings(config)
+        self._record = CatalogIndex(self.index_dir, model_id=info.model_id if check_model else None,
+                                    features=features if check_model else None)
+        self._writer = CatalogWriter(self._record, info.model_id, require_local=config.local.enabled, features=features)
         self.encoder_input = EncoderInput(info.input_size, info.channels, info.disc_mask)
         paths = config.paths
         self._records = RecordStore(self.root / paths.inbox_catalog, self.root / paths.failed) if serving else None
@@ -145,8 +147,9 @@ class Engine:
         load_classifier()
 
     # ---------------------------------------------------------------- descriptors
-    def prepare(self, path: Path, root: Path | None = None) -> Prepared:
-        return prepare(path, self._config, self.encoder_input, root=root)
+    def prepare(self, path: Path, root: Path | None = None, for_catalog: bool = False) -> Prepared:
+        """Model-free work on one file (`pipeline.prepare.prepare`); `for_catalog` refuses a photo of several cakes."""
+        return prepare(path, self._config, self.encoder_input, root=root, for_catalog=for_catalog)
 
     def embed(self, prepared: Sequence[Prepared]) -> np.ndarray:
         """Embeddings (N, D) of prepared photos, in batches of `model.batch_size`."""
@@ -214,7 +217,7 @@ class Engine:
 
         for path in paths:
             try:
-                pending.append(self.prepare(Path(path), root=root))
+                pending.append(self.prepare(Path(path), root=root, for_catalog=True))
             except IntakeError as err:
                 failed.append((str(path), err.code, str(err)))
             except Exception as exc:  # noqa: BLE001 - one odd file must not cost the others
@@ -250,7 +253,7 @@ class Engine:
         unreadable: list[str] = []
         for entry in self._record.entries():
             try:
-                prepared = self.prepare(Path(entry.path))
+                prepared = self.prepare(Path(entry.path), for_catalog=True)
             except IntakeError as err:
                 unreadable.append(f"{entry.path}: {err}")
                 continue
@@ -306,6 +309,7 @@ class Engine:
             model=info,
             sha256=prepared.sha256,
             catalog=CatalogRef(snap.generation, len(snap)),
+            cake=prepared.cake,
             record=record,
         )
 
@@ -350,6 +354,7 @@ class Engine:
         if self._records is None:
             raise RuntimeError("this engine keeps no cake records (serving=False)")
         self._records.set(label, values)
+        self._record_scan = None  # status must show the new record now, not after RECORD_SCAN_MAX_AGE_S
         record = self.record(label)
         assert record is not None  # just written
         return record
@@ -482,6 +487,7 @@ class Engine:
             "model": {"id": info.id, "path": encoder.path, "runtime": encoder.runtime, "threshold": info.threshold,
                       "threshold_source": info.threshold_source},
             "model_matches_index": snap.model_id in (None, info.id),
+            "features_match_index": not len(snap) or features_agree(self._record.index_features, feature_settings(self._config)),
             "daemon": daemon,
             "records": {"cakes": len(scan.records), "problem_count": len(scan.problems),
                         "problems": [p.to_dict() for p in scan.problems[:STATUS_PROBLEMS]]},

@@ -93,6 +93,7 @@ CODES = frozenset(
         "unreadable",
         "outside_root",
         "not_a_file",
+        "several_cakes",
     }
 )
 
@@ -108,7 +109,9 @@ class IntakeError(Exception):
         cannot be decoded), "truncated", "unsupported_type" (an image, but not
         one of JPEG, PNG, WebP, BMP, TIFF, or samples we cannot convert),
         "unreadable" (the operating system refused or failed the read),
-        "outside_root", "not_a_file".
+        "outside_root", "not_a_file", "several_cakes" (a catalog photo
+        showing more than one cake: raised by `pipeline.prepare`, after the
+        cake locator, since an entry must be one cake).
     sha256 : str or None
         Hex sha256 of the bytes read, when the refusal came after reading
         them (a damaged image); None when nothing was read (a FIFO, a link

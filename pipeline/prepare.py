@@ -1,7 +1,14 @@
-"""Model-free work on one photo file: decode, LBP, encoder input.
+"""Model-free work on one photo file: decode, locate the cake, LBP, keypoints, encoder input.
 
 Kept apart from the engine so that worker processes import only OpenCV,
 scikit-image and numpy, never TensorFlow, h5py or scikit-learn.
+
+Registration and query photos take this one path (`for_catalog` says
+which): the cake is located and brought to a canonical view
+(`pipeline.features.locate.canonical_view`: tilt undone, cropped, resized to
+`locate.size`, masked outside the cake), and every descriptor is computed on
+that view; when no cake is found with confidence the whole photo is
+described, and the result says so (`Cake.fallback`).
 """
 
 from __future__ import annotations
@@ -10,13 +17,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.config import Config, LocalConfig, LocateConfig
 from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
 from pipeline.features.local import LocalFeatures, extract_configured
-from pipeline.intake import IntakeError, read_photo
+from pipeline.features.locate import LOCATOR_VERSION, CakeOutline, Rectified, canonical_view
+from pipeline.intake import IntakeError, Photo, read_photo
+from pipeline.results import Cake, Outline, Rectification
+
+OUTSIDE_GREY = 127  # the encoder's "no information" fill (its disc mask's), outside the cake
+POLYGON_POINTS = 36  # rim points of a disc's outline in the result
+KEYPOINT_BORDER = 0.03  # keypoints closer than this (fraction of the canonical side) to the mask's edge describe the edge
 
 
 @dataclass(frozen=True)
@@ -39,9 +53,13 @@ class Prepared:
     lbp : ndarray, shape (B,), dtype float32
     encoder_input : ndarray, shape (S, S, C), dtype float32, values 0-255
     local : LocalFeatures or None
-        Keypoints for verification; None when `local.enabled` is off.
+        Keypoints for verification, on the described image (the canonical
+        cake, or the whole photo on fallback); None when `local.enabled` is off.
     timings_ms : dict
-        `decode`, `lbp`, `prepare` and `local` stage times.
+        `decode`, `locate`, `lbp`, `prepare` and `local` stage times.
+    cake : Cake or None
+        What the locator found and the rectification applied; None when
+        `locate.enabled` is off.
     """
 
     path: Path
@@ -50,10 +68,34 @@ class Prepared:
     encoder_input: np.ndarray
     local: LocalFeatures | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cake: Cake | None = None
 
 
-def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None = None) -> Prepared:
+def feature_settings(config: Config) -> dict[str, object]:
+    """Every setting that shapes a stored descriptor, as recorded in the catalog beside the model id.
+
+    Two catalogs (or a catalog and a query) are comparable only when these
+    are equal; a change is a feature change that `teaprint reembed` handles.
+    """
+    loc, lbp, local = config.locate, config.lbp, config.local
+    return {
+        "locate": {"version": LOCATOR_VERSION, "size": loc.size, "margin": loc.margin, "min_confidence": loc.min_confidence}
+        if loc.enabled else None,
+        "lbp": {"points_radii": [list(p) for p in lbp.points_radii], "size": lbp.size},
+        "local": {"enabled": local.enabled, "method": local.method, "max_keypoints": local.max_keypoints, "side": local.side,
+                  "contrast_threshold": local.contrast_threshold},
+    }
+
+
+def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None = None, for_catalog: bool = False) -> Prepared:
     """Decode `path` and compute everything that needs no model.
+
+    Parameters
+    ----------
+    for_catalog : bool
+        A registration photo: one with several cakes is refused
+        (`IntakeError` "several_cakes"), since an entry must be one cake. A
+        query with several answers for the largest.
 
     Raises
     ------
@@ -63,26 +105,103 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
     t0 = time.perf_counter()
     photo = read_photo(Path(path), config.intake, root=root)
     t1 = time.perf_counter()
-    lbp = lbp_histogram(photo.pixels, config.lbp.points_radii, config.lbp.size)
+    view = locate_view(photo.pixels, config.locate)
+    cake = cake_report(photo, view, config.locate) if view is not None else None
+    if for_catalog and cake is not None and cake.count > 1:
+        raise IntakeError("several_cakes", f"{path}: {cake.count} cakes in one photo; a catalog photo must show one cake "
+                          "(photograph each alone, or crop)", sha256=photo.sha256)
+    image, mask = described(photo.pixels, view)
     t2 = time.perf_counter()
-    encoder_input = prepare_input(photo.pixels, shape.size, shape.channels, shape.disc_mask)
+    lbp = lbp_histogram(image, config.lbp.points_radii, config.lbp.size, mask=mask)
     t3 = time.perf_counter()
-    local_cfg = config.local
-    local = extract_configured(photo.pixels, local_cfg) if local_cfg.enabled else None
+    encoder_input = prepare_input(_grey_outside(image, mask), shape.size, shape.channels, shape.disc_mask)
     t4 = time.perf_counter()
-    timings = {"decode": (t1 - t0) * 1e3, "lbp": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3}
+    local = local_features(image, mask, config.local) if config.local.enabled else None
+    t5 = time.perf_counter()
+    timings = {"decode": (t1 - t0) * 1e3, "lbp": (t3 - t2) * 1e3, "prepare": (t4 - t3) * 1e3}
+    if view is not None:
+        timings["locate"] = (t2 - t1) * 1e3
     if local is not None:
-        timings["local"] = (t4 - t3) * 1e3
-    return Prepared(photo.path, photo.sha256, lbp, encoder_input, local, timings)
+        timings["local"] = (t5 - t4) * 1e3
+    return Prepared(photo.path, photo.sha256, lbp, encoder_input, local, timings, cake)
 
 
-def prepare_or_error(path: Path, config: Config, shape: EncoderInput, root: Path | None = None) -> Prepared | tuple[str, str]:
+def locate_view(pixels: np.ndarray, settings: LocateConfig) -> Rectified | None:
+    """The cake's canonical view (`canonical_view` with the `locate:` settings); None when the locator is off."""
+    if not settings.enabled:
+        return None
+    return canonical_view(pixels, settings.size, settings.margin, settings.min_confidence)
+
+
+def described(pixels: np.ndarray, view: Rectified | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image every descriptor describes, and its cake mask (None: every pixel counts)."""
+    if view is None or view.outline.fallback:
+        return pixels, None
+    return view.image, view.mask
+
+
+def local_features(image: np.ndarray, mask: np.ndarray | None, settings: LocalConfig) -> LocalFeatures:
+    """Keypoints of the described image (`described`), those on the cake's cut edge dropped."""
+    return _inside(extract_configured(image, settings), mask)
+
+
+def _grey_outside(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    if mask is None:
+        return image
+    out = image.copy()
+    out[~mask] = OUTSIDE_GREY
+    return out
+
+
+def _inside(local: LocalFeatures, mask: np.ndarray | None) -> LocalFeatures:
+    """Keypoints well inside the cake: those on the mask's edge describe the cut, not the cake."""
+    if mask is None or len(local) == 0:
+        return local
+    size = mask.shape[0]
+    border = max(1, int(round(KEYPOINT_BORDER * size)))
+    inner = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * border + 1,) * 2),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    at = np.clip(np.round(local.points * (size / float(local.side))).astype(int), 0, size - 1)
+    keep = inner[at[:, 1], at[:, 0]].astype(bool)
+    return LocalFeatures(local.points[keep], local.descriptors[keep], local.side)
+
+
+def cake_report(photo: Photo, view: Rectified, settings: LocateConfig) -> Cake:
+    """The result's `cake` object: outlines and rectification in original-photo pixels."""
+    h, w = photo.pixels.shape[:2]
+    ow, oh = photo.original_size
+    sx, sy = ow / float(w), oh / float(h)
+    # decoded pixel centres to original ones (a reduced decode averages r x r blocks)
+    to_original = np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)], [0, 0, 1.0]])
+    found = view.outline
+    if found.fallback:
+        return Cake(True, "none", float(found.confidence), None, (), None, (ow, oh), LOCATOR_VERSION)
+    hmat = view.homography @ np.linalg.inv(to_original)
+    hmat = hmat / hmat[2, 2]
+    rect = Rectification(tuple(tuple(float(f"{v:.8g}") for v in row) for row in hmat), settings.size, settings.margin)
+    outlines = [_outline(o, to_original) for o in (found, *found.others)]
+    return Cake(False, found.shape, float(found.confidence), outlines[0], tuple(outlines[1:]), rect, (ow, oh), LOCATOR_VERSION)
+
+
+def _outline(o: CakeOutline, to_original: np.ndarray) -> Outline:
+    poly = o.polygon(POLYGON_POINTS)
+    q = np.c_[poly, np.ones(len(poly))] @ to_original.T
+    c = to_original @ np.array([o.centre[0], o.centre[1], 1.0])
+    k = float(np.sqrt(to_original[0, 0] * to_original[1, 1]))
+    shape = "brick" if o.shape == "brick" else "disc"
+    return Outline(shape, (round(float(c[0]), 2), round(float(c[1]), 2)), (round(o.axes[0] * k, 2), round(o.axes[1] * k, 2)),
+                   round(float(o.angle), 2), tuple((round(float(x), 2), round(float(y), 2)) for x, y in q[:, :2]),
+                   round(float(o.confidence), 4))
+
+
+def prepare_or_error(path: Path, config: Config, shape: EncoderInput, root: Path | None = None,
+                     for_catalog: bool = False) -> Prepared | tuple[str, str]:
     """`prepare` for a worker process: an unreadable file comes back as (code, reason).
 
     Returning the error as plain data avoids pickling exception objects across
     the process boundary.
     """
     try:
-        return prepare(path, config, shape, root)
+        return prepare(path, config, shape, root, for_catalog)
     except IntakeError as err:
         return (err.code, str(err))

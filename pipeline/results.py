@@ -41,6 +41,86 @@ class MatchEvidence:
 
 
 @dataclass(frozen=True)
+class Outline:
+    """One cake's outline in the original photo's pixels (EXIF orientation applied, full resolution).
+
+    Attributes
+    ----------
+    shape : {"disc", "brick"}
+    centre : (x, y)
+        Ellipse (or quadrilateral) centre, px.
+    axes : (a, b)
+        Semi-axes, a >= b, px (a brick: half its mean side lengths).
+    angle_deg : float
+        Direction of the major axis, degrees in [0, 180), image y down.
+    polygon : tuple of (x, y)
+        The closed outline: a brick's 4 corners, or points around a disc's rim.
+    confidence : float
+        The locator's score, 0-1.
+    """
+
+    shape: Literal["disc", "brick"]
+    centre: tuple[float, float]
+    axes: tuple[float, float]
+    angle_deg: float
+    polygon: tuple[tuple[float, float], ...]
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Rectification:
+    """How the canonical image every descriptor was computed on was made.
+
+    `homography` maps original-photo pixels (x, y, 1) to canonical-image
+    pixels; its inverse brings a keypoint of the canonical image back onto
+    the photo.
+    """
+
+    homography: tuple[tuple[float, float, float], ...]
+    size: int
+    margin: float
+
+
+@dataclass(frozen=True)
+class Cake:
+    """What the locator found, and what was described.
+
+    Attributes
+    ----------
+    fallback : bool
+        True when no cake was found with confidence: the whole photo was described.
+    shape : {"disc", "brick", "none"}
+        "none" on fallback.
+    confidence : float
+        The largest cake's score (on fallback: the best score seen).
+    outline : Outline or None
+        The largest cake (the one described); None on fallback.
+    others : tuple of Outline
+        Further cakes in the photo, largest first (a query answers for `outline` only).
+    rectification : Rectification or None
+        None on fallback.
+    photo_size : (width, height)
+        Of the original photo, px, EXIF orientation applied.
+    locator : str
+        The locator's version.
+    """
+
+    fallback: bool
+    shape: Literal["disc", "brick", "none"]
+    confidence: float
+    outline: Outline | None
+    others: tuple[Outline, ...]
+    rectification: Rectification | None
+    photo_size: tuple[int, int]
+    locator: str
+
+    @property
+    def count(self) -> int:
+        """Cakes found (0 on fallback)."""
+        return 0 if self.fallback else 1 + len(self.others)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     id: str
     threshold: float
@@ -69,6 +149,7 @@ class MatchResult:
     error_code: str | None = None
     sha256: str | None = None
     catalog: CatalogRef | None = None
+    cake: Cake | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     record: dict[str, Any] | None = None  # the matched cake's record (pipeline.records.result_record)
 

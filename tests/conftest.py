@@ -65,6 +65,14 @@ def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path)
     return path
 
 
+@pytest.fixture(scope="session")
+def locate_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config_file: Path) -> Path:
+    """`tiny_config_file` with the cake locator on (off in the shipped defaults, by measurement)."""
+    path = tmp_path_factory.mktemp("config") / "tiny-locate.yaml"
+    path.write_text(tiny_config_file.read_text() + "locate:\n  enabled: true\n")
+    return path
+
+
 def source_photos() -> dict[str, np.ndarray]:
     """Distinct real RGB photos bundled with scikit-image, keyed by name."""
     from skimage import data
@@ -102,3 +110,17 @@ def rotated_view(rgb: np.ndarray, angle: float, gain: float = 1.0) -> np.ndarray
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
     out = cv2.warpAffine(rgb, m, (w, h), borderMode=cv2.BORDER_REFLECT_101).astype(np.float32) * gain
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def rendered_cakes(seed: int, kind: str = "disc", size: int = 512, **view: object):  # -> pipeline.training.scenes.Scene
+    """A rendered photo of cakes (`kind`: disc, brick or two) on a cluttered table, with its true outlines.
+
+    The surfaces are procedural leaf textures drawn from `seed`; `view` sets
+    `pipeline.training.views.ViewParams` fields (default: overhead, rotated 10 * seed deg).
+    """
+    from pipeline.training import scenes, views
+    from pipeline.training.data import procedural_texture
+
+    surfaces = [procedural_texture(np.random.default_rng([seed, i]), 512) for i in range(2)]
+    params = views.ViewParams(**{"angle": 10.0 * seed, "scale": 1.0, "quality": 90, **view})  # type: ignore[arg-type]
+    return scenes.render_scene(np.random.default_rng(seed), surfaces, kind=kind, out_size=size, params=params)  # type: ignore[arg-type]

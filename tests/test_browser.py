@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from conftest import rendered_cakes
 from daemon_support import jpeg_bytes
 from test_server import PHOTOS, TOKEN, Api, ServerProcess, files  # noqa: F401  (session fixtures below)
 from test_server import api, daemon, server, server_config, shared_root  # noqa: F401
@@ -95,10 +96,11 @@ def test_pick_a_photo_submit_and_see_the_right_label(api: Api, server: ServerPro
     wait.until(ec.text_to_be_present_in_element((By.ID, "verdict"), "bulang2020"))
     assert "confidence" in browser.find_element(By.ID, "answer-detail").text
     figures = browser.find_elements(By.CSS_SELECTOR, "#matches figure")
-    assert "your photo" in figures[0].text and "bulang2020" in figures[1].text
+    matches = browser.find_elements(By.CSS_SELECTOR, "#matches figure.match")
+    assert "your photo" in figures[0].text and "bulang2020" in matches[0].text
     # The best match's picture is fetched with the token and shown.
     wait.until(lambda d: d.execute_script(
-        "const i = document.querySelectorAll('#matches figure img')[1]; return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0"))
+        "const i = document.querySelector('#matches figure.match img'); return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0"))
 
     # Register a new cake from the page, then identify it.
     new_cake = tmp_path / "photo.jpg"
@@ -110,6 +112,25 @@ def test_pick_a_photo_submit_and_see_the_right_label(api: Api, server: ServerPro
     picker.send_keys(str(new_cake))
     browser.find_element(By.ID, "identify").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "verdict"), "jingmai-2021"))
+
+    # A photo of a tilted cake: its outline drawn on the photo, the cake rectified beside the matches.
+    tilted = tmp_path / "tilted.jpg"
+    tilted.write_bytes(jpeg_bytes(rendered_cakes(20, tilt=30.0, tilt_axis=20.0).image))
+    picker.send_keys(str(tilted))
+    browser.find_element(By.ID, "identify").click()
+    wait.until(lambda d: d.execute_script(
+        "const c = document.querySelector('#matches canvas.outlined'), r = document.querySelector('#matches .rectified');"
+        "return !!(c && c.dataset.drawn && r && r.dataset.drawn)"))
+    figures = browser.find_elements(By.CSS_SELECTOR, "#matches figure")
+    assert "your photo" in figures[0].text and "your cake" in figures[1].text and "round cake" in figures[1].text
+    # the outline is drawn in green over the photo
+    green = browser.execute_script(
+        "const c = document.querySelector('#matches canvas.outlined'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 1] > 200 && d[i] < 80 && d[i + 2] < 80) n++; return n;")
+    assert green > 300
+    # the rectified view is the photo under a projective transform, clipped to the cake's circle
+    transform = browser.execute_script("return document.querySelector('#matches .rectified img').style.transform")
+    assert transform.startswith("matrix3d(")
 
     # A broken photo: a clear message, no crash.
     broken = tmp_path / "broken.jpg"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.catalog import CatalogIndex, ModelMismatchError, NewEntry, label_from_path
+from pipeline.catalog import CatalogIndex, FeatureMismatchError, ModelMismatchError, NewEntry, label_from_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,6 +69,36 @@ def test_other_model_is_refused(tmp_path: Path) -> None:
     CatalogIndex(tmp_path / "idx", model_id="m1").commit([entry(1)])
     with pytest.raises(ModelMismatchError, match="reembed"):
         CatalogIndex(tmp_path / "idx", model_id="m2")
+
+
+def test_other_feature_settings_are_refused_until_rebuilt(tmp_path: Path) -> None:
+    """Descriptors made with another locator or canonical size are never mixed with the loaded settings'."""
+    old = {"locate": {"version": "locate/2", "size": 512}, "lbp": {"size": 256}}
+    new = {"locate": {"version": "locate/2", "size": 384}, "lbp": {"size": 256}}
+    CatalogIndex(tmp_path / "idx", model_id="m1", features=old).commit([entry(1)])
+    assert CatalogIndex(tmp_path / "idx", model_id="m1", features=old).index_features == old
+    with pytest.raises(FeatureMismatchError, match="locate.*reembed"):
+        CatalogIndex(tmp_path / "idx", model_id="m1", features=new)
+    assert len(CatalogIndex(tmp_path / "idx")) == 1  # a reader that checks nothing (status) still opens it
+    rebuilt = CatalogIndex(tmp_path / "idx", model_id="m1")
+    rebuilt.replace_all([entry(1), entry(2)], "m1", new)
+    assert len(CatalogIndex(tmp_path / "idx", model_id="m1", features=new)) == 2
+    with pytest.raises(FeatureMismatchError):
+        CatalogIndex(tmp_path / "idx", model_id="m1", features=old)
+
+
+def test_an_index_from_before_feature_settings_were_recorded_serves_the_whole_photo_settings_only(tmp_path: Path) -> None:
+    """A catalog written before the manifest recorded features described whole photos: usable with the locator off."""
+    CatalogIndex(tmp_path / "idx", model_id="m1").commit([entry(1)])  # no features: as an older teaprint wrote it
+    assert CatalogIndex(tmp_path / "idx").index_features is None
+    whole = {"locate": None, "lbp": {"size": 256}}
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", features=whole)
+    index.commit([entry(2)])  # the first commit with the locator off records the settings
+    assert len(index) == 2 and CatalogIndex(tmp_path / "idx").index_features == whole
+    legacy = tmp_path / "legacy"
+    CatalogIndex(legacy, model_id="m1").commit([entry(1)])
+    with pytest.raises(FeatureMismatchError, match="not recorded.*reembed"):
+        CatalogIndex(legacy, model_id="m1", features={"locate": {"version": "locate/2", "size": 512}, "lbp": {"size": 256}})
 
 
 def test_second_reader_sees_commits(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from conftest import rendered_cakes
 from daemon_support import QUIET, DaemonProcess, alive, children, distinct_photos, jpeg_bytes, results, root, wait_until, write_slowly  # noqa: F401 (root: fixture)
 from pipeline.catalog import CatalogIndex
 from pipeline.history import History
@@ -125,7 +126,8 @@ def metric_values(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, locate_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_config_file = locate_config_file  # the cake locator on: a catalog photo of two cakes is refused
     photos = distinct_photos(5, seed=5)
     for i, p in enumerate(photos[:4]):
         (root / "inbox/catalog" / f"k{i}-1.jpg").write_bytes(jpeg_bytes(p))
@@ -151,6 +153,8 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
         (q / "text.jpg").write_text("not an image at all")
         (q / "broken.jpg").write_bytes(jpeg_bytes(photos[0])[:700])
         (root / "inbox/catalog" / "bad-1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        pair = rendered_cakes(5, kind="two", tilt=15.0, tilt_axis=30.0, angle=0.0).image  # registration needs one cake a photo
+        (root / "inbox/catalog" / "pair-1.jpg").write_bytes(jpeg_bytes(pair))
         (q / "k0.jpg").write_bytes(jpeg_bytes(photos[0]))
         (q / "k0.png").write_bytes((root / "inbox/catalog/k0-1.jpg").read_bytes())  # same stem, other file
         (q / "普洱.jpg").write_bytes(jpeg_bytes(photos[4]))
@@ -160,6 +164,9 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
             assert (failed / name).exists(), name
             reason = json.loads((failed / f"{name}.error.json").read_text())
             assert reason["code"] and reason["reason"]
+        wait_until(lambda: (failed / "pair-1.jpg.error.json").exists(), 60, "two-cake catalog photo refused")
+        assert json.loads((failed / "pair-1.jpg.error.json").read_text())["code"] == "several_cakes"
+        assert len(CatalogIndex(root / "index")) == 5  # the pair refused, the others kept
         by_query = {r["query"]: r for r in results(root / "outbox")}
         assert {by_query[n]["status"] for n in ("empty.jpg", "text.jpg", "broken.jpg")} == {"rejected"}
         assert by_query["k0.jpg"]["matches"][0]["label"] == "k0"
@@ -191,7 +198,7 @@ def test_bad_files_deletion_same_stem_single_daemon_and_clean_stop(root: Path, t
             assert values.get(key, 0.0) == sum(r["status"] == status for r in answers), status
         notes = [json.loads(p.read_text(encoding="utf-8")) for p in failed.glob("*.error.json")]
         moved = Counter((n["folder"], n["code"]) for n in notes if n["code"] != "bad_record")  # a record note moves no file
-        assert sum(moved.values()) == 4
+        assert sum(moved.values()) == 5 and moved[("catalog", "several_cakes")] == 1
         assert {(dict(k)["folder"], dict(k)["code"]): v for (name, k), v in values.items() if name == "teaprint_failed_files_total"} == moved
         assert values[("teaprint_catalog_photos", (("component", "daemon"),))] == 4
         # The same through the status file and `teaprint status`.

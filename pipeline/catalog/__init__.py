@@ -11,11 +11,11 @@
 """
 
 from pipeline.catalog.entries import CatalogEntry, EntryError, NewEntry, check_entry, label_from_path
-from pipeline.catalog.record import CatalogError, CatalogIndex, CommitResult, ModelMismatchError
+from pipeline.catalog.record import CatalogError, CatalogIndex, CommitResult, FeatureMismatchError, ModelMismatchError, features_agree
 from pipeline.catalog.snapshot import CatalogSnapshot
 from pipeline.catalog.writer import CatalogWriter, Registered
 
 __all__ = [
-    "CatalogEntry", "CatalogError", "CatalogIndex", "CatalogSnapshot", "CatalogWriter", "CommitResult", "EntryError",
-    "ModelMismatchError", "NewEntry", "Registered", "check_entry", "label_from_path",
+    "CatalogEntry", "CatalogError", "CatalogIndex", "CatalogSnapshot", "CatalogWriter", "CommitResult", "EntryError", "FeatureMismatchError",
+    "ModelMismatchError", "NewEntry", "Registered", "check_entry", "features_agree", "label_from_path",
 ]

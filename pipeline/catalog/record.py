@@ -61,6 +61,34 @@ class ModelMismatchError(CatalogError):
         self.current_model = current_model
 
 
+class FeatureMismatchError(CatalogError):
+    """The index's descriptors were computed with other feature settings (locator, canonical size, LBP, keypoints)."""
+
+    def __init__(self, index_features: dict | None, current_features: dict, directory: Path) -> None:
+        differ = sorted(k for k in set(current_features) | set(index_features or {})
+                        if (index_features or {}).get(k) != current_features.get(k))
+        was = "not recorded (built before they were)" if index_features is None else f"{ {k: index_features.get(k) for k in differ} }"
+        super().__init__(
+            f"index {directory} was built with other feature settings ({', '.join(differ) or 'all'}): {was}, now "
+            f"{ {k: current_features.get(k) for k in differ} }; run `teaprint reembed` to recompute the catalog's descriptors"
+        )
+        self.index_features = index_features
+        self.current_features = current_features
+
+
+def features_agree(index_features: dict | None, current: dict) -> bool:
+    """Whether descriptors recorded with `index_features` compare with ones made with `current`.
+
+    An index written before the manifest recorded feature settings
+    (`index_features` None) described the whole photo: it agrees with the
+    current settings while the locator is off (`current["locate"]` None), so
+    such catalogs keep working unchanged until the locator is switched on.
+    """
+    if index_features is None:
+        return current.get("locate") is None
+    return index_features == current
+
+
 @dataclass(frozen=True)
 class CommitResult:
     added: tuple[str, ...] = ()
@@ -88,6 +116,7 @@ class _Segment:
 class _State:
     generation: int = 0
     model_id: str | None = None
+    features: dict | None = None
     segments: list[str] = field(default_factory=list)
     entries: dict[str, CatalogEntry] = field(default_factory=dict)
 
@@ -107,11 +136,16 @@ class CatalogIndex:
         raises `ModelMismatchError`; None accepts any (for `status`, `reembed`).
     max_segments : int
         Merge all segments into one when a commit leaves more than this.
+    features : dict or None
+        The settings that shaped the descriptors (`pipeline.prepare.feature_settings`),
+        recorded in the manifest beside the model id. Opening a non-empty index
+        recorded with other ones raises `FeatureMismatchError`; None accepts any.
     """
 
-    def __init__(self, directory: Path, model_id: str | None = None, max_segments: int = 16) -> None:
+    def __init__(self, directory: Path, model_id: str | None = None, max_segments: int = 16, features: dict | None = None) -> None:
         self.directory = Path(directory)
         self.model_id = model_id
+        self.features = features
         self.max_segments = max_segments
         self._cache: dict[str, _Segment] = {}
         self._state = _State()
@@ -128,10 +162,10 @@ class CatalogIndex:
                 try:
                     manifest = self._read_manifest()
                     if manifest["generation"] == self._state.generation and self._state.segments == manifest["segments"]:
-                        self._check_model(manifest.get("model_id"))
+                        self._check_model(manifest.get("model_id"), manifest.get("features"))
                         return False
                     self._state = self._load(manifest)
-                    self._check_model(self._state.model_id)
+                    self._check_model(self._state.model_id, self._state.features)
                     return True
                 except FileNotFoundError:
                     # A compaction removed a segment between our manifest read and the
@@ -148,9 +182,11 @@ class CatalogIndex:
                 self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, list(state.entries.values()))
             return self._snapshot
 
-    def _check_model(self, index_model: str | None) -> None:
+    def _check_model(self, index_model: str | None, index_features: dict | None) -> None:
         if self.model_id and index_model and index_model != self.model_id and self._state.entries:
             raise ModelMismatchError(index_model, self.model_id, self.directory)
+        if self.features is not None and not features_agree(index_features, self.features) and self._state.entries:
+            raise FeatureMismatchError(index_features, self.features, self.directory)
 
     def __len__(self) -> int:
         return len(self._state.entries)
@@ -162,6 +198,11 @@ class CatalogIndex:
     @property
     def index_model_id(self) -> str | None:
         return self._state.model_id
+
+    @property
+    def index_features(self) -> dict | None:
+        """The feature settings the index's descriptors were computed with (None: not recorded)."""
+        return self._state.features
 
     def entries(self) -> list[CatalogEntry]:
         """All entries as last refreshed, oldest first."""
@@ -203,6 +244,7 @@ class CatalogIndex:
             self.refresh()
             if adds and self._state.entries and self._state.model_id not in (None, model_id):
                 raise ModelMismatchError(str(self._state.model_id), str(model_id), self.directory)
+            features = self.features if self.features is not None else self._state.features
             current = self._state.entries
             removed = tuple(dict.fromkeys(s for s in removes if s in current))
             fresh: dict[str, NewEntry] = {}
@@ -219,7 +261,7 @@ class CatalogIndex:
             name = f"seg-{generation:08d}.h5"
             _write_segment(self.directory / name, stored, removed, str(model_id or self._state.model_id))
             segments = [*self._state.segments, name]
-            self._write_manifest(generation, model_id or self._state.model_id, segments)
+            self._write_manifest(generation, model_id or self._state.model_id, segments, features)
             self.refresh()
             if len(segments) > self.max_segments:
                 self._compact_locked()
@@ -231,8 +273,8 @@ class CatalogIndex:
             self.refresh()
             self._compact_locked()
 
-    def replace_all(self, entries: Sequence[NewEntry], model_id: str) -> None:
-        """Swap the whole index for `entries` built with `model_id` in one step (re-embedding)."""
+    def replace_all(self, entries: Sequence[NewEntry], model_id: str, features: dict | None = None) -> None:
+        """Swap the whole index for `entries` built with `model_id` and `features` in one step (re-embedding)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._write_lock, FileLock(str(self.directory / ".lock")), self._state_lock:
             self.refresh_unchecked()
@@ -240,19 +282,20 @@ class CatalogIndex:
             name = f"seg-{generation:08d}.h5"
             _write_segment(self.directory / name, list(entries), (), model_id)
             old = self._state.segments
-            self._write_manifest(generation, model_id, [name])
+            self._write_manifest(generation, model_id, [name], features)
             self.model_id = model_id
+            self.features = features
             self.refresh()
             self._remove_files(old)
 
     def refresh_unchecked(self) -> None:
-        """Load the index whatever model built it."""
+        """Load the index whatever model and feature settings built it."""
         with self._state_lock:
-            saved, self.model_id = self.model_id, None
+            saved, self.model_id, saved_features, self.features = self.model_id, None, self.features, None
             try:
                 self.refresh()
             finally:
-                self.model_id = saved
+                self.model_id, self.features = saved, saved_features
 
     def _compact_locked(self) -> None:
         state = self._state
@@ -261,7 +304,7 @@ class CatalogIndex:
         generation = state.generation + 1
         name = f"seg-{generation:08d}.h5"
         _write_segment(self.directory / name, list(state.entries.values()), (), str(state.model_id))
-        self._write_manifest(generation, state.model_id, [name])
+        self._write_manifest(generation, state.model_id, [name], state.features)
         self.refresh()
         self._remove_files(state.segments)
 
@@ -286,8 +329,8 @@ class CatalogIndex:
             raise CatalogError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
         return data
 
-    def _write_manifest(self, generation: int, model_id: str | None, segments: list[str]) -> None:
-        data = {"format": FORMAT, "generation": generation, "model_id": model_id, "segments": segments}
+    def _write_manifest(self, generation: int, model_id: str | None, segments: list[str], features: dict | None) -> None:
+        data = {"format": FORMAT, "generation": generation, "model_id": model_id, "features": features, "segments": segments}
         atomic_write_bytes(self.directory / MANIFEST, json.dumps(data, indent=1).encode())
         self._cleanup_orphans(set(segments))
 
@@ -323,7 +366,7 @@ class CatalogIndex:
         for name in list(self._cache):
             if name not in live:
                 del self._cache[name]
-        return _State(manifest["generation"], manifest.get("model_id"), list(manifest["segments"]), entries)
+        return _State(manifest["generation"], manifest.get("model_id"), manifest.get("features"), list(manifest["segments"]), entries)
 
 
 def _write_segment(path: Path, entries: Sequence[NewEntry], removed: Sequence[str], model_id: str) -> None:

@@ -50,12 +50,16 @@ class CatalogWriter:
         The loaded encoder's id, stored with every registered entry.
     require_local : bool
         Refuse entries without keypoints (`local.enabled` is on).
+    features : dict or None
+        The settings that shaped the descriptors (`pipeline.prepare.feature_settings`),
+        recorded in the manifest by `reembed` (a commit records the record's own).
     """
 
-    def __init__(self, record: CatalogIndex, model_id: str, require_local: bool) -> None:
+    def __init__(self, record: CatalogIndex, model_id: str, require_local: bool, features: dict | None = None) -> None:
         self.record = record
         self.model_id = model_id
         self.require_local = require_local
+        self.features = features
 
     def register(self, entries: Sequence[NewEntry], place: Callable[[NewEntry], NewEntry] | None = None) -> Registered:
         """Store new photos in one commit; photos already registered are reported, not stored again.
@@ -105,10 +109,10 @@ class CatalogWriter:
         return self.record.commit(removes=[e.sha256 for e in entries]).removed
 
     def reembed(self, entries: Sequence[NewEntry], model_id: str) -> None:
-        """Replace the whole catalog by `entries`, re-described with the encoder `model_id`, in one step."""
+        """Replace the whole catalog by `entries`, re-described with the encoder `model_id` and this writer's features, in one step."""
         for entry in entries:
             check_entry(entry, self.require_local)
-        self.record.replace_all(entries, model_id)
+        self.record.replace_all(entries, model_id, self.features)
         self.model_id = model_id
 
     def snapshot(self) -> CatalogSnapshot:

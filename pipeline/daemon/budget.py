@@ -63,7 +63,7 @@ def time_budget(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def prepare_within(path: Path, config: Config, shape: EncoderInput, root: Path | None) -> Prepared | Failure:
+def prepare_within(path: Path, config: Config, shape: EncoderInput, root: Path | None, for_catalog: bool = False) -> Prepared | Failure:
     """`prepare` under `daemon.file_budget_s`; any failure as a `Failure`.
 
     Codes: intake's (see `pipeline.intake.CODES`), "timeout" (over budget),
@@ -73,7 +73,7 @@ def prepare_within(path: Path, config: Config, shape: EncoderInput, root: Path |
     budget = config.daemon.file_budget_s
     try:
         with time_budget(budget):
-            return prepare(path, config, shape, root=root)
+            return prepare(path, config, shape, root=root, for_catalog=for_catalog)
     except IntakeError as err:
         return Failure(err.code, str(err), err.sha256)
     except BudgetExceeded:

@@ -326,11 +326,12 @@ def prepare_queries(
 def shared_breakdown(queries: Sequence[PreparedQuery], embed_seconds: float) -> dict[str, float]:
     """Mean ms per query of each shared step.
 
-    Steps: decode, lbp, input (encoder input), local (keypoints; only when
-    extracted), embed (batched).
+    Steps: decode, locate (cake locator and rectification; when
+    `locate.enabled`), lbp, input (encoder input), local (keypoints; only
+    when extracted), embed (batched).
     """
     n = max(len(queries), 1)
-    names = {"decode": "decode", "lbp": "lbp", "prepare": "input", "local": "local"}
+    names = {"decode": "decode", "locate": "locate", "lbp": "lbp", "prepare": "input", "local": "local"}
     steps: dict[str, float] = {}
     for q in queries:
         if q.prepared is not None:

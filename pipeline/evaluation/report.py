@@ -102,7 +102,7 @@ def format_table(run: EvalRun) -> str:
 
 
 def _breakdown(run: EvalRun) -> str:
-    names = {"decode": "decode", "lbp": "LBP", "input": "encoder input", "local": "keypoints", "embed": "embedding (batched)"}
+    names = {"decode": "decode", "locate": "cake locator + rectification", "lbp": "LBP", "input": "encoder input", "local": "keypoints", "embed": "embedding (batched)"}
     return ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in run.shared_ms.items())
 
 

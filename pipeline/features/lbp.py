@@ -28,6 +28,7 @@ def lbp_histogram(
     image: np.ndarray,
     points_radii: tuple[tuple[int, int], ...] = ((8, 1), (16, 2), (24, 3)),
     size: int = 256,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Concatenated uniform-LBP histograms at several (P, R).
 
@@ -42,6 +43,10 @@ def lbp_histogram(
         Number of circular neighbours P and radius R in pixels.
     size : int
         Side of the square working image, in pixels.
+    mask : ndarray, shape (H, W), dtype bool, optional
+        Count only these pixels (a located cake), less a border of the
+        largest radius, whose codes would see what lies outside. None, or a
+        mask leaving nothing, counts every pixel.
 
     Returns
     -------
@@ -50,12 +55,22 @@ def lbp_histogram(
         to 1; the blocks are concatenated in the order given.
     """
     grey = cv2.resize(to_grey(image), (size, size), interpolation=cv2.INTER_AREA)
+    keep = _inner(mask, size, max(r for _, r in points_radii)) if mask is not None else None
     blocks = []
     for points, radius in points_radii:
         codes = local_binary_pattern(grey, points, radius, method="uniform")
-        hist = np.bincount(codes.astype(np.int64).ravel(), minlength=points + 2).astype(np.float32)
+        codes = codes[keep] if keep is not None else codes.ravel()
+        hist = np.bincount(codes.astype(np.int64), minlength=points + 2).astype(np.float32)
         blocks.append(hist / max(hist.sum(), 1.0))
     return np.concatenate(blocks)
+
+
+def _inner(mask: np.ndarray, size: int, border: int) -> np.ndarray | None:
+    """`mask` at `size` x `size`, less `border` + 1 px inside its edge; None when that leaves nothing."""
+    small = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * border + 3, 2 * border + 3))
+    inner = cv2.erode(small, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    return inner if inner.any() else None
 
 
 def lbp_length(points_radii: tuple[tuple[int, int], ...]) -> int:

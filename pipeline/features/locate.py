@@ -7,7 +7,7 @@ circle (or rectangle), crops it with a small margin, scales it to a fixed size
 and masks what lies outside, keeping the homography so that coordinates found
 on the canonical image can be drawn on the original photo.
 
-How `locate` works (classical, a few ms on a 256 px working image):
+How `locate` works (classical, about 60 ms of one CPU core on a 256 px working image):
 
 1. *Background model*: the table is what the photo's border shows. The border
    strip's pixels (Lab colour plus a local-contrast channel, so a brown cake on
@@ -15,17 +15,28 @@ How `locate` works (classical, a few ms on a 256 px working image):
    clusters that hold little of the border (a thumb, the cake itself running
    out of frame) are not table.
 2. *Segmentation*: each pixel's distance to the nearest table cluster,
-   thresholded (Otsu, with a floor), cleaned and hole-filled, gives blobs.
+   thresholded at three levels, cleaned and hole-filled, gives blobs.
 3. *Robust fit*: the outer contour of each blob is fitted with an ellipse by
    RANSAC, so a thumb over the edge, a glare notch or a touching wrapper do not
    pull the fit; contour points on the frame's edge (cake out of frame) are not
    rim points and are ignored. Sequential RANSAC finds a second cake that
    touches the first. A quadrilateral is tried too; the blob's shape decides
    between disc and brick.
-4. *Verification*: an outline is a cake when, around most of its in-frame
+4. *Edge ellipses*: long Canny chains of the coarse features (a leaf's detail
+   averaged away, the rim kept) give further ellipses, each refitted on every
+   edge pixel near it: the cake that fills the frame, or that has the table's
+   colour, which segmentation misses.
+5. *Snap*: along 96 rays each disc's rim is the strongest colour step near the
+   ellipse; the steps are refitted (RANSAC), and the share of rays whose step
+   lies on the fit is the rim's support.
+6. *Verification*: an outline is a cake when, around most of its in-frame
    perimeter, a thin band just inside differs from a thin band just outside
-   (ring contrast) and the segmentation edge follows it (support). A texture
-   close-up has no such closed contrast curve, and falls back.
+   (ring contrast) and the segmentation edge (or, for an edge ellipse, the
+   snapped rim) follows it. Refused besides: a blob whose rim strays from its
+   ellipse (a chunk, a hand) unless the snapped rim follows it; a small
+   outline whose inside recurs all around it (a hole in a texture); a small
+   outline cut by the frame, or one centred outside it. A texture close-up has
+   no closed contrast curve, and falls back.
 
 Coordinates are (x, y) in pixels of the image given, origin at the top-left
 pixel's centre; angles are degrees, counter-clockwise on screen being negative
@@ -40,15 +51,30 @@ from typing import Literal
 import cv2
 import numpy as np
 
-__all__ = ["CakeOutline", "Rectified", "locate", "rectify", "outline_mask", "outline_polygon"]
+__all__ = ["CakeOutline", "Rectified", "LOCATOR_VERSION", "locate", "rectify", "canonical_view", "outline_mask", "outline_polygon"]
 
 Shape = Literal["disc", "brick", "none"]
 
+# Recorded in the catalog beside the model id: bump it whenever `locate` or
+# `rectify` can give another outline or canonical image for the same photo
+# (descriptors computed on the old ones must then be rebuilt by `teaprint reembed`).
+LOCATOR_VERSION = "locate/2"
+
+MIN_SIDE = 16  # px: `locate` refuses smaller photos, `canonical_view` describes them whole
 WORK_SIDE = 256  # px, longer side of the working image: the rim needs no more
-MIN_CONFIDENCE = 0.5  # accept threshold on `CakeOutline.confidence` (bench/bench_locate.py)
-MIN_AREA = 0.02  # smallest cake, fraction of the photo's area
-MIN_AXIS_RATIO = 0.4  # b/a: flatter than this is a 66 deg tilt, not a phone shot of a cake
+MIN_CONFIDENCE = 0.7  # accept threshold on `CakeOutline.confidence`: the highest keeping the hard re-shot targets (bench/bench_locate.py); non-cake photos score 0.5-0.75
+BRICK_DISCOUNT = 0.15  # a brick's four-sided fit (no RANSAC) follows its rim less closely: true bricks score 0.52-0.8
+MIN_AREA = 0.03  # smallest cake, fraction of the photo's area (a cake photographed to be identified is larger)
+MIN_AXIS_RATIO = 0.5  # b/a: flatter than this is a 60 deg tilt, not a phone shot of a cake
+EDGE_AREA = 0.06  # smallest cake found from edges alone, fraction of the photo's area
+EDGE_SUPPORT = 0.6  # least share of an edge ellipse's rays whose strongest step lies on it (`_snap`)
+ROUGHNESS = 0.02  # a blob's rim may stray from its ellipse by this share of the radius (median)
+CUT_AREA = 0.1  # an outline the frame cuts must cover at least this share of the photo
+BLOB_AREA = 0.2  # outlines smaller than this (fraction of the photo) are checked for being a texture's blob
+MIN_IN_FRAME = 0.3  # least share of an outline's perimeter inside the frame (a cake filling a 4:3 frame shows ~1/3)
 OTHER_AREA = 0.3  # a further cake is at least this share of the largest one's area
+OTHER_IN_FRAME = 0.6  # ... with at least this share of its rim in the frame
+OTHER_CONFIDENCE = 0.8  # ... and at least this confidence
 _SECTORS = 72  # perimeter samples used by the verification
 
 
@@ -132,7 +158,7 @@ def _check_image(image: np.ndarray) -> None:
         raise TypeError("image must be a uint8 numpy array")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {image.shape}")
-    if min(image.shape[:2]) < 16:
+    if min(image.shape[:2]) < MIN_SIDE:
         raise ValueError(f"image too small to locate a cake: {image.shape[:2]}")
 
 
@@ -284,21 +310,31 @@ def _rim_points(contour: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _ransac_ellipse(points: np.ndarray, rng: np.random.Generator, tol: float, iters: int = 80) -> tuple | None:
-    """Ellipse with the most points within `tol` px, refitted on its inliers."""
-    if len(points) < 12:
-        return None
-    best, best_n = None, 0
+    """Ellipse with the most points within `tol` px, refitted on its inliers.
+
+    All hypotheses at once: each is the conic through 5 random points
+    (a batched null space), scored by the Sampson distance of every point
+    (first-order distance to a conic, px); hyperbolas and parabolas score 0.
+    """
     n = len(points)
-    for _ in range(iters):
-        # 5 points spread along the contour fit a stable ellipse; 5 random ones often do not
-        start = int(rng.integers(n))
-        idx = (start + np.sort(rng.choice(n, 5, replace=False))) % n
-        ell = _fit(points[idx])
-        if ell is None:
-            continue
-        count = int((np.abs(_radial(points, ell)) < tol).sum())
-        if count > best_n:
-            best, best_n = ell, count
+    if n < 12:
+        return None
+    mean, spread = points.mean(axis=0), float(points.std()) + 1e-9
+    p = (points - mean) / spread  # normalised: a conic fit in pixel units is ill-conditioned
+    x, y = p[:, 0], p[:, 1]
+    design = np.c_[x * x, x * y, y * y, x, y, np.ones(n)]
+    idx = rng.integers(0, n, size=(iters, 5))
+    conics = np.linalg.svd(design[idx])[2][:, -1, :]  # (iters, 6): A B C D E F
+    a, b, c, d, e, f = conics.T
+    q = design @ conics.T  # (n, iters)
+    gx = 2 * a * x[:, None] + b * y[:, None] + d
+    gy = b * x[:, None] + 2 * c * y[:, None] + e
+    dist = np.abs(q) / np.maximum(np.sqrt(gx * gx + gy * gy), 1e-12) * spread
+    counts = np.where(b * b - 4 * a * c < 0, (dist < tol).sum(axis=0), 0)
+    if counts.max(initial=0) < 6:
+        return None
+    inl = points[dist[:, int(np.argmax(counts))] < tol]
+    best = _fit(inl)
     for _ in range(2):
         if best is None:
             return None
@@ -360,6 +396,96 @@ def _is_brick(corners: np.ndarray, ell: tuple, rim: np.ndarray, tol: float) -> b
     return on_quad >= 0.45 and on_quad > on_ell + 0.12
 
 
+# ------------------------------------------------------------------ edges
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """Step edges of the smoothed colour-and-texture features (Canny on the strongest channel's gradient).
+
+    `dist` is each pixel's distance (px) to the nearest edge pixel, `gx`,
+    `gy` the gradient used, `points` the edge pixels (x, y) float64.
+    """
+
+    dist: np.ndarray
+    gx: np.ndarray
+    gy: np.ndarray
+    points: np.ndarray
+    chains: list[np.ndarray]
+
+
+def _edges(feats: np.ndarray) -> _Edges:
+    """Edges at the rim's scale: the coarse features average a leaf (or a printed letter) away, not the cake's rim."""
+    layer = feats[..., NFEAT // 2 :]  # Lab + contrast at the coarse scale
+    norm = layer / (layer.reshape(-1, layer.shape[2]).std(axis=0) + 1.0)
+    gx = np.stack([cv2.Sobel(norm[..., i], cv2.CV_32F, 1, 0, ksize=3) for i in range(norm.shape[2])], axis=-1)
+    gy = np.stack([cv2.Sobel(norm[..., i], cv2.CV_32F, 0, 1, ksize=3) for i in range(norm.shape[2])], axis=-1)
+    # one direction for all channels: the gradient of the channel that steps most
+    best = np.argmax(gx * gx + gy * gy, axis=-1)[..., None]
+    bx, by = np.take_along_axis(gx, best, -1)[..., 0], np.take_along_axis(gy, best, -1)[..., 0]
+    m = np.sqrt(bx * bx + by * by)
+    k = 1000.0 / max(float(np.percentile(m, 90)), 1e-6)
+    dx, dy = np.clip(bx * k, -32000, 32000).astype(np.int16), np.clip(by * k, -32000, 32000).astype(np.int16)
+    edge = cv2.Canny(dx, dy, 500.0, 1000.0, L2gradient=True)
+    dist = cv2.distanceTransform(255 - edge, cv2.DIST_L2, 3)
+    ys, xs = np.nonzero(edge)
+    chains, _ = cv2.findContours(edge, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return _Edges(dist, bx, by, np.c_[xs, ys].astype(np.float64), [c.reshape(-1, 2).astype(np.float64) for c in chains])
+
+
+def _edge_candidates(edges: _Edges, feats: np.ndarray, rng: np.random.Generator) -> list[tuple]:
+    """Ellipses through long edge chains, each refitted on every edge pixel near it (a thumb breaks the rim into arcs)."""
+    h, w = feats.shape[:2]
+    side = min(h, w)
+    tol = max(1.5, 0.012 * max(h, w))
+    out: list[tuple] = []
+    for chain in sorted(edges.chains, key=len, reverse=True)[:12]:
+        if len(chain) < 0.5 * side:  # traced on both sides: an arc of a quarter of a small cake
+            break
+        ell = _ransac_ellipse(chain, rng, tol, iters=30)
+        if ell is None or not _plausible(ell, (h, w)):
+            continue
+        near = edges.points[np.abs(_radial(edges.points, ell)) < 2 * tol]
+        ell = _ransac_ellipse(near, rng, tol, iters=30) if len(near) >= 12 else ell
+        if ell is None or not _plausible(ell, (h, w)):
+            continue
+        if any(_same_ellipse(ell, e) for e in out):
+            continue
+        out.append(ell)
+    return out
+
+
+def _edge_candidate(ell: tuple, feats: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> "_Candidate":
+    """A disc from the edges, snapped to the rim (`_snap`), scored by rim contrast times the rim's support."""
+    snapped, support = _snap(ell, lab, rng)
+    support = 0.0 if np.isnan(support) else support
+    (cx, cy), (a, b), ang = ell = snapped or ell
+    area = float(np.pi * a * b)
+    ring, in_frame = _ring_score(feats, _ellipse_points((cx, cy), (a, b), ang, _SECTORS), np.array([cx, cy]), max(2.0, 0.06 * b))
+    if in_frame < MIN_IN_FRAME or support < EDGE_SUPPORT:  # a chunk's ragged edge, a bowl with what lies in it
+        return _Candidate("disc", ell, None, 0.0, area, in_frame)
+    return _Candidate("disc", ell, None, float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), area, in_frame)
+
+
+def _plausible(ell: tuple, shape: tuple[int, int]) -> bool:
+    """A large, not too flat ellipse whose centre lies in (or just off) the frame.
+
+    Edge chains are for the cakes segmentation misses: one filling the frame,
+    or one of the table's colour. Textures close up are full of small
+    elliptic holes and shadows, so an edge ellipse must be larger than a
+    segmented blob.
+    """
+    (cx, cy), (a, b), _ = ell
+    h, w = shape
+    return (b / a >= MIN_AXIS_RATIO and np.pi * a * b >= EDGE_AREA * h * w and a <= 1.5 * max(h, w)
+            and -0.1 * w <= cx <= 1.1 * w and -0.1 * h <= cy <= 1.1 * h)
+
+
+def _same_ellipse(e1: tuple, e2: tuple) -> bool:
+    (c1, (a1, b1), _), (c2, (a2, b2), _) = e1, e2
+    return bool(np.hypot(c1[0] - c2[0], c1[1] - c2[1]) < 0.1 * a1 and abs(a1 / a2 - 1) < 0.1 and abs(b1 / b2 - 1) < 0.1)
+
+
 # ------------------------------------------------------------ verification
 
 
@@ -402,6 +528,8 @@ class _Candidate:
     corners: np.ndarray | None
     confidence: float
     area: float = field(default=0.0)
+    in_frame: float = 1.0  # share of the outline's perimeter inside the photo
+    rough: bool = False  # the blob's rim strays from the ellipse (`_rough`): the photo's steps must vouch for it
 
 
 def _fill(mask: np.ndarray, boundary: np.ndarray) -> float:
@@ -413,7 +541,8 @@ def _fill(mask: np.ndarray, boundary: np.ndarray) -> float:
 
 
 def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.ndarray,
-           edge_dist: np.ndarray, mask: np.ndarray, tol: float) -> float:
+           edge_dist: np.ndarray, mask: np.ndarray, tol: float) -> tuple[float, float]:
+    """(confidence, share of the perimeter in the frame) of one outline."""
     (cx, cy), (a, b), ang = ell
     if corners is not None:
         t = np.linspace(0, 1, _SECTORS // 4, endpoint=False)[:, None]
@@ -423,9 +552,45 @@ def _score(cand_shape: Shape, ell: tuple, corners: np.ndarray | None, feats: np.
     band = max(2.0, 0.06 * b)
     ring, in_frame = _ring_score(feats, boundary, np.array([cx, cy]), band)
     support = _support(edge_dist, boundary, tol)
-    if in_frame < 0.5 or _fill(mask, boundary) < 0.75:  # mostly out of frame, or hollow
-        return 0.0
-    return float(np.sqrt(ring * support))
+    if in_frame < MIN_IN_FRAME or _fill(mask, boundary) < 0.75:  # mostly out of frame, or hollow
+        return 0.0, in_frame
+    # a cake filling the frame shows a short rim: trusted a little less than a whole one
+    return float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), in_frame
+
+
+def _cut_small(c: "_Candidate", shape: tuple[int, int]) -> bool:
+    """A small outline that the frame cuts, or one centred outside the frame: not the photo's subject.
+
+    A cake runs out of frame only when it is close, so large.
+
+    What a small one cut by the frame edge usually is: a patch of fur, a
+    cup's corner, a shadow reaching the border.
+    """
+    (cx, cy), h, w = c.ell[0], shape[0], shape[1]
+    outside = not (0 <= cx <= w - 1 and 0 <= cy <= h - 1)  # a photo of a cake has the cake's centre in it
+    return outside or (c.in_frame < 0.95 and c.area < CUT_AREA * h * w)
+
+
+def _texture_blob(c: "_Candidate", feats: np.ndarray) -> bool:
+    """A small outline whose inside recurs all around it: a hole or a shadow of a texture, not a cake.
+
+    A cake's surface is not what the table around it looks like; in a
+    close-up of a texture (bread, foil, gravel) the dark patch inside one
+    ellipse is what half the photo looks like. Only small outlines are
+    judged: a large one leaves too little outside to judge by (a cake
+    filling the frame), and textures give no large closed rims.
+    """
+    h, w = feats.shape[:2]
+    if c.area >= BLOB_AREA * h * w:
+        return False
+    yy, xx = np.mgrid[:h, :w]
+    r = _radial(np.c_[xx.ravel(), yy.ravel()].astype(np.float64), c.ell) / np.sqrt(c.ell[1][0] * c.ell[1][1])
+    coarse = feats[..., NFEAT // 2 :].reshape(-1, NFEAT // 2)
+    inside, outside = coarse[r < -0.15], coarse[r > 0.2]
+    if len(inside) < 20 or len(outside) < 20:
+        return False
+    z = np.sqrt((((outside - inside.mean(axis=0)) / (inside.std(axis=0) + 3.0)) ** 2).mean(axis=1))
+    return float((z < 1.5).mean()) > 0.5
 
 
 def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, mask: np.ndarray,
@@ -449,26 +614,63 @@ def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, m
             quad = min(quads, key=lambda q: -float((_edge_distance(rim_all, q) < tol).mean()))
             if not out and _is_brick(quad, ell, rim_all, tol):
                 cand_shape, corners = "brick", quad
-            conf = _score(cand_shape, ell, corners, feats, edge_dist, mask, tol)
-            out.append(_Candidate(cand_shape, ell, corners, conf, area))
+            conf, in_frame = _score(cand_shape, ell, corners, feats, edge_dist, mask, tol)
+            out.append(_Candidate(cand_shape, ell, corners, conf, area, in_frame, cand_shape == "disc" and _rough(rim_all, ell)))
         rim = rim[~near]
         if len(rim) < 0.25 * len(contour):
             break
     return out
 
 
-def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candidate:
-    """Snap a disc's ellipse to the strongest step edge near it.
+def _rough(rim: np.ndarray, ell: tuple) -> bool:
+    """Whether a blob's rim strays from its ellipse like a chunk's broken edge, not like a cake's pressed rim.
 
-    The segmentation's features are smoothed, so its blob is a few px too big
-    or too small; along each ray the rim is where the mean colour over a short
-    stretch inside differs most from the stretch outside (a step detector at
-    a scale above a leaf's). The snapped points are refitted by RANSAC, so a
-    thumb or a glare notch on some rays does not pull the rim.
+    The rim points near the ellipse (within 15 % of its radius: a second cake
+    in the same blob lies farther) sit, for a cake, within about 1 % of the
+    radius of it (median; a thumb is the minority RANSAC ignores); a chunk, a
+    hand, a bowl with a chunk in it stray by 2.5-20 %. So does a cake whose
+    colour is close to the table's (the blob's edge wobbles): such a blob is
+    kept only when the photo's steps follow its ellipse (`_snap`).
+    """
+    scale = np.sqrt(ell[1][0] * ell[1][1])
+    off = np.abs(_radial(rim, ell)) / scale
+    near = off[off < 0.15]
+    return len(near) < 12 or float(np.median(near)) > ROUGHNESS
+
+
+def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candidate:
+    """A disc's ellipse snapped to the rim (`_snap`); kept as it is when the snap fails, and for bricks.
+
+    A segmented blob is not refused for a weak snap, unlike an edge ellipse:
+    inside a sibling cake the leaves' steps often beat its rim's on a ray,
+    and the blob's own contour already vouches for the outline.
     """
     if c.shape != "disc":
         return c
-    (cx, cy), (a, b), ang = c.ell
+    ell, _ = _snap(c.ell, lab, rng)
+    if ell is None:
+        return c
+    return _Candidate(c.shape, ell, c.corners, c.confidence, float(np.pi * ell[1][0] * ell[1][1]), c.in_frame)
+
+
+def _snap(ell: tuple, lab: np.ndarray, rng: np.random.Generator) -> tuple[tuple | None, float]:
+    """The rim near an ellipse: each ray's strongest step, refitted; and the share of rays whose step lies on the fit.
+
+    Smoothed features put an outline a few px off; along each ray the rim is
+    where the mean colour over a short stretch inside differs most from the
+    stretch outside (a step detector at a scale above a leaf's). The snapped
+    points are refitted by RANSAC, so a thumb or a glare notch on some rays
+    does not pull the rim. A cake's rim is the strongest step on most rays; a
+    chunk's ragged edge or a bowl with a chunk in it, to which an ellipse fits
+    only in part, is not: the share is the rim's support.
+
+    Returns
+    -------
+    (ellipse or None, support)
+        None when too few rays lie in the frame, the refit fails or moves far
+        (another object); support in 0-1 (NaN when too few rays lie in the frame).
+    """
+    (cx, cy), (a, b), ang = ell
     h, w = lab.shape[:2]
     rays, steps, half = 96, 41, 5
     t = np.linspace(0, 2 * np.pi, rays, endpoint=False)
@@ -478,7 +680,7 @@ def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candid
     px, py = cx + co * u - si * v, cy + si * u + co * v  # (rays, steps)
     ok = ((px >= 0) & (py >= 0) & (px <= w - 1) & (py <= h - 1)).all(axis=1)
     if ok.sum() < 12:
-        return c
+        return None, float("nan")
     f = lab[np.round(py[ok]).astype(int), np.round(px[ok]).astype(int)]  # (R, steps, 3)
     csum = np.concatenate([np.zeros((f.shape[0], 1, 3)), np.cumsum(f, axis=1)], axis=1)
     j = np.arange(half, steps - half)
@@ -487,12 +689,13 @@ def _refine(c: _Candidate, lab: np.ndarray, rng: np.random.Generator) -> _Candid
     best = j[np.argmax(np.linalg.norm(inner - outer, axis=2), axis=1)]
     pts = np.c_[px[ok][np.arange(len(best)), best], py[ok][np.arange(len(best)), best]]
     tol = max(1.0, 0.02 * b)
-    ell = _ransac_ellipse(pts, rng, tol, iters=40)
-    if ell is None or (np.abs(_radial(pts, ell)) < tol).mean() < 0.5:
-        return c
-    if abs(ell[1][0] / a - 1) > 0.2 or abs(ell[1][1] / b - 1) > 0.2:  # a different object: keep the blob's fit
-        return c
-    return _Candidate(c.shape, ell, c.corners, c.confidence, float(np.pi * ell[1][0] * ell[1][1]))
+    fit = _ransac_ellipse(pts, rng, tol, iters=40)
+    if fit is None:
+        return None, 0.0
+    support = float((np.abs(_radial(pts, fit)) < tol).mean())
+    if support < 0.5 or abs(fit[1][0] / a - 1) > 0.2 or abs(fit[1][1] / b - 1) > 0.2:  # a different object
+        return None, support
+    return fit, support
 
 
 def _brick_geometry(corners: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float]:
@@ -524,7 +727,9 @@ def _select(cands: list[_Candidate]) -> list[_Candidate]:
         elif c.area >= 0.6 * kept[hit].area and c.confidence >= kept[hit].confidence - 0.03:
             kept[hit] = c  # ties go to the tighter outline: a shadow or a thumb only ever adds area
     kept.sort(key=lambda c: -c.area)
-    return [c for c in kept if c.area >= OTHER_AREA * kept[0].area] if kept else []
+    # a further cake must be plainly one: a wrapper or a cup half out of frame is not (a catalog photo would be refused)
+    return kept[:1] + [c for c in kept[1:] if c.area >= OTHER_AREA * kept[0].area and c.in_frame >= OTHER_IN_FRAME
+                       and c.confidence >= OTHER_CONFIDENCE]
 
 
 def _to_outline(c: _Candidate, scale: float) -> CakeOutline:
@@ -557,7 +762,7 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     image : ndarray, shape (H, W) or (H, W, 3), dtype uint8
         The photo, RGB or grey; at least 16 px a side.
     min_confidence : float
-        Outlines scoring below this are not cakes.
+        Outlines scoring below this are not cakes (bricks: `BRICK_DISCOUNT` below it).
     work_side : int
         Longer side, px, of the reduced image the search runs on.
 
@@ -577,7 +782,9 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     h, w = rgb.shape[:2]
     scale = max(h, w) / float(work_side) if max(h, w) > work_side else 1.0
-    small = cv2.resize(rgb, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA) if scale > 1 else rgb
+    small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA) if scale > 1 else rgb
+    if min(small.shape[:2]) < MIN_SIDE:  # a sliver of a panorama: no room for a cake's rim
+        return _fallback((h, w), 0.0)
     feats = _features(small)
     dist = _table_distance(feats)
     rng = np.random.default_rng(0)  # RANSAC: deterministic for one photo
@@ -589,10 +796,13 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
             cv2.polylines(edges, [c.astype(np.int32)], True, 0)
         edge_dist = cv2.distanceTransform(edges, cv2.DIST_L2, 3)
         cands += [c for contour in contours for c in _candidates(contour, feats, edge_dist, mask, rng)]
-    best_seen = max((c.confidence for c in cands), default=0.0)
-    kept = _select([c for c in cands if c.confidence >= min_confidence])
     lab = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32), (0, 0), 1.0)
-    kept = [_refine(c, lab, rng) for c in kept]
+    cands += [_edge_candidate(ell, feats, lab, rng) for ell in _edge_candidates(_edges(feats), feats, rng)]
+    best_seen = max((c.confidence for c in cands), default=0.0)
+    sure = [c for c in cands if c.confidence >= min_confidence - (BRICK_DISCOUNT if c.shape == "brick" else 0.0)
+            and not _cut_small(c, feats.shape[:2]) and not _texture_blob(c, feats)
+            and not (c.rough and not _snap(c.ell, lab, rng)[1] >= EDGE_SUPPORT)]
+    kept = _select([_refine(c, lab, rng) for c in sure])
     if not kept:
         return _fallback((h, w), best_seen)
     outlines = [_to_outline(c, scale) for c in kept]
@@ -753,3 +963,38 @@ def _warp(image: np.ndarray, hmat: np.ndarray, size: int) -> np.ndarray:
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
         h = hmat @ np.diag([iw / nw, ih / nh, 1.0])
     return cv2.warpPerspective(image, h, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def canonical_view(image: np.ndarray, size: int = 512, margin: float = 0.04,
+                   min_confidence: float = MIN_CONFIDENCE) -> Rectified:
+    """What the descriptors describe: the located cake rectified, or the whole photo.
+
+    `locate`, then `rectify` of the largest cake. When no cake is found with
+    confidence (a close-up, a chunk, a texture) the photo itself comes back
+    unchanged (not squared, not resized): the whole photo is described, as
+    with the locator switched off.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, 3), dtype uint8
+    size : int
+        Side of the canonical image, px.
+    margin : float
+        Gap around the cake, fraction of its radius.
+    min_confidence : float
+        `locate`'s acceptance threshold.
+
+    Returns
+    -------
+    Rectified
+        On fallback (also for a photo under `MIN_SIDE` px a side): `image`
+        itself, a mask all True, the identity homography and the fallback
+        outline (`outline.fallback` True).
+    """
+    if isinstance(image, np.ndarray) and image.ndim >= 2 and min(image.shape[:2]) < MIN_SIDE:
+        outline = _fallback(image.shape[:2], 0.0)  # a thumbnail-sized photo: nothing to find a rim in
+    else:
+        outline = locate(image, min_confidence)
+    if outline.fallback:
+        return Rectified(image, np.ones(image.shape[:2], bool), np.eye(3), outline)
+    return rectify(image, outline, size=size, margin=margin)

@@ -111,6 +111,8 @@ class ServerStatus(_Model):
     index: dict[str, Any]
     model: dict[str, Any]
     model_matches_index: bool
+    features_match_index: bool = Field(description="The catalog's descriptors were computed with the loaded feature settings "
+                                       "(locator, canonical size, LBP, keypoints); false: run `teaprint reembed`.")
     daemon: dict[str, Any] = Field(description="The drop-folder daemon on the same root, as `teaprint status` shows it.")
     records: dict[str, Any] = Field(description="Cakes with a record, and the problems of the record files (cakes, problem_count, problems).")
     history: dict[str, Any] | None = Field(description="The history of checks: path, ok, pending (checks waiting to be written), error.")

@@ -197,10 +197,10 @@ class TeaprintService:
             raise
         return path
 
-    def _prepare(self, tmp: Path, name: str) -> Prepared:
+    def _prepare(self, tmp: Path, name: str, for_catalog: bool = False) -> Prepared:
         """`Engine.prepare` on a spooled file; errors name the client's file, not ours."""
         try:
-            return self.engine.prepare(tmp)
+            return self.engine.prepare(tmp, for_catalog=for_catalog)
         except IntakeError as err:
             raise IntakeError(err.code, str(err).replace(str(tmp), name)) from None
 
@@ -245,7 +245,7 @@ class TeaprintService:
                     continue
                 spooled.append(tmp)
                 try:
-                    prepared = self._prepare(tmp, name)
+                    prepared = self._prepare(tmp, name, for_catalog=True)
                     entry_label = fixed or check_label(label_from_path(Path(name)))
                 except IntakeError as err:
                     report.failed.append({"file": name, "error": err.code, "message": str(err)})

@@ -41,12 +41,16 @@ class Scene:
         "disc" or "brick" for each outline.
     params : views.ViewParams
         The camera of the shot.
+    table : str
+        What the cakes lie on: "white paper", "patterned cloth", or one of
+        `views.TABLE_KINDS` (for accuracy by background, `bench/bench_locate.py`).
     """
 
     image: np.ndarray
     outlines: tuple[np.ndarray, ...]
     shapes: tuple[str, ...]
     params: views.ViewParams
+    table: str = ""
 
 
 def cut_surface(source: np.ndarray, rng: np.random.Generator, side: int, inner: float = 1.0) -> np.ndarray:
@@ -61,13 +65,13 @@ def cut_surface(source: np.ndarray, rng: np.random.Generator, side: int, inner: 
     return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
 
 
-def _table(rng: np.random.Generator, side: int) -> np.ndarray:
-    """White paper, a patterned cloth, or `views.make_table` (flat colour, wood, cloth)."""
+def _table(rng: np.random.Generator, side: int) -> tuple[np.ndarray, str]:
+    """White paper, a patterned cloth, or `views.make_named_table` (flat colour, wood, cloth), and which it is."""
     kind = int(rng.integers(0, 4))
     if kind == 0:  # paper: near white, faint noise
         base = rng.uniform(200, 250)
         table = np.clip(base + rng.normal(0, 3, (side, side, 1)) + rng.uniform(-8, 8, 3), 0, 255)
-        return table.astype(np.uint8)
+        return table.astype(np.uint8), "white paper"
     if kind == 1:  # patterned cloth: stripes or checks in two colours
         a, b = rng.uniform(30, 230, 3), rng.uniform(30, 230, 3)
         period = float(rng.uniform(0.02, 0.08)) * side
@@ -77,8 +81,8 @@ def _table(rng: np.random.Generator, side: int) -> np.ndarray:
         v = (-xx * np.sin(t) + yy * np.cos(t)) / period
         pattern = (np.floor(u) % 2) if rng.uniform() < 0.5 else ((np.floor(u) + np.floor(v)) % 2)
         pattern = cv2.GaussianBlur(pattern.astype(np.float32), (0, 0), 1.0)[..., None]
-        return np.clip(pattern * a + (1 - pattern) * b, 0, 255).astype(np.uint8)
-    return views.make_table(rng, side)
+        return np.clip(pattern * a + (1 - pattern) * b, 0, 255).astype(np.uint8), "patterned cloth"
+    return views.make_named_table(rng, side)
 
 
 def _clutter(rng: np.random.Generator, canvas: np.ndarray, keep_out: list[tuple[float, float, float]]) -> None:
@@ -210,7 +214,7 @@ def render_scene(
     Scene
     """
     side = 2 * out_size  # the scene is drawn at twice the photo's resolution, then warped down
-    canvas = _table(rng, side)
+    canvas, table = _table(rng, side)
     c = (side - 1) / 2.0
     discs: list[tuple[float, float, float]] = []
     if kind == "two":
@@ -251,7 +255,7 @@ def render_scene(
         _glare(rng, photo, outlines[0])
     photo = views.photometric(photo, params, rng)
     order = np.argsort([-cv2.contourArea(o.astype(np.float32)) for o in outlines])
-    return Scene(photo, tuple(outlines[i] for i in order), tuple(shapes[i] for i in order), params)
+    return Scene(photo, tuple(outlines[i] for i in order), tuple(shapes[i] for i in order), params, table)
 
 
 def _project(hmat: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -35,12 +35,16 @@ __all__ = [
     "photometric",
     "rephotograph",
     "make_table",
+    "make_named_table",
     "disc_photo",
+    "disc_shot",
     "disc_scene",
+    "disc_outline",
     "hard_view_params",
     "add_thumb",
     "add_glare",
     "hard_disc_photo",
+    "hard_disc_shot",
 ]
 
 
@@ -499,6 +503,14 @@ def make_table(rng: np.random.Generator, size: int, channels: int = 3) -> np.nda
     -------
     ndarray, shape (size, size, 3) or (size, size), dtype uint8
     """
+    return make_named_table(rng, size, channels)[0]
+
+
+TABLE_KINDS = ("flat colour", "wood", "cloth")  # `make_named_table`'s kinds, in the order it draws them
+
+
+def make_named_table(rng: np.random.Generator, size: int, channels: int = 3) -> tuple[np.ndarray, str]:
+    """`make_table` and which kind of table it drew (one of `TABLE_KINDS`); same draws from `rng`."""
     base = rng.uniform(30, 230, size=3).astype(np.float32)
     kind = int(rng.integers(0, 3))
     if kind == 0:  # flat, slightly noisy
@@ -512,8 +524,8 @@ def make_table(rng: np.random.Generator, size: int, channels: int = 3) -> np.nda
         field = cv2.GaussianBlur(rng.normal(0, 20, size=(size, size)).astype(np.float32), (0, 0), 1.0)
     table = np.clip(base[None, None, :] + field[..., None], 0, 255).astype(np.uint8)
     if channels == 1:
-        return cv2.cvtColor(table, cv2.COLOR_RGB2GRAY)
-    return table
+        return cv2.cvtColor(table, cv2.COLOR_RGB2GRAY), TABLE_KINDS[kind]
+    return table, TABLE_KINDS[kind]
 
 
 def disc_photo(
@@ -555,8 +567,46 @@ def disc_photo(
     -------
     ndarray, shape (out_size, out_size[, 3]), dtype uint8
     """
-    scene = disc_scene(source, rng, centre, radius, int(2 * out_size / fill) | 1, table, fill)
-    return rephotograph(scene, rng, out_size=out_size, params=params, border=cv2.BORDER_REPLICATE, **param_kwargs)
+    return disc_shot(source, rng, centre, radius, out_size, table, fill, params, **param_kwargs)[0]
+
+
+def disc_shot(
+    source: np.ndarray,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius: float,
+    out_size: int = 128,
+    table: np.ndarray | None = None,
+    fill: float = 0.85,
+    params: ViewParams | None = None,
+    **param_kwargs: object,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`disc_photo` and the cake's true outline in it.
+
+    Draws from `rng` exactly as `disc_photo` does (same photo for the same state).
+
+    Returns
+    -------
+    photo : ndarray, shape (out_size, out_size[, 3]), dtype uint8
+    outline : ndarray, shape (360, 2), dtype float64
+        The cake's rim (x, y) in photo pixels; may run out of frame.
+    """
+    canvas = int(2 * out_size / fill) | 1
+    scene = disc_scene(source, rng, centre, radius, canvas, table, fill)
+    if params is None:
+        params = sample_view_params(rng, **param_kwargs)  # type: ignore[arg-type]
+    homography = camera_homography(((canvas - 1) / 2.0, (canvas - 1) / 2.0), canvas, out_size, params)
+    photo = rephotograph(scene, rng, out_size=out_size, params=params, border=cv2.BORDER_REPLICATE)
+    return photo, disc_outline(homography, canvas, fill)
+
+
+def disc_outline(homography: np.ndarray, canvas_side: int, fill: float, points: int = 360) -> np.ndarray:
+    """The rim of `disc_scene`'s disc mapped by `homography`, shape (points, 2) float64, photo pixels."""
+    c = (canvas_side - 1) / 2.0
+    r = canvas_side * fill / 2.0
+    t = np.linspace(0.0, 2 * np.pi, points, endpoint=False)
+    rim = np.c_[c + r * np.cos(t), c + r * np.sin(t), np.ones(points)] @ np.asarray(homography, np.float64).T
+    return rim[:, :2] / rim[:, 2:3]
 
 
 def disc_scene(
@@ -721,6 +771,29 @@ def hard_disc_photo(
     -------
     ndarray, shape (out_wh[1], out_wh[0], 3), dtype uint8, RGB
     """
+    return hard_disc_shot(source, rng, centre, radius, out_wh, fill, zoom_range, params)[0]
+
+
+def hard_disc_shot(
+    source: np.ndarray,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius: float,
+    out_wh: tuple[int, int],
+    fill: float = 0.85,
+    zoom_range: tuple[float, float] = (0.5, 1.2),
+    params: ViewParams | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`hard_disc_photo` and the cake's true outline in it (thumb and glare are over the cake, not in its outline).
+
+    Draws from `rng` exactly as `hard_disc_photo` does.
+
+    Returns
+    -------
+    photo : ndarray, shape (out_wh[1], out_wh[0], 3), dtype uint8, RGB
+    outline : ndarray, shape (360, 2), dtype float64
+        The cake's rim (x, y) in photo pixels; may run out of frame.
+    """
     w, h = out_wh
     side = max(w, h)
     fill = fill * min(w, h) / side  # rendered on a square of the longer side, then cropped
@@ -738,4 +811,5 @@ def hard_disc_photo(
     geo = add_thumb(geo, rng, centre_px, rim_px, cake_r)
     geo = add_glare(geo, rng, centre_px, cake_r)
     y0, x0 = (side - h) // 2, (side - w) // 2
-    return photometric(np.ascontiguousarray(geo[y0 : y0 + h, x0 : x0 + w]), params, rng)
+    photo = photometric(np.ascontiguousarray(geo[y0 : y0 + h, x0 : x0 + w]), params, rng)
+    return photo, disc_outline(homography, canvas, fill) - np.array([x0, y0], np.float64)
