@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """teaprint against the plain peers on the same benchmark folders: one table.
 
-    python bench/quality_table.py OUT_DIR BENCH_DIR... [--config FILE] [--peers lbp,sift] [--no-peers]
+    python bench/quality_table.py OUT_DIR BENCH_DIR... [--config FILE] [--peers lbp,sift] [--no-peers] [--reuse | --redecide]
 
 For each folder, runs `teaprint eval --stages embedding+lbp+verify --json`
 (the product's own answers, with the configured accept point) and
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO.parent / "shared" / "bench" / "baselines.py"
@@ -35,6 +38,42 @@ def run_product(bench: Path, out: Path, config: Path | None, reuse: bool = False
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
     summary = json.loads(target.with_suffix(".summary.json").read_text())
     return summary["variants"][0]
+
+
+def redecide(bench: Path, out: Path, config: Path | None) -> dict:
+    """The product's figures from its saved answers (OUT/<bench>.jsonl) under `config`'s decision.
+
+    Every candidate's evidence (cosine, LBP distance, inliers, the SVC's
+    label) is computed before `matcher.decide` and does not depend on it, so
+    applying another accept point and other fusion weights to the saved
+    evidence gives the answers a rerun would give (`pipeline.matcher.fuse`,
+    the matcher's own code). The answers must come from the same encoder and
+    evidence settings; ms per query are the saved run's.
+    """
+    from pipeline.config import load_config
+    from pipeline.evaluation.metrics import Outcome, compute_figures
+    from pipeline.matcher.fuse import fuse, gather
+    from pipeline.results import MatchEvidence
+
+    decide = load_config(config).matcher.decide
+    saved = out / f"{bench.name}.jsonl"
+    outcomes = []
+    for line in saved.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("variant", "embedding+lbp+verify") != "embedding+lbp+verify":
+            continue
+        matches = sorted((MatchEvidence(**m) for m in row["matches"]), key=lambda m: m.rank)  # candidate order
+        labels = [m.label for m in matches]
+        if row["status"] == "rejected" or not matches:
+            outcomes.append(Outcome(row["truth"] or "", None, row["status"], 0.0, tuple(labels)))
+            continue
+        evidence = gather(labels, np.array([m.similarity for m in matches]), np.array([m.lbp_distance for m in matches]),
+                          [m.inliers or 0 for m in matches], matches[0].svc_label)
+        decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {})
+        best = labels[int(decision.order[0])]
+        outcomes.append(Outcome(row["truth"] or "", best, decision.status, float(decision.confidence), tuple(labels)))
+    summary = json.loads(saved.with_suffix(".summary.json").read_text())["variants"][0]
+    return {"figures": dataclasses.asdict(compute_figures(outcomes)), "ms_per_query": summary["ms_per_query"]}
 
 
 def run_peers(bench: Path, out: Path, peers: str, baselines: Path = BASELINES) -> list[dict]:
@@ -54,13 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baselines", type=Path, default=BASELINES, help=f"the peers' script (default {BASELINES})")
     ap.add_argument("--no-peers", action="store_true", help="reuse OUT_DIR/<bench>.peers.jsonl from an earlier run (run the peers where there is none)")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT_DIR/<bench>.summary.json from an earlier run of the same config")
+    ap.add_argument("--redecide", action="store_true",
+                    help="apply --config's decision (matcher.decide) to the answers saved in OUT_DIR/<bench>.jsonl by an earlier run "
+                         "with the same encoder and evidence settings, instead of rerunning the pipeline (after a recalibration)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print("| bench | teaprint top1 | R@FAR1 | recall | precision | FAR | ms/q | best peer top1 | best peer R@FAR1 | peer ms/q | lead top1 / R@FAR1 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for bench in args.benches:
-        product = run_product(bench, args.out, args.config, args.reuse)
+        product = redecide(bench, args.out, args.config) if args.redecide else run_product(bench, args.out, args.config, args.reuse)
         peers_file = args.out / f"{bench.name}.peers.jsonl"
         peers = ([json.loads(l) for l in peers_file.read_text().splitlines()] if args.no_peers and peers_file.exists()
                  else run_peers(bench, args.out, args.peers, args.baselines))
