@@ -121,7 +121,7 @@ class PreparePool:
                 break
             ready = self.waiting.popleft()
             try:
-                future = self.executor.submit(prepare_within, ready.path, self.config, self.shape, self.catalog_dir, True)
+                future = self.executor.submit(prepare_within, ready.path, self.config, self.shape, self.catalog_dir, for_catalog=True)
             except BrokenProcessPool:
                 self.waiting.appendleft(ready)
                 return self._broke()
