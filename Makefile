@@ -48,11 +48,12 @@ train-photos:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(TRAIN_PHOTO_PACKAGES); fi
 
-# Reproduces the shipped encoder, pipeline/data/models/teaprint-encoder.keras: its recorded command (training.command
+# Reproduces the shipped encoder, pipeline/data/models/teaprint-encoder.keras, and the keypoint vote's visual words (teaprint-words.npz): its recorded command (training.command
 # in the .json beside it), which also reads ../shared/data/puerh_dev's bare/ and chunks/ photos; --out is the shipped path.
 train: $(STAMP) train-photos
 	cmd="$$($(VENV)/bin/python -c 'import json; print(json.load(open("pipeline/data/models/teaprint-encoder.json"))["training"]["command"])')" \
 	  && echo "$$cmd" && eval "$(VENV)/bin/$$cmd --out pipeline/data/models/teaprint-encoder.keras"
+	$(VENV)/bin/python -m pipeline.training.vocabulary --out pipeline/data/models/teaprint-words.npz
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_engine.py

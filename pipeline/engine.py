@@ -38,7 +38,8 @@ from pipeline.history import Filters, History, HistoryPage, check_from_result, c
 from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.refine import load_classifier
-from pipeline.matcher.votes import VoteIndex, build_vote_index
+from pipeline.search.vocabulary import Vocabulary
+from pipeline.search.votes import VoteStore
 from pipeline.ops.metrics import Metrics, merge_expositions, summary
 from pipeline.prepare import EncoderInput, Prepared, feature_settings, prepare
 from pipeline.records import RecordScan, RecordStore, result_record
@@ -113,6 +114,8 @@ class Engine:
         self._history = history_at(self.root, config) if serving else None
         self._metrics = Metrics(component)
         self._record_scan: tuple[float, RecordScan] | None = None
+        shortlist = config.matcher.shortlist
+        self._vote_store = VoteStore(self.index_dir, Vocabulary.load(), shortlist.vote_keypoints) if shortlist.vote_top_k > 0 else None
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True, component: str = "engine") -> "Engine":
@@ -303,7 +306,7 @@ class Engine:
             status=decision.status,
             label=decision.label,
             confidence=round(decision.confidence, 6),
-            matches=tuple(_evidence(snap.entries[r.row], r) for r in outcome.ranked),
+            matches=tuple(_evidence(snap.entry(r.row), r) for r in outcome.ranked),
             stages=outcome.stages(),
             timings_ms=clock.totals(),
             model=info,
@@ -316,20 +319,25 @@ class Engine:
     def serving_snapshot(self) -> CatalogSnapshot:
         """The latest generation with everything the matcher derives from it already built.
 
-        A match against it pays nothing for the generation (building the
-        keypoint vote index costs O(catalog)); the daemon's catalog lane calls
-        this before it publishes a generation to the query lane.
+        A match against it pays nothing for the generation (the keypoint vote
+        store reads the keypoints of the entries new since it last caught up);
+        the daemon's catalog lane calls this before it publishes a generation
+        to the query lane.
         """
         snap = self.snapshot()
         self._votes(snap)
         return snap
 
-    def _votes(self, snap: CatalogSnapshot) -> VoteIndex | None:
-        """The generation's catalog-wide keypoint index, built once per snapshot (None when the source is off)."""
-        per_entry = self._config.matcher.shortlist.vote_keypoints
-        if self._config.matcher.shortlist.vote_top_k <= 0:
+    def _votes(self, snap: CatalogSnapshot) -> VoteStore | None:
+        """The catalog-wide keypoint vote, caught up with `snap` (None when the source is off).
+
+        Catching up costs O(entries new since the last call): their keypoints
+        are read from the segments and their words appended.
+        """
+        if self._vote_store is None:
             return None
-        return snap.derived(("votes", per_entry), lambda s: build_vote_index(s.keypoints(range(len(s))), per_entry, s.generation))
+        self._vote_store.follow(snap)
+        return self._vote_store
 
     # ---------------------------------------------------------------- records
     def record(self, label: str) -> dict[str, Any] | None:
@@ -431,7 +439,7 @@ class Engine:
         daemon's metrics file on this root is merged in, so one scrape sees both.
         """
         snap = self.snapshot()
-        self._metrics.set_catalog(len(snap), len(set(snap.labels)))
+        self._metrics.set_catalog(len(snap), snap.label_count)
         self._metrics.set_record_problems(len(self.record_scan().problems))
         if self._history is not None:
             self._metrics.set_history_pending(self._history.pending)
@@ -481,7 +489,7 @@ class Engine:
         return {
             "root": str(self.root),
             "entries": len(snap),
-            "labels": len(set(snap.labels)),
+            "labels": snap.label_count,
             "index": {"path": str(self.index_dir), "generation": snap.generation, "size_bytes": self._record.size_bytes(),
                       "model_id": snap.model_id},
             "model": {"id": info.id, "path": encoder.path, "runtime": encoder.runtime, "threshold": info.threshold,

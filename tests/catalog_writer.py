@@ -1,4 +1,7 @@
-"""Subprocess for the crash test: commits small batches forever, reporting each."""
+"""Subprocess for the crash test: commits small batches forever, reporting each.
+
+Entries carry keypoints, and a vote store follows every commit and saves its
+postings every few entries, so a kill also lands inside a save."""
 
 import hashlib
 import sys
@@ -7,22 +10,33 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.catalog import CatalogIndex, NewEntry
+from pipeline.features.local import LocalFeatures
+from pipeline.search.vocabulary import Vocabulary
+from pipeline.search.votes import VoteStore
+
+
+def keypoints(n: int) -> LocalFeatures:
+    rng = np.random.default_rng(1000 + n)
+    d = (rng.gamma(0.6, 18.0, size=(40, 128)) * (rng.random((40, 128)) < 0.5)).clip(0, 255).astype(np.uint8)
+    return LocalFeatures(rng.uniform(0, 640, size=(40, 2)).astype(np.float32), d, 640)
 
 
 def main(directory: str, start: int) -> None:
     index = CatalogIndex(Path(directory), model_id="m1", max_segments=4)
+    votes = VoteStore(Path(directory), Vocabulary.load(), per_entry=150, merge_every=3)
     rng = np.random.default_rng(start)
     n = start
     while True:
         batch = []
         for _ in range(int(rng.integers(1, 6))):
             sha = hashlib.sha256(f"photo-{n}".encode()).hexdigest()
-            batch.append(NewEntry(sha, f"/photos/{n}.jpg", f"label{n % 7}", rng.random(16).astype(np.float32), rng.random(54).astype(np.float32)))
+            batch.append(NewEntry(sha, f"/photos/{n}.jpg", f"label{n % 7}", rng.random(16).astype(np.float32), rng.random(54).astype(np.float32), keypoints(n)))
             n += 1
         removes = [hashlib.sha256(f"photo-{n - 3}".encode()).hexdigest()] if rng.random() < 0.2 else []
         for sha in removes:
             print("removing", sha, flush=True)  # the kill may land after the commit, before "removed"
         result = index.commit(batch, removes=removes)
+        votes.follow(index.snapshot())
         for sha in result.removed:
             print("removed", sha, flush=True)
         for sha in result.added:

@@ -147,7 +147,32 @@ def test_writer_killed_at_random_moments_leaves_a_readable_complete_index(tmp_pa
         missing = confirmed - present - maybe_removed
         assert not missing, f"round {round_}: {len(missing)} committed entries lost"
         assert not (removed & present), f"round {round_}: removed entries came back"
+        if round_ % 5 == 4:
+            assert_saved_votes_agree_with_a_rebuild(directory, tmp_path / f"rebuilt{round_}", rng)
     assert len(confirmed) > kills  # the writer really committed between kills
+
+
+def assert_saved_votes_agree_with_a_rebuild(directory: Path, scratch: Path, rng: random.Random) -> None:
+    """The vote store the killed writer saved (or half-saved) opens and votes as one rebuilt from the segments."""
+    import shutil
+
+    from catalog_writer import keypoints
+    from pipeline.search.vocabulary import Vocabulary
+    from pipeline.search.votes import FILE, VoteStore
+
+    vocab = Vocabulary.load()
+    snap = CatalogIndex(directory, model_id="m1").snapshot()
+    saved = VoteStore(directory, vocab, per_entry=150)
+    saved.follow(snap)
+    assert saved.opened_from_file > 0, "the killed writer's saved postings were not used"
+    shutil.copytree(directory, scratch)
+    (scratch / FILE).unlink(missing_ok=True)
+    rebuilt = VoteStore(scratch, vocab, per_entry=150, merge_every=10**9)
+    rebuilt.follow(CatalogIndex(scratch, model_id="m1").snapshot())
+    numbers = [int(Path(e.path).stem) for e in snap.entries]
+    for n in rng.sample(numbers, min(8, len(numbers))):
+        query = keypoints(n)
+        assert saved.vote(query, snap, 5).tolist() == rebuilt.vote(query, snap, 5).tolist()
 
 
 def test_snapshots_stay_whole_while_another_thread_writes_through_the_same_record(tmp_path: Path) -> None:
@@ -166,7 +191,10 @@ def test_snapshots_stay_whole_while_another_thread_writes_through_the_same_recor
         try:
             while not done.is_set():
                 snap = record.snapshot()
-                assert len(snap.entries) == snap.embeddings.shape[0] == snap.lbps.shape[0] == len(snap.labels)
+                # rows are slots: one per entry ever committed, the live ones flagged in `alive`
+                assert snap.embeddings.shape[0] == snap.lbps.shape[0] == len(snap.labels) == snap.alive.size
+                assert len(snap.entries) == int(snap.alive.sum()) == len(snap)
+                assert [e.sha256 for e in snap.entries] == [snap.get(e.sha256).sha256 for e in snap.entries]
                 assert not snap.embeddings.flags.writeable
                 seen.append((snap.generation, len(snap)))
         except BaseException as exc:  # noqa: BLE001 - reported below

@@ -24,7 +24,9 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.features.local import extract_configured
 from pipeline.intake import read_photo
-from pipeline.matcher.votes import build_vote_index, vote
+from pipeline.catalog import CatalogIndex
+from pipeline.search.vocabulary import Vocabulary
+from pipeline.search.votes import VoteStore
 from pipeline.training import views
 
 QUARTERS = {"teaA": (128, 128), "teaB": (384, 128), "teaC": (128, 384), "teaD": (384, 384)}  # teaC is never registered
@@ -86,12 +88,13 @@ def test_stranger_cake_is_refused(bench: dict[str, Path], capsys: pytest.Capture
 
 
 def test_vote_source_keeps_the_right_entry_on_a_blurred_photo(bench: dict[str, Path]) -> None:
-    """With the shipped settings, the catalog-wide votes put the blurred cake's entry in the shortlist."""
+    """With the shipped settings, the catalog-wide votes over the registered catalog put the blurred cake's entry first."""
     config = load_config()
-    local, sl = config.local, config.matcher.shortlist
-    names = sorted(p.name for p in (bench["teaA"].parent).iterdir())
-    feats = [extract_configured(read_photo(bench["teaA"].parent / n, config.intake).pixels, local) for n in names]
-    index = build_vote_index(feats, sl.vote_keypoints, generation=1)
-    query = extract_configured(read_photo(bench["q_blurred"], config.intake).pixels, local)
-    rows = vote(index, query, sl.vote_top_k, config.matcher.verify.ratio)
-    assert names.index("teaB-1.jpg") in rows.tolist()[:sl.vote_top_k]
+    sl = config.matcher.shortlist
+    snap = CatalogIndex(bench["root"] / "index").snapshot()
+    store = VoteStore(bench["root"] / "index", Vocabulary.load(), sl.vote_keypoints)
+    store.follow(snap)
+    query = extract_configured(read_photo(bench["q_blurred"], config.intake).pixels, config.local)
+    rows = store.vote(query, snap, sl.vote_top_k)
+    labels = [snap.labels[r] for r in rows.tolist()]
+    assert labels[:1] == ["teaB"], labels

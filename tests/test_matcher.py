@@ -229,6 +229,7 @@ class _Catalog:
 
     def __init__(self, embeddings: np.ndarray, lbps: np.ndarray, labels: list[str]) -> None:
         self.embeddings, self.lbps, self.labels = embeddings, lbps, labels
+        self.lbps_sqrt, self.alive = np.sqrt(lbps), np.ones(len(labels), bool)
 
     def keypoints(self, rows):  # type: ignore[no-untyped-def]
         return [None for _ in rows]

@@ -190,18 +190,29 @@ def test_shipped_pipeline_confirms_the_cake_and_refuses_its_sibling(tmp_path: Pa
     assert sibling_result["confidence"] < same_result["confidence"]
 
 
-def test_keypoint_votes_find_the_entry_the_embedding_would_need(astronaut: np.ndarray) -> None:
-    """The third shortlist source: catalog-wide keypoint votes rank the right entry first."""
-    from pipeline.matcher.votes import build_vote_index, vote
+def test_keypoint_votes_find_the_entry_the_embedding_would_need(astronaut: np.ndarray, tmp_path: Path) -> None:
+    """The third shortlist source: catalog-wide keypoint votes over a real catalog rank the right entry first."""
+    import hashlib
+
+    from pipeline.catalog import CatalogIndex, NewEntry
+    from pipeline.search.vocabulary import Vocabulary
+    from pipeline.search.votes import VoteStore
 
     photos = source_photos()
     cakes = [disc(photos[n], photos[n].shape[1] // 2, photos[n].shape[0] // 2, min(photos[n].shape[:2]) // 2 - 2)
              for n in ("coffee", "chelsea", "rocket", "camera")]
     cakes.insert(2, disc(astronaut, 256, 200, 150))
-    feats = [extract_local(c, "sift", 300, 400) for c in cakes]
-    index = build_vote_index([*feats, None], per_entry=150, generation=7)
-    assert index.generation == 7 and index.owners.max() == len(cakes) - 1
+    feats = [*(extract_local(c, "sift", 300, 400) for c in cakes), None]
+    unit = np.ones(4, np.float32) / 2
+    record = CatalogIndex(tmp_path / "idx", model_id="m1")
+    record.commit([NewEntry(hashlib.sha256(bytes([i])).hexdigest(), f"/c/{i}.jpg", f"cake{i}", unit, np.ones(3, np.float32), f)
+                   for i, f in enumerate(feats)])
+    snap = record.snapshot()
+    store = VoteStore(tmp_path / "idx", Vocabulary.load(), per_entry=150)
+    store.follow(snap)
     query = extract_local(rephotograph(cakes[2], 55, 0.1, 0.9), "sift", 300, 400)
-    rows = vote(index, query, top_k=3)
-    assert rows[0] == 2 and len(rows) <= 3
-    assert vote(build_vote_index([None, None], 150, 0), query, 3).size == 0
+    rows = store.vote(query, snap, top_k=3)
+    assert [snap.labels[r] for r in rows[:1]] == ["cake2"] and len(rows) <= 3
+    assert store.vote(query, snap, 0).size == 0 and store.vote(None, snap, 3).size == 0
+
+

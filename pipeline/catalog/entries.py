@@ -13,6 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -61,10 +62,29 @@ class CatalogEntry(NewEntry):
         Registration time, seconds since the epoch (kept across renames).
     model_id : str
         The encoder that computed `embedding`.
+    stored_keypoints : callable or None
+        Reads the entry's keypoints from its HDF5 segment: a stored entry holds
+        no keypoints in RAM (issue 13), and `local` calls this on each access
+        unless keypoints were given.
     """
 
     added_at: float = field(kw_only=True)
     model_id: str = field(kw_only=True)
+    stored_keypoints: Callable[[], LocalFeatures | None] | None = field(default=None, kw_only=True, repr=False)
+
+    # `local` is NewEntry's field, served here by a property: the dataclass
+    # __init__ (and `dataclasses.replace`, which reads it) go through the
+    # setter and getter, so a renamed copy carries the keypoints read once.
+    @property  # type: ignore[override]
+    def local(self) -> LocalFeatures | None:
+        held = self.__dict__.get("_local")
+        if held is None and self.stored_keypoints is not None:
+            return self.stored_keypoints()
+        return held
+
+    @local.setter
+    def local(self, value: LocalFeatures | None) -> None:
+        self.__dict__["_local"] = value
 
 
 class EntryError(ValueError):

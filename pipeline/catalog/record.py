@@ -27,6 +27,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -35,7 +36,9 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
+from pipeline.catalog.columns import Columns, SlotBlock, gather_keypoints
 from pipeline.catalog.entries import CatalogEntry, NewEntry
+from pipeline.catalog.keypoints import SegmentKeypoints, write_keypoints
 from pipeline.catalog.snapshot import CatalogSnapshot
 from pipeline.features.local import LocalFeatures
 from pipeline.fsutil import atomic_write_bytes, fsync_path
@@ -99,17 +102,19 @@ class CommitResult:
 
 @dataclass(frozen=True)
 class _Segment:
-    """Arrays of one segment file, loaded once (segments never change)."""
+    """What one segment file adds and removes, loaded once (segments never change)."""
 
-    sha256: np.ndarray
-    path: list[str]
-    label: list[str]
-    embedding: np.ndarray
-    lbp: np.ndarray
-    added_at: np.ndarray
-    model_id: list[str]
+    name: str
+    block: SlotBlock
     removed: frozenset[str]
-    local: list[LocalFeatures | None]
+
+    @property
+    def slots(self) -> np.ndarray:
+        return self.block.slots
+
+    def size(self) -> int:
+        """Entries plus tombstones: what rewriting it costs."""
+        return int(self.block.slots.size) + len(self.removed)
 
 
 @dataclass
@@ -117,8 +122,10 @@ class _State:
     generation: int = 0
     model_id: str | None = None
     features: dict | None = None
+    catalog_id: str | None = None
+    next_slot: int = 0
     segments: list[str] = field(default_factory=list)
-    entries: dict[str, CatalogEntry] = field(default_factory=dict)
+    columns: Columns = field(default_factory=Columns)
 
 
 class CatalogIndex:
@@ -179,17 +186,17 @@ class CatalogIndex:
             self.refresh()
             state = self._state
             if self._snapshot is None or self._snapshot.generation != state.generation:
-                self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, list(state.entries.values()))
+                self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, state.catalog_id, state.columns)
             return self._snapshot
 
     def _check_model(self, index_model: str | None, index_features: dict | None) -> None:
-        if self.model_id and index_model and index_model != self.model_id and self._state.entries:
+        if self.model_id and index_model and index_model != self.model_id and len(self):
             raise ModelMismatchError(index_model, self.model_id, self.directory)
-        if self.features is not None and not features_agree(index_features, self.features) and self._state.entries:
+        if self.features is not None and not features_agree(index_features, self.features) and len(self):
             raise FeatureMismatchError(index_features, self.features, self.directory)
 
     def __len__(self) -> int:
-        return len(self._state.entries)
+        return self._state.columns.live
 
     @property
     def generation(self) -> int:
@@ -206,13 +213,23 @@ class CatalogIndex:
 
     def entries(self) -> list[CatalogEntry]:
         """All entries as last refreshed, oldest first."""
-        return list(self._state.entries.values())
+        with self._state_lock:
+            return list(self._current().entries)
 
     def get(self, sha256: str) -> CatalogEntry | None:
-        return self._state.entries.get(sha256)
+        with self._state_lock:
+            return self._current().get(sha256)
 
     def labels(self) -> list[str]:
-        return [e.label for e in self._state.entries.values()]
+        with self._state_lock:
+            snap = self._current()
+            return snap.labels[snap.rows].tolist()
+
+    def _current(self) -> CatalogSnapshot:
+        state = self._state
+        if self._snapshot is None or self._snapshot.generation != state.generation:
+            self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, state.catalog_id, state.columns)
+        return self._snapshot
 
     def size_bytes(self) -> int:
         if not self.directory.is_dir():
@@ -242,10 +259,10 @@ class CatalogIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._write_lock, FileLock(str(self.directory / ".lock")):
             self.refresh()
-            if adds and self._state.entries and self._state.model_id not in (None, model_id):
+            if adds and len(self) and self._state.model_id not in (None, model_id):
                 raise ModelMismatchError(str(self._state.model_id), str(model_id), self.directory)
             features = self.features if self.features is not None else self._state.features
-            current = self._state.entries
+            current = self._state.columns.slot_of
             removed = tuple(dict.fromkeys(s for s in removes if s in current))
             fresh: dict[str, NewEntry] = {}
             duplicates = []
@@ -257,32 +274,40 @@ class CatalogIndex:
             if not fresh and not removed:
                 return CommitResult(duplicates=tuple(duplicates), generation=self._state.generation)
             stored = before_write(list(fresh.values())) if before_write and fresh else list(fresh.values())
-            generation = self._state.generation + 1
+            state = self._state
+            generation = state.generation + 1
             name = f"seg-{generation:08d}.h5"
-            _write_segment(self.directory / name, stored, removed, str(model_id or self._state.model_id))
-            segments = [*self._state.segments, name]
-            self._write_manifest(generation, model_id or self._state.model_id, segments, features)
+            slots = np.arange(state.next_slot, state.next_slot + len(stored), dtype=np.int64)
+            _write_segment(self.directory / name, stored, [e.local for e in stored], slots, removed, str(model_id or state.model_id))
+            segments = [*state.segments, name]
+            self._write_manifest(generation, model_id or state.model_id, segments, features, state.next_slot + len(stored))
             self.refresh()
             if len(segments) > self.max_segments:
                 self._compact_locked()
             return CommitResult(tuple(e.sha256 for e in stored), tuple(duplicates), removed, self._state.generation)
 
     def compact(self) -> None:
-        """Merge all segments into one (readers are never blocked)."""
+        """Merge segments (readers are never blocked); see `_compact_locked`."""
         with self._write_lock, FileLock(str(self.directory / ".lock")):
             self.refresh()
-            self._compact_locked()
+            self._compact_locked(everything=True)
 
     def replace_all(self, entries: Sequence[NewEntry], model_id: str, features: dict | None = None) -> None:
-        """Swap the whole index for `entries` built with `model_id` and `features` in one step (re-embedding)."""
+        """Swap the whole index for `entries` built with `model_id` and `features` in one step (re-embedding).
+
+        The new entries get new slots (slots are never reused), so any index
+        keyed by slot sees the old ones die and the new ones arrive.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._write_lock, FileLock(str(self.directory / ".lock")), self._state_lock:
             self.refresh_unchecked()
-            generation = self._state.generation + 1
+            state = self._state
+            generation = state.generation + 1
             name = f"seg-{generation:08d}.h5"
-            _write_segment(self.directory / name, list(entries), (), model_id)
-            old = self._state.segments
-            self._write_manifest(generation, model_id, [name], features)
+            slots = np.arange(state.next_slot, state.next_slot + len(entries), dtype=np.int64)
+            _write_segment(self.directory / name, list(entries), [e.local for e in entries], slots, (), model_id)
+            old = state.segments
+            self._write_manifest(generation, model_id, [name], features, state.next_slot + len(entries))
             self.model_id = model_id
             self.features = features
             self.refresh()
@@ -297,16 +322,36 @@ class CatalogIndex:
             finally:
                 self.model_id, self.features = saved, saved_features
 
-    def _compact_locked(self) -> None:
+    def _compact_locked(self, everything: bool = False) -> None:
+        """Merge the newest segments into one, keeping every entry's slot.
+
+        Tiered: the merge takes the newest segments while they are at least half
+        the size of the one before, so a large base segment is rewritten only
+        when the rest has grown to its size (at 1M entries a full rewrite reads
+        and writes every keypoint). `everything` merges all segments.
+        """
         state = self._state
-        if len(state.segments) <= 1:
+        names = state.segments
+        if len(names) <= 1:
             return
+        segs = [self._cache[n] for n in names]
+        k = 0 if everything else len(segs) - 2
+        while k > 0 and sum(s.size() for s in segs[k:]) * 2 >= segs[k - 1].size():
+            k -= 1
+        cols = state.columns
+        owned = np.concatenate([s.slots for s in segs[k:]]) if segs[k:] else np.zeros(0, np.int64)
+        keep = np.sort(owned[cols.alive[owned]]) if owned.size else owned
+        gone = () if k == 0 else tuple(sorted({sha for s in segs[:k] for sha, slot in zip(s.block.sha256, s.slots.tolist())
+                                               if not cols.alive[slot]}))
+        keypoints = gather_keypoints(cols, keep)
+        snap = self._current()
+        entries = [snap.entry(r) for r in keep.tolist()]
         generation = state.generation + 1
         name = f"seg-{generation:08d}.h5"
-        _write_segment(self.directory / name, list(state.entries.values()), (), str(state.model_id))
-        self._write_manifest(generation, state.model_id, [name], state.features)
+        _write_segment(self.directory / name, entries, keypoints, keep, gone, str(state.model_id))
+        self._write_manifest(generation, state.model_id, [*names[:k], name], state.features, state.next_slot)
         self.refresh()
-        self._remove_files(state.segments)
+        self._remove_files(names[k:])
 
     def _remove_files(self, names: Iterable[str]) -> None:
         for old in names:
@@ -329,8 +374,10 @@ class CatalogIndex:
             raise CatalogError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
         return data
 
-    def _write_manifest(self, generation: int, model_id: str | None, segments: list[str], features: dict | None) -> None:
-        data = {"format": FORMAT, "generation": generation, "model_id": model_id, "features": features, "segments": segments}
+    def _write_manifest(self, generation: int, model_id: str | None, segments: list[str], features: dict | None,
+                        next_slot: int) -> None:
+        data = {"format": FORMAT, "generation": generation, "model_id": model_id, "features": features, "segments": segments,
+                "catalog_id": self._state.catalog_id or uuid.uuid4().hex, "next_slot": int(next_slot)}
         atomic_write_bytes(self.directory / MANIFEST, json.dumps(data, indent=1).encode())
         self._cleanup_orphans(set(segments))
 
@@ -342,38 +389,56 @@ class CatalogIndex:
                 p.unlink(missing_ok=True)
 
     def _load(self, manifest: dict) -> _State:
+        """The state `manifest` describes, applied to the loaded columns where it extends them.
+
+        Commits append segments and a compaction replaces the newest ones by
+        one that keeps their live entries' slots, so when the manifest keeps a
+        prefix of the loaded segments only the rest is read (O(new entries));
+        slots of replaced segments missing from their replacement die. A
+        manifest sharing nothing with what is loaded (another catalog, a
+        re-embedding, a full compaction) is read whole into new columns.
+        """
         names = list(manifest["segments"])
-        known = self._state.segments
-        if known and names[: len(known)] == known:
-            # Commits only append segments: apply the new ones to what is loaded
-            # (a full rebuild cost ~0.7 s per commit at 100k entries).
-            entries, todo = dict(self._state.entries), names[len(known) :]
+        state = self._state
+        shared = 0
+        while shared < min(len(names), len(state.segments)) and names[shared] == state.segments[shared]:
+            shared += 1
+        same_catalog = manifest.get("catalog_id") == state.catalog_id and manifest.get("model_id") == state.model_id
+        if shared == 0 or not same_catalog:
+            columns, dropped, todo = Columns(), [], names
         else:
-            entries, todo = {}, names
-        for name in todo:
-            seg = self._cache.get(name)
-            if seg is None:
-                seg = _read_segment(self.directory / name)
-                self._cache[name] = seg
-            for sha in seg.removed:
-                entries.pop(sha, None)
-            for i, sha in enumerate(seg.sha256):
-                entries[sha] = CatalogEntry(
-                    sha256=sha, path=seg.path[i], label=seg.label[i], embedding=seg.embedding[i], lbp=seg.lbp[i],
-                    local=seg.local[i], added_at=float(seg.added_at[i]), model_id=seg.model_id[i],
-                )
-        live = set(manifest["segments"])
+            columns, dropped, todo = state.columns, state.segments[shared:], names[shared:]
+        fresh, next_legacy = [], columns.n
+        for n in todo:  # may raise (a compaction removed a segment): nothing is applied before all are read
+            seg = self._cache.get(n) or _read_segment(self.directory / n, next_legacy)
+            fresh.append(seg)
+            next_legacy = max(next_legacy, int(seg.slots.max()) + 1 if seg.slots.size else next_legacy)
+        for seg in fresh:
+            self._cache[seg.name] = seg
+        old_slots = [self._cache[n].slots for n in dropped if n in self._cache]
+        for seg in fresh:
+            columns.remove(sorted(seg.removed))
+            columns.add(seg.block)
+        if old_slots:
+            still = np.concatenate([s.slots for s in fresh]) if fresh else np.zeros(0, np.int64)
+            lost = np.setdiff1d(np.concatenate(old_slots), still)
+            columns.remove([columns.sha256[s] for s in lost.tolist() if columns.alive[s] and columns.slot_of.get(columns.sha256[s]) == s])
+        live = set(names)
         for name in list(self._cache):
             if name not in live:
                 del self._cache[name]
-        return _State(manifest["generation"], manifest.get("model_id"), manifest.get("features"), list(manifest["segments"]), entries)
+        next_slot = int(manifest.get("next_slot", columns.n))
+        return _State(manifest["generation"], manifest.get("model_id"), manifest.get("features"), manifest.get("catalog_id"),
+                      max(next_slot, columns.n), names, columns)
 
 
-def _write_segment(path: Path, entries: Sequence[NewEntry], removed: Sequence[str], model_id: str) -> None:
+def _write_segment(path: Path, entries: Sequence[NewEntry], keypoints: Sequence[LocalFeatures | None], slots: np.ndarray,
+                   removed: Sequence[str], model_id: str) -> None:
     """One immutable segment file, written to a temporary name, fsynced, renamed in.
 
     A stored entry (`CatalogEntry`, e.g. renamed or compacted) keeps its
-    `added_at`; a new one gets the current time.
+    `added_at`; a new one gets the current time. `keypoints[i]` and `slots[i]`
+    belong to `entries[i]`.
     """
     tmp = path.with_name(path.name + ".tmp")
     n = len(entries)
@@ -394,9 +459,11 @@ def _write_segment(path: Path, entries: Sequence[NewEntry], removed: Sequence[st
         g.create_dataset("embedding", data=emb)
         g.create_dataset("lbp", data=lbp)
         g.create_dataset("added_at", data=added_at)
-        g.create_dataset("model_id", data=[model_id] * n, dtype=_STR, shape=(n,))
+        g.create_dataset("slot", data=np.asarray(slots, dtype=np.int64).reshape(n))
+        g.create_dataset("model_id", data=[e.model_id if isinstance(e, CatalogEntry) else model_id for e in entries],
+                         dtype=_STR, shape=(n,))
         f.create_dataset("removed", data=np.array(list(removed), dtype="S64").reshape(len(removed)))
-        _write_local(f, entries)
+        write_keypoints(f, keypoints)
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
@@ -407,47 +474,33 @@ def _name(value: bytes | str) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
-def _read_segment(path: Path) -> _Segment:
-    with h5py.File(path, "r") as f:
-        g = f["entries"]
-        return _Segment(
-            sha256=np.array([s.decode() for s in g["sha256"][()]], dtype=object),
-            path=[_name(s) for s in g["path"][()]],
-            label=[_name(s) for s in g["label"][()]],
-            embedding=g["embedding"][()],
-            lbp=g["lbp"][()],
-            added_at=g["added_at"][()],
-            model_id=[s.decode() if isinstance(s, bytes) else s for s in g["model_id"][()]],
-            removed=frozenset(s.decode() for s in f["removed"][()]),
-            local=_read_local(f, len(g["sha256"])),
-        )
+def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
+    """A segment's entries (keypoints stay in the file, which is kept open for them).
 
-
-def _write_local(f: h5py.File, entries: Sequence[NewEntry]) -> None:
-    """Keypoints of all entries, concatenated, with offsets (HDF5 has no ragged arrays).
-
-    An entry without local features stores side -1; one with zero keypoints, side >= 0.
+    Segments written before slots were recorded number their entries from
+    `first_legacy_slot` (the slot count of the segments before them).
     """
-    feats = [e.local for e in entries]
-    present = [x for x in feats if x is not None]
-    if not present:
-        return
-    width = present[0].descriptors.shape[1]
-    counts = [len(x) if x is not None else 0 for x in feats]
-    g = f.create_group("local")
-    g.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-    g.create_dataset("side", data=np.array([x.side if x is not None else -1 for x in feats], dtype=np.int32))
-    g.create_dataset("points", data=np.concatenate([x.points for x in present]).astype(np.float32).reshape(-1, 2))
-    g.create_dataset("descriptors", data=np.concatenate([x.descriptors for x in present]).astype(np.uint8).reshape(-1, width))
-
-
-def _read_local(f: h5py.File, n: int) -> list[LocalFeatures | None]:
-    if "local" not in f:
-        return [None] * n
-    g = f["local"]
-    offsets, sides = g["offsets"][()], g["side"][()]
-    points, descriptors = g["points"][()], g["descriptors"][()]
-    return [
-        LocalFeatures(points[offsets[i] : offsets[i + 1]], descriptors[offsets[i] : offsets[i + 1]], int(sides[i])) if sides[i] >= 0 else None
-        for i in range(n)
-    ]
+    f = h5py.File(path, "r")
+    try:
+        g = f["entries"]
+        n = len(g["sha256"])
+        slots = g["slot"][()].astype(np.int64) if "slot" in g else np.arange(first_legacy_slot, first_legacy_slot + n, dtype=np.int64)
+        keypoints = SegmentKeypoints.open(path, f)
+        block = SlotBlock(
+            slots=slots,
+            sha256=[s.decode() for s in g["sha256"][()]],
+            paths=[_name(s) for s in g["path"][()]],
+            labels=[_name(s) for s in g["label"][()]],
+            model_ids=[s.decode() if isinstance(s, bytes) else s for s in g["model_id"][()]],
+            embeddings=g["embedding"][()],
+            lbps=g["lbp"][()],
+            added_at=g["added_at"][()],
+            keypoints=keypoints,
+        )
+        removed = frozenset(s.decode() for s in f["removed"][()])
+    except BaseException:
+        f.close()
+        raise
+    if keypoints is None:
+        f.close()
+    return _Segment(path.name, block, removed)

@@ -1,14 +1,15 @@
 """One catalog generation, immutable, for readers.
 
-A match, a listing or a status reads one `CatalogSnapshot`: its entries,
-their embedding and LBP matrices and keypoints all come from the same
-commit, whatever writers do meanwhile, so readers need no lock of their own.
-Anything the matcher derives from a whole generation (the keypoint vote
-index) is built once per snapshot through `derived`.
+A match, a listing or a status reads one `CatalogSnapshot`: its rows, their
+embedding and LBP matrices and keypoints all come from the same commit,
+whatever writers do meanwhile, so readers need no lock of their own.
 
-This is the seam for search backends: a matcher needs `ids`, `labels`,
-`embeddings`, `lbps` and `keypoints(rows)`; a backend may later answer the
-searches itself and read keypoints on demand from the HDF5 record.
+Rows are slots (`pipeline.catalog.columns`): row `r` of `embeddings`,
+`lbps` and `labels` is the entry of slot `r`, and `alive[r]` says whether it
+belongs to this generation (a removed or renamed entry leaves a dead row).
+Searches mask dead rows; `rows` lists the live ones in registration order.
+The matrices are views of the record's columns, so taking a snapshot costs
+O(1) plus a copy of `alive`; keypoints are read from the segments per row.
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pipeline.catalog.columns import Columns, gather_keypoints
 from pipeline.catalog.entries import CatalogEntry
 from pipeline.features.local import LocalFeatures
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 @dataclass(frozen=True, eq=False)
 class CatalogSnapshot:
-    """The entries of one committed generation and their descriptor matrices.
+    """The rows of one committed generation.
 
     Attributes
     ----------
@@ -38,49 +46,87 @@ class CatalogSnapshot:
         The manifest generation (0: nothing committed yet).
     model_id : str or None
         The model the index was built with (None while empty).
-    entries : tuple of CatalogEntry
-        Oldest first; row `i` of the matrices is `entries[i]`.
-    embeddings : ndarray, shape (N, D), dtype float32, read-only
-    lbps : ndarray, shape (N, B), dtype float32, read-only
+    catalog_id : str or None
+        The catalog's identity (rows of two catalogs never compare).
+    embeddings : ndarray, shape (S, D), dtype float32, read-only
+        One row per slot, dead rows included.
+    lbps : ndarray, shape (S, B), dtype float32, read-only
+    lbps_sqrt : ndarray, shape (S, B), dtype float32, read-only
+        Element-wise square roots of `lbps` (Hellinger prefilter of the LBP search).
+    labels : ndarray, shape (S,), dtype object, read-only
+    alive : ndarray, shape (S,), dtype bool, read-only
     """
 
     directory: Path
     generation: int
     model_id: str | None
-    entries: tuple[CatalogEntry, ...]
+    catalog_id: str | None
     embeddings: np.ndarray
     lbps: np.ndarray
+    lbps_sqrt: np.ndarray
+    labels: np.ndarray
+    alive: np.ndarray
+    _columns: Columns = field(repr=False)
     _derived: dict[Any, Any] = field(default_factory=dict, repr=False)
     _derived_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def of(cls, directory: Path, generation: int, model_id: str | None, entries: Sequence[CatalogEntry]) -> "CatalogSnapshot":
-        """A snapshot of `entries`, with their matrices stacked (read-only)."""
-        if entries:
-            embeddings = np.stack([e.embedding for e in entries]).astype(np.float32, copy=False)
-            lbps = np.stack([e.lbp for e in entries]).astype(np.float32, copy=False)
-        else:
-            embeddings = lbps = np.zeros((0, 0), np.float32)
-        embeddings.flags.writeable = False
-        lbps.flags.writeable = False
-        return cls(Path(directory), generation, model_id, tuple(entries), embeddings, lbps)
+    def of(cls, directory: Path, generation: int, model_id: str | None, catalog_id: str | None, columns: Columns) -> "CatalogSnapshot":
+        """A snapshot of the first `columns.n` slots as they stand (call under the record's state lock)."""
+        n = columns.n
+        return cls(Path(directory), generation, model_id, catalog_id, _frozen(columns.embedding[:n]), _frozen(columns.lbp[:n]),
+                   _frozen(columns.lbp_sqrt[:n]), _frozen(columns.label[:n]), _frozen(columns.alive[:n].copy()), columns)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return int(self.rows.size)
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        """Live rows in registration order, shape (N,), dtype int64."""
+        return np.flatnonzero(self.alive).astype(np.int64)
+
+    @cached_property
+    def entries(self) -> tuple[CatalogEntry, ...]:
+        """The live entries, oldest first (built on first use: O(N))."""
+        return tuple(self.entry(r) for r in self.rows.tolist())
+
+    def entry(self, row: int) -> CatalogEntry:
+        """The entry of `row` (its keypoints are read from disk when first asked for)."""
+        c, r = self._columns, int(row)
+        file, index = c.keypoint_file[r], int(c.keypoint_index[r])
+        return CatalogEntry(
+            sha256=c.sha256[r], path=c.path[r], label=c.label[r], embedding=self.embeddings[r], lbp=self.lbps[r],
+            added_at=float(c.added_at[r]), model_id=c.model_id[r],
+            stored_keypoints=(lambda: file.read(index)) if file is not None else None,
+        )
 
     @cached_property
     def ids(self) -> tuple[str, ...]:
-        """sha256 of each row."""
-        return tuple(e.sha256 for e in self.entries)
+        """sha256 of each live row, oldest first."""
+        return tuple(self._columns.sha256[self.rows].tolist())
 
     @cached_property
-    def labels(self) -> tuple[str, ...]:
-        """Label of each row."""
-        return tuple(e.label for e in self.entries)
+    def label_count(self) -> int:
+        """Distinct labels among live rows."""
+        return len(set(self.labels[self.rows].tolist()))
+
+    @cached_property
+    def paths(self) -> frozenset[str]:
+        """Paths of the live entries."""
+        return frozenset(self._columns.path[self.rows].tolist())
 
     def keypoints(self, rows: Sequence[int]) -> list[LocalFeatures | None]:
-        """Keypoints of the given rows (None for an entry stored without them)."""
-        return [self.entries[int(r)].local for r in rows]
+        """Keypoints of the given rows, read from the segments (None for an entry stored without them)."""
+        c = self._columns
+        out: list[LocalFeatures | None] = []
+        for r in rows:
+            file = c.keypoint_file[int(r)]
+            out.append(file.read(int(c.keypoint_index[int(r)])) if file is not None else None)
+        return out
+
+    def keypoints_bulk(self, rows: np.ndarray) -> list[LocalFeatures | None]:
+        """`keypoints(rows)` for many rows: one read per segment holding a large share of them."""
+        return gather_keypoints(self._columns, np.asarray(rows, dtype=np.int64))
 
     def derived(self, key: Any, build: Callable[["CatalogSnapshot"], Any]) -> Any:
         """`build(self)`, computed once per snapshot and `key` (thread-safe)."""
@@ -90,19 +136,22 @@ class CatalogSnapshot:
             return self._derived[key]
 
     # ------------------------------------------------------------- look-ups
-    @cached_property
-    def _by_sha(self) -> dict[str, CatalogEntry]:
-        return {e.sha256: e for e in self.entries}
-
-    @cached_property
-    def _by_path(self) -> dict[str, CatalogEntry]:
-        return {e.path: e for e in self.entries}
-
     def get(self, sha256: str) -> CatalogEntry | None:
-        return self._by_sha.get(sha256)
+        row = self._columns.slot_of.get(sha256)
+        if row is not None and row < self.alive.size and self.alive[row]:
+            return self.entry(row)
+        # Renamed after this snapshot (the map now names a newer slot): look among this generation's rows.
+        hits = [r for r in self.rows.tolist() if self._columns.sha256[r] == sha256] if row is not None else []
+        return self.entry(hits[0]) if hits else None
+
+    @cached_property
+    def _by_path(self) -> dict[str, int]:
+        c = self._columns
+        return {c.path[r]: r for r in self.rows.tolist()}
 
     def by_path(self, path: str | Path) -> CatalogEntry | None:
-        return self._by_path.get(str(path))
+        row = self._by_path.get(str(path))
+        return self.entry(row) if row is not None else None
 
     def by_id(self) -> dict[str, CatalogEntry]:
         """Entries keyed by their short id."""
@@ -112,4 +161,6 @@ class CatalogSnapshot:
         """Entries whose sha256 starts with `key` (an id, >= 6 hex digits) or whose path is `key`."""
         key_path = os.path.abspath(key)
         prefix = key.lower() if len(key) >= 6 else None
-        return [e for e in self.entries if (prefix and e.sha256.startswith(prefix)) or e.path in (key, key_path)]
+        c = self._columns
+        return [self.entry(r) for r in self.rows.tolist()
+                if (prefix and c.sha256[r].startswith(prefix)) or c.path[r] in (key, key_path)]

@@ -22,15 +22,15 @@ from pipeline.matcher.fuse import LabelScore, fuse, gather
 from pipeline.matcher.refine import Refinement, refine
 from pipeline.matcher.shortlist import Candidates, Shortlist, lbp_nearest, shortlist, widen
 from pipeline.matcher.verify import VERIFY_OFF, Verified, verify
-from pipeline.matcher.votes import VoteIndex, vote
 
 
 class Searchable(Protocol):
     """What the matcher reads of a catalog generation (`pipeline.catalog.CatalogSnapshot` is one).
 
-    `embeddings` (N, D) float32 unit rows, `lbps` (N, B) float32 and
-    `labels` (N,) are row-aligned; `keypoints(rows)` gives those rows' local
-    features (None where an entry has none).
+    `embeddings` (N, D) float32 unit rows, `lbps` (N, B) float32, its
+    element-wise square roots `lbps_sqrt`, `labels` (N,) and `alive` (N,) bool
+    are row-aligned; only live rows are candidates. `keypoints(rows)` gives
+    those rows' local features (None where an entry has none).
     """
 
     @property
@@ -40,9 +40,21 @@ class Searchable(Protocol):
     def lbps(self) -> np.ndarray: ...
 
     @property
+    def lbps_sqrt(self) -> np.ndarray: ...
+
+    @property
     def labels(self) -> Sequence[str]: ...
 
+    @property
+    def alive(self) -> np.ndarray: ...
+
     def keypoints(self, rows: Sequence[int]) -> list[LocalFeatures | None]: ...
+
+
+class VoteSource(Protocol):
+    """The catalog-wide keypoint vote (`pipeline.search.votes.VoteStore` is one)."""
+
+    def vote(self, query: LocalFeatures | None, catalog: Any, top_k: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,7 @@ def run(
     catalog: Searchable,
     settings: MatcherConfig,
     threshold: float,
-    votes: VoteIndex | None = None,
+    votes: VoteSource | None = None,
     lap: Callable[[str], None] = lambda stage: None,
 ) -> Outcome:
     """Identify `query` among `catalog`'s entries.
@@ -158,8 +170,8 @@ def run(
     settings : MatcherConfig
     threshold : float
         The embedding shortlist's cosine threshold (the model's or the config's).
-    votes : VoteIndex or None
-        The generation's keypoint vote index; needed when
+    votes : VoteSource or None
+        The catalog-wide keypoint vote, following `catalog`; needed when
         `settings.shortlist.vote_top_k` > 0.
     lap : callable
         Called with each stage's name as it ends ("shortlist", "refine",
@@ -183,18 +195,18 @@ def run(
     return Outcome(candidates, refined, verified, decided, ranked)
 
 
-def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteIndex | None) -> Candidates:
+def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteSource | None) -> Candidates:
     """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources."""
     sl = settings.shortlist
     embeddings = catalog.embeddings
-    short = shortlist(query.embedding, embeddings, sl.top_k, threshold, sl.min_candidates, sl.floor)
-    extras = [("lbp", lbp_nearest(query.lbp, catalog.lbps, sl.lbp_top_k))]
+    short = shortlist(query.embedding, embeddings, sl.top_k, threshold, sl.min_candidates, sl.floor, catalog.alive)
+    extras = [("lbp", lbp_nearest(query.lbp, catalog.lbps, sl.lbp_top_k, catalog.alive, catalog.lbps_sqrt))]
     if sl.vote_top_k > 0:
         if votes is None:
-            raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote index")
-        extras.append(("votes", vote(votes, query.local, sl.vote_top_k, settings.verify.ratio)))
+            raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote source")
+        extras.append(("votes", votes.vote(query.local, catalog, sl.vote_top_k)))
     widened = widen(short, extras, query.embedding, embeddings)
-    return Candidates(int(embeddings.shape[0]), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k)
+    return Candidates(int(np.count_nonzero(catalog.alive)), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k)
 
 
 def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None, settings: MatcherConfig) -> Decided:

@@ -1,0 +1,1 @@
+"""Search structures that follow the catalog: the visual-word vote store and its vocabulary."""

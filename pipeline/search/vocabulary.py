@@ -1,0 +1,81 @@
+"""Visual words: a two-level k-means tree over RootSIFT descriptors.
+
+The catalog-wide keypoint vote (`pipeline.search.votes`) needs every
+descriptor of every entry to fall into a small integer bucket, so that adding
+a cake appends a few integers instead of rebuilding a nearest-neighbour index
+(FLANN KD-trees were rebuilt per registration: 15 s at 10k entries; issue
+13). A vocabulary tree (Nister & Stewenius 2006) with `branch` x `branch`
+leaves assigns a descriptor with 2 x `branch` dot products. It is trained
+once, offline, on the encoder's training sources (never on a benchmark's or
+KTH-TIPS photos) and shipped beside the encoder: `make train` reproduces it
+(`python -m pipeline.training.vocabulary`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.features.local import root_sift
+
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "models" / "teaprint-words.npz"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A two-level vocabulary tree.
+
+    Attributes
+    ----------
+    top : ndarray, shape (B1, 128), dtype float32
+        First-level centres (RootSIFT space, unit rows).
+    leaves : ndarray, shape (B1, B2, 128), dtype float32
+        Second-level centres under each first-level one.
+    vocab_id : str
+        16 hex digits of the centres' sha256 (an index built with another vocabulary is rebuilt).
+    """
+
+    top: np.ndarray
+    leaves: np.ndarray
+    vocab_id: str
+
+    @property
+    def size(self) -> int:
+        return int(self.leaves.shape[0] * self.leaves.shape[1])
+
+    @classmethod
+    def load(cls, path: Path = SHIPPED) -> "Vocabulary":
+        with np.load(path) as data:
+            top, leaves = data["top"].astype(np.float32), data["leaves"].astype(np.float32)
+        return cls(top, leaves, vocab_id(top, leaves))
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, top=self.top.astype(np.float16), leaves=self.leaves.astype(np.float16))
+
+    def words(self, descriptors: np.ndarray) -> np.ndarray:
+        """The word of each SIFT descriptor.
+
+        Parameters
+        ----------
+        descriptors : ndarray, shape (K, 128), dtype uint8
+
+        Returns
+        -------
+        ndarray, shape (K,), dtype int64, in [0, size)
+        """
+        if len(descriptors) == 0:
+            return np.zeros(0, np.int64)
+        d = root_sift(descriptors)
+        first = np.argmax(d @ self.top.T, axis=1)
+        # Nearest leaf under each descriptor's first-level centre (unit rows: max dot = min distance).
+        second = np.einsum("kd,kbd->kb", d, self.leaves[first]).argmax(axis=1)
+        return first.astype(np.int64) * self.leaves.shape[1] + second
+
+
+def vocab_id(top: np.ndarray, leaves: np.ndarray) -> str:
+    h = hashlib.sha256(top.astype(np.float16).tobytes())
+    h.update(leaves.astype(np.float16).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,142 @@
+"""The catalog at scale (issue 13): keypoints on disk, slots that never move, an incremental vote store."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.catalog import CatalogIndex, CatalogWriter, NewEntry
+from pipeline.features.local import LocalFeatures
+from pipeline.search.vocabulary import Vocabulary
+from pipeline.search.votes import FILE, VoteStore
+
+VOCAB = Vocabulary.load()
+
+
+def keypoints(n: int, count: int = 60) -> LocalFeatures:
+    """SIFT-like keypoints: sparse non-negative uint8 histograms, distinct per `n`."""
+    rng = np.random.default_rng(1000 + n)
+    d = (rng.gamma(0.6, 18.0, size=(count, 128)) * (rng.random((count, 128)) < 0.5)).clip(0, 255).astype(np.uint8)
+    return LocalFeatures(rng.uniform(0, 640, size=(count, 2)).astype(np.float32), d, 640)
+
+
+def entry(n: int, label: str | None = None) -> NewEntry:
+    rng = np.random.default_rng(n)
+    vec = rng.normal(size=8).astype(np.float32)
+    return NewEntry(hashlib.sha256(f"p{n}".encode()).hexdigest(), f"/x/{n}.jpg", label or f"cake{n}", vec / np.linalg.norm(vec),
+                    rng.random(10).astype(np.float32), keypoints(n))
+
+
+def test_stored_entries_hold_no_keypoints_in_memory_and_read_them_from_the_segment(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    index.commit([entry(n) for n in range(5)])
+    snap = CatalogIndex(tmp_path / "idx", model_id="m1").snapshot()
+    got = snap.entry(int(snap.rows[2]))
+    assert got.__dict__.get("_local") is None and got.stored_keypoints is not None  # nothing held: read on access
+    for a, b in ((got.local.descriptors, entry(2).local.descriptors), (got.local.points, entry(2).local.points)):
+        np.testing.assert_array_equal(a, b)
+    assert [k.descriptors.tobytes() for k in snap.keypoints(snap.rows)] == [entry(n).local.descriptors.tobytes() for n in range(5)]
+    with h5py.File(next((tmp_path / "idx").glob("seg-*.h5")), "r") as f:
+        assert f["local/descriptors"].compression == "gzip" and f["local/descriptors"].chunks is not None
+
+
+def test_rows_never_move_compaction_merges_only_the_newest_segments_and_keeps_keypoints(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=4)
+    index.commit([entry(n) for n in range(40)])  # a large base segment
+    first = index.snapshot()
+    base = sorted((tmp_path / "idx").glob("seg-*.h5"))[0].name
+    writer = CatalogWriter(index, "m1", require_local=True)
+    for n in range(40, 46):
+        writer.register([entry(n)])
+    writer.remove([index.get(entry(3).sha256), index.get(entry(42).sha256)])
+    writer.rename(index.get(entry(5).sha256), "/y/5.jpg", "moved")
+    names = sorted(p.name for p in (tmp_path / "idx").glob("seg-*.h5"))
+    assert base in names and len(names) <= 4  # the tail was merged, the base segment left alone
+    snap = CatalogIndex(tmp_path / "idx", model_id="m1").snapshot()
+    for n in range(46):
+        got = snap.get(entry(n).sha256)
+        if n in (3, 42):
+            assert got is None
+            continue
+        assert got is not None, n
+        np.testing.assert_array_equal(got.local.descriptors, entry(n).local.descriptors)
+        if n < 40 and n != 5:
+            row = int(first.rows[n])
+            assert snap.alive[row] and snap.labels[row] == f"cake{n}"  # same row as before any change
+    assert snap.get(entry(5).sha256).label == "moved" and len(snap) == 44
+
+
+def test_an_index_written_before_slots_opens_and_takes_new_commits(tmp_path: Path) -> None:
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    index.commit([entry(0), entry(1)])
+    index.commit([entry(2)], removes=[entry(0).sha256])
+    del index
+    gc.collect()  # the record keeps its segments open for their keypoints
+    for seg in directory.glob("seg-*.h5"):  # as teaprint wrote them before slots and keypoint chunking
+        with h5py.File(seg, "a") as f:
+            del f["entries/slot"]
+    manifest = json.loads((directory / "MANIFEST.json").read_text())
+    del manifest["next_slot"], manifest["catalog_id"]
+    (directory / "MANIFEST.json").write_text(json.dumps(manifest))
+    old = CatalogIndex(directory, model_id="m1")
+    assert sorted(e.label for e in old.entries()) == ["cake1", "cake2"]
+    old.commit([entry(3)], removes=[entry(1).sha256])
+    again = CatalogIndex(directory, model_id="m1")
+    assert [e.label for e in again.entries()] == ["cake2", "cake3"]
+    np.testing.assert_array_equal(again.get(entry(3).sha256).local.descriptors, entry(3).local.descriptors)
+
+
+def votes_of(store: VoteStore, snap, queries: list[int]) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    return [[snap.labels[r] for r in store.vote(keypoints(q), snap, 3).tolist()] for q in queries]
+
+
+def test_vote_store_grows_per_commit_and_its_saved_postings_agree_with_a_rebuild(tmp_path: Path) -> None:
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    store = VoteStore(directory, VOCAB, per_entry=150, merge_every=10)
+    for start in range(0, 30, 6):
+        index.commit([entry(n) for n in range(start, start + 6)])
+        store.follow(index.snapshot())
+    snap = index.snapshot()
+    assert store.covered == snap.alive.size == 30 and (directory / FILE).exists()
+    assert [v[0] for v in votes_of(store, snap, [0, 7, 29])] == ["cake0", "cake7", "cake29"]
+    index.commit(removes=[entry(7).sha256])
+    after = index.snapshot()
+    assert "cake7" not in votes_of(store, after, [7])[0]  # a removed entry never votes, nothing rebuilt
+    reopened = VoteStore(directory, VOCAB, per_entry=150)
+    reopened.follow(after)
+    assert reopened.opened_from_file == 24  # saved at the last merge; the 6 after it read from the segments
+    fresh_dir = tmp_path / "fresh"
+    shutil.copytree(directory, fresh_dir)
+    (fresh_dir / FILE).unlink()
+    rebuilt = VoteStore(fresh_dir, VOCAB, per_entry=150, merge_every=10**9)
+    rebuilt.follow(CatalogIndex(fresh_dir, model_id="m1").snapshot())
+    assert not (fresh_dir / FILE).exists()
+    queries = list(range(30))
+    assert votes_of(reopened, after, queries) == votes_of(rebuilt, after, queries)
+    (directory / FILE).write_bytes((directory / FILE).read_bytes()[:100])  # torn or corrupt: ignored, rebuilt
+    broken = VoteStore(directory, VOCAB, per_entry=150)
+    broken.follow(after)
+    assert broken.opened_from_file == 0
+    assert votes_of(broken, after, queries) == votes_of(rebuilt, after, queries)
+
+
+def test_entries_with_zero_keypoints_are_stored_and_vote_for_nothing(tmp_path: Path) -> None:
+    """A 1-pixel photo has no keypoint at all: its segment stores an empty, unchunked keypoint set."""
+    empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), 1)
+    base = entry(1)
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    index.commit([NewEntry(base.sha256, base.path, base.label, base.embedding, base.lbp, empty)])
+    snap = index.snapshot()
+    (got,) = snap.keypoints(snap.rows)
+    assert got is not None and len(got) == 0 and got.side == 1
+    store = VoteStore(tmp_path / "idx", VOCAB, per_entry=150)
+    store.follow(snap)
+    assert store.vote(keypoints(1), snap, 3).size == 0
