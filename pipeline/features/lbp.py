@@ -108,8 +108,8 @@ def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
     rp, cp = np.round(rr, 5), np.round(cc, 5)
     # Sample coordinates as skimage computes them, pixel index + offset in float64: the
     # interpolation weights are these very doubles, which differ from row to row in the last bits.
-    rows = Axis(np.arange(h, dtype=np.float64)[None, :] + rp[:, None], pad)
-    cols = Axis(np.arange(w, dtype=np.float64)[None, :] + cp[:, None], pad)
+    rows = _Axis(np.arange(h, dtype=np.float64)[None, :] + rp[:, None], pad)
+    cols = _Axis(np.arange(w, dtype=np.float64)[None, :] + cp[:, None], pad)
     ones = np.zeros((h, w), np.uint8)
     changes = np.zeros((h, w), np.uint8)
     previous = None
@@ -122,7 +122,7 @@ def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
     return np.where(changes <= 2, ones, np.uint8(points + 1)).astype(np.uint8)
 
 
-class Axis:
+class _Axis:
     """Per sample (rows of `at`), along one image axis: the two pixels bracketing
     each coordinate in `at` (indices into the image padded by `pad`) and the
     weight of the second, `at` - floor(`at`), all as skimage computes them."""
@@ -139,7 +139,7 @@ class Axis:
 
 
 def _sample_bits(
-    img64: np.ndarray, img32: np.ndarray, centre8: np.ndarray, centre32: np.ndarray, rows: Axis, cols: Axis, i: int
+    img64: np.ndarray, img32: np.ndarray, centre8: np.ndarray, centre32: np.ndarray, rows: _Axis, cols: _Axis, i: int
 ) -> np.ndarray:
     """(H, W) uint8 0/1: skimage's bilinear value of sample `i` at each pixel >= that pixel."""
     h, w = centre8.shape
@@ -163,7 +163,7 @@ def _sample_bits(
     return bits
 
 
-def _exact_bits(img64: np.ndarray, centre8: np.ndarray, rows: Axis, cols: Axis, i: int, where: np.ndarray) -> np.ndarray:
+def _exact_bits(img64: np.ndarray, centre8: np.ndarray, rows: _Axis, cols: _Axis, i: int, where: np.ndarray) -> np.ndarray:
     """skimage's float64 bilinear value and comparison, operation for operation, at flat pixel indices `where`."""
     ys, xs = np.divmod(where, centre8.shape[1])
     flat, stride = img64.ravel(), img64.shape[1]
