@@ -96,6 +96,9 @@ def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
     -------
     ndarray, shape (H, W), dtype uint8, codes in [0, P + 1]
     """
+    if grey.dtype != np.uint8 or grey.ndim != 2:
+        raise ValueError(f"uniform_lbp takes a 2-D uint8 image, not {grey.ndim}-D {grey.dtype}")
+    grey = np.ascontiguousarray(grey)
     h, w = grey.shape
     pad = int(math.ceil(abs(radius))) + 1
     padded = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
