@@ -329,3 +329,13 @@ def test_every_decision_taken_by_bfmatcher_gives_the_same(real_pairs, monkeypatc
         for c in (names[qname.rsplit("-", 1)[0]], catalog[0][1]):
             for guided in (0.0, 0.9):
                 assert_same_verification(verify_pair(q, c, guided_ratio=guided), reference_verify(q, c, guided_ratio=guided), qname)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_photo_against_itself_matches_as_bfmatcher(real_pairs) -> None:
+    """Distances of 0 (identical descriptors), whose squares the matrix product may put slightly below 0."""
+    _, catalog = real_pairs
+    for name, features in catalog:
+        for guided in (0.0, 0.9):
+            assert_same_verification(verify_pair(features, features, guided_ratio=guided),
+                                     reference_verify(features, features, guided_ratio=guided), name)

@@ -341,7 +341,7 @@ class DistanceTable:
         square = np.full(n, np.inf)
         square[rows] = value_sq[starts]
         lo, hi = self._bounds(square)
-        value = np.sqrt(square)
+        value = np.sqrt(np.maximum(square, 0.0))
         # A runner-up among the near ones that may be as near makes the nearest uncertain.
         runner = np.full(n, np.inf)
         after = starts + 1
