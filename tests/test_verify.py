@@ -216,3 +216,135 @@ def test_keypoint_votes_find_the_entry_the_embedding_would_need(astronaut: np.nd
     assert store.vote(query, snap, 0).size == 0 and store.vote(None, snap, 3).size == 0
 
 
+# --- the distance table gives OpenCV BFMatcher's matches, hence the same inliers ---------------
+
+def reference_verify(query: LocalFeatures, candidate: LocalFeatures, ratio: float = 0.8, ransac_px: float = 8.0,
+                     min_matches: int = 8, estimator: str = "ransac", guided_ratio: float = 0.0):
+    """`verify_pair` as it was before the distance table: BFMatcher.knnMatch, then BFMatcher.match under the mask."""
+    from pipeline.features.local import Verification, _fit, _one_to_one, root_sift
+
+    none = Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
+    if len(query) < 2 or len(candidate) < 2:
+        return none
+    matcher, qd, cd = cv2.BFMatcher(cv2.NORM_L2), root_sift(query.descriptors), root_sift(candidate.descriptors)
+    pairs = matcher.knnMatch(qd, cd, k=2)
+    good = _one_to_one([p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance])
+    found = _fit(query.points[[m.queryIdx for m in good]], candidate.points[[m.trainIdx for m in good]], len(good),
+                 min_matches, ransac_px, estimator)
+    if guided_ratio > 0 and found.homography is not None:
+        second = np.array([p[1].distance if len(p) == 2 else np.inf for p in pairs], np.float32)
+        projected = cv2.perspectiveTransform(query.points.reshape(-1, 1, 2).astype(np.float64), found.homography).reshape(-1, 2)
+        near = ((projected[:, None, :] - candidate.points[None, :, :]) ** 2).sum(axis=2) <= ransac_px * ransac_px
+        kept = [(m.distance, m.queryIdx, m.trainIdx) for m in matcher.match(qd, cd, mask=near.astype(np.uint8))
+                if near[m.queryIdx, m.trainIdx] and m.distance < guided_ratio * second[m.queryIdx]]
+        taken: set[int] = set()
+        q_idx, c_idx = [], []
+        for _, qi, ci in sorted(kept):
+            if ci not in taken:
+                taken.add(ci)
+                q_idx.append(qi)
+                c_idx.append(ci)
+        again = _fit(query.points[q_idx], candidate.points[c_idx], len(good), min_matches, ransac_px, estimator)
+        if again.inliers > found.inliers:
+            return again
+    return found
+
+
+def assert_same_verification(new, old, what: str) -> None:
+    assert (new.inliers, new.matches) == (old.inliers, old.matches), what
+    np.testing.assert_array_equal(new.inlier_pairs, old.inlier_pairs, err_msg=what)
+    assert (new.homography is None) == (old.homography is None), what
+    if old.homography is not None:
+        np.testing.assert_array_equal(new.homography, old.homography, err_msg=what)
+        assert (new.rotation_deg, new.scale) == (old.rotation_deg, old.scale), what
+
+
+def views(photo: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Re-shots of a photo: rotated and tilted, scaled, blurred, darker."""
+    rng = np.random.default_rng(seed)
+    h, w = photo.shape[:2]
+    out = []
+    for k in range(3):
+        shot = rephotograph(photo, angle=float(rng.uniform(-60, 60)), tilt=float(rng.uniform(0, 0.12)), gain=float(rng.uniform(0.8, 1.2)))
+        scale = float(rng.uniform(0.6, 1.3))
+        shot = cv2.resize(shot, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+        if k == 2:
+            shot = cv2.GaussianBlur(shot, (0, 0), float(rng.uniform(1.0, 2.0)))
+        out.append(shot)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_pairs() -> tuple[list[tuple[str, LocalFeatures]], list[tuple[str, LocalFeatures]]]:
+    """Keypoints (shipped settings: 400 at 640 px, contrast 0.01) of re-shots and of the photos they came from."""
+    photos = source_photos()
+    catalog = [(name, extract_local(rgb, "sift", 400, 640, 0.01)) for name, rgb in photos.items()]
+    queries = [(f"{name}-{k}", extract_local(shot, "sift", 400, 640, 0.01))
+               for seed, (name, rgb) in enumerate(photos.items()) for k, shot in enumerate(views(rgb, seed))]
+    return queries, catalog
+
+
+def test_verify_pair_matches_bfmatcher_on_real_pairs(real_pairs) -> None:
+    """Every re-shot against every photo (its own and the others), plain and guided: the same
+    matches, hence the same homography and inliers, as matching with BFMatcher."""
+    queries, catalog = real_pairs
+    verified = 0
+    for qname, q in queries:
+        for cname, c in catalog:
+            for guided in (0.0, 0.9):
+                what = f"{qname} vs {cname}, guided {guided}"
+                new, old = verify_pair(q, c, guided_ratio=guided), reference_verify(q, c, guided_ratio=guided)
+                assert_same_verification(new, old, what)
+                verified += old.inliers >= 8
+    assert verified >= len(queries), "the pairs include true matches"
+
+
+def test_verify_pair_matches_bfmatcher_at_other_settings(real_pairs) -> None:
+    queries, catalog = real_pairs
+    names = dict(catalog)
+    for qname, q in queries[::2]:
+        c = names[qname.rsplit("-", 1)[0]]
+        for ratio, guided, px, estimator in ((0.7, 0.8, 5.0, "ransac"), (0.9, 0.95, 8.0, "magsac"), (0.75, 1.0, 12.0, "ransac")):
+            new = verify_pair(q, c, ratio=ratio, ransac_px=px, estimator=estimator, guided_ratio=guided)  # type: ignore[arg-type]
+            assert_same_verification(new, reference_verify(q, c, ratio, px, 8, estimator, guided), f"{qname} {ratio} {guided} {px} {estimator}")
+
+
+def test_ties_are_broken_as_bfmatcher_breaks_them(real_pairs) -> None:
+    """Exactly tied distances: candidate keypoints duplicated 1 px apart (both near the
+    projection: the lower index wins), query keypoints piled on copies of one descriptor (one
+    candidate keypoint, the first query keypoint wins; the guided order, by query index)."""
+    queries, catalog = real_pairs
+    names = dict(catalog)
+    for qname, q in queries[:9]:
+        c = names[qname.rsplit("-", 1)[0]]
+        twin = LocalFeatures(np.vstack([c.points, c.points + 1.0]).astype(np.float32), np.vstack([c.descriptors, c.descriptors]), c.side)
+        shuffled = np.random.default_rng(0).permutation(2 * len(c))
+        mixed = LocalFeatures(twin.points[shuffled], twin.descriptors[shuffled], c.side)
+        piled = LocalFeatures(np.vstack([q.points, q.points[:40] + 0.5]).astype(np.float32), np.vstack([q.descriptors, q.descriptors[:40]]), q.side)
+        for query, cand in ((q, twin), (q, mixed), (piled, c), (piled, mixed)):
+            for guided in (0.0, 0.9):
+                assert_same_verification(verify_pair(query, cand, guided_ratio=guided), reference_verify(query, cand, guided_ratio=guided), qname)
+
+
+def test_every_decision_taken_by_bfmatcher_gives_the_same(real_pairs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With bounds so wide that no decision is left to the matrix product, every match comes
+    from BFMatcher's own rows: the same results (checks that fallback path on every row)."""
+    from pipeline.features import local
+
+    monkeypatch.setattr(local, "_SQUARE_ABSOLUTE", 10.0)
+    queries, catalog = real_pairs
+    names = dict(catalog)
+    for qname, q in queries[::3]:
+        for c in (names[qname.rsplit("-", 1)[0]], catalog[0][1]):
+            for guided in (0.0, 0.9):
+                assert_same_verification(verify_pair(q, c, guided_ratio=guided), reference_verify(q, c, guided_ratio=guided), qname)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_photo_against_itself_matches_as_bfmatcher(real_pairs) -> None:
+    """Distances of 0 (identical descriptors), whose squares the matrix product may put slightly below 0."""
+    _, catalog = real_pairs
+    for name, features in catalog:
+        for guided in (0.0, 0.9):
+            assert_same_verification(verify_pair(features, features, guided_ratio=guided),
+                                     reference_verify(features, features, guided_ratio=guided), name)

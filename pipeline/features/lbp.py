@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
-from skimage.feature import local_binary_pattern
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
@@ -58,11 +59,124 @@ def lbp_histogram(
     keep = _inner(mask, size, max(r for _, r in points_radii)) if mask is not None else None
     blocks = []
     for points, radius in points_radii:
-        codes = local_binary_pattern(grey, points, radius, method="uniform")
+        codes = uniform_lbp(grey, points, radius)
         codes = codes[keep] if keep is not None else codes.ravel()
         hist = np.bincount(codes.astype(np.int64), minlength=points + 2).astype(np.float32)
         blocks.append(hist / max(hist.sum(), 1.0))
     return np.concatenate(blocks)
+
+
+# A sample's interpolated grey level, computed in float32 from the 2x2 pixels
+# around it (values 0-255, a handful of roundings), is within ~1e-4 of the
+# float64 value skimage computes; beyond this margin of the centre pixel's
+# level its comparison with the centre cannot differ. Nearer (flat areas, where
+# it equals the centre up to float64 rounding), the float64 value is computed
+# exactly as skimage does.
+_TIE_MARGIN = 2e-3
+
+
+def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
+    """skimage's `local_binary_pattern(grey, points, radius, method="uniform")`, identical codes, whole-image numpy.
+
+    skimage samples each of the `points` neighbours at (r + rp, c + cp), with
+    rp, cp the circle's offsets rounded to 5 decimals, by bilinear
+    interpolation in float64 (pixels outside the image read 0), sets the bit
+    when the sample minus the centre is >= 0, and codes a pattern with at most
+    2 changes between consecutive bits (not counting the wrap from the last
+    bit to the first) by its number of set bits, any other by `points` + 1.
+
+    Parameters
+    ----------
+    grey : ndarray, shape (H, W), dtype uint8
+    points : int
+        Number of circular neighbours P (at most 254).
+    radius : float
+
+    Returns
+    -------
+    ndarray, shape (H, W), dtype uint8, codes in [0, P + 1]
+    """
+    if grey.dtype != np.uint8 or grey.ndim != 2:
+        raise ValueError(f"uniform_lbp takes a 2-D uint8 image, not {grey.ndim}-D {grey.dtype}")
+    grey = np.ascontiguousarray(grey)
+    h, w = grey.shape
+    pad = int(math.ceil(abs(radius))) + 1
+    padded = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    img64, img32 = padded.astype(np.float64), padded.astype(np.float32)
+    centre32 = img32[pad : pad + h, pad : pad + w]
+    # skimage's own expressions (radius is a C float there), so that rp, cp are the same doubles.
+    r32 = float(np.float32(radius))
+    rr = -r32 * np.sin(2 * np.pi * np.arange(points, dtype=np.double) / points)
+    cc = r32 * np.cos(2 * np.pi * np.arange(points, dtype=np.double) / points)
+    rp, cp = np.round(rr, 5), np.round(cc, 5)
+    # Sample coordinates as skimage computes them, pixel index + offset in float64: the
+    # interpolation weights are these very doubles, which differ from row to row in the last bits.
+    rows = _Axis(np.arange(h, dtype=np.float64)[None, :] + rp[:, None], pad)
+    cols = _Axis(np.arange(w, dtype=np.float64)[None, :] + cp[:, None], pad)
+    ones = np.zeros((h, w), np.uint8)
+    changes = np.zeros((h, w), np.uint8)
+    previous = None
+    for i in range(points):
+        bits = _sample_bits(img64, img32, grey, centre32, rows, cols, i)
+        ones += bits
+        if previous is not None:
+            changes += bits ^ previous
+        previous = bits
+    return np.where(changes <= 2, ones, np.uint8(points + 1)).astype(np.uint8)
+
+
+class _Axis:
+    """Per sample (rows of `at`), along one image axis: the two pixels bracketing
+    each coordinate in `at` (indices into the image padded by `pad`) and the
+    weight of the second, `at` - floor(`at`), all as skimage computes them."""
+
+    def __init__(self, at: np.ndarray, pad: int) -> None:
+        low, high = np.floor(at), np.ceil(at)
+        self.weight = at - low
+        index = np.arange(at.shape[1])
+        self.low, self.high = (pad + low).astype(np.intp), (pad + high).astype(np.intp)
+        # The same offset from the centre for every pixel, unless an offset lies within
+        # rounding of an integer (never, for offsets rounded to 5 decimals).
+        self.constant = (np.ptp(self.low - index, axis=1) == 0) & (np.ptp(self.high - index, axis=1) == 0)
+        self.integral = ~self.weight.any(axis=1)
+
+
+def _sample_bits(
+    img64: np.ndarray, img32: np.ndarray, centre8: np.ndarray, centre32: np.ndarray, rows: _Axis, cols: _Axis, i: int
+) -> np.ndarray:
+    """(H, W) uint8 0/1: skimage's bilinear value of sample `i` at each pixel >= that pixel."""
+    h, w = centre8.shape
+    if not (rows.constant[i] and cols.constant[i]):
+        return _exact_bits(img64, centre8, rows, cols, i, np.arange(h * w)).reshape(h, w)
+    r0, r1, c0, c1 = int(rows.low[i, 0]), int(rows.high[i, 0]), int(cols.low[i, 0]), int(cols.high[i, 0])
+    if rows.integral[i] and cols.integral[i]:
+        # An integer offset: skimage's value is the pixel itself, exactly.
+        return (img32[r0 : r0 + h, c0 : c0 + w] >= centre32).view(np.uint8)
+    fr, fc = float(rows.weight[i, 0]), float(cols.weight[i, 0])
+    a, b = img32[r0 : r0 + h, c0 : c0 + w], img32[r0 : r0 + h, c1 : c1 + w]
+    value = cv2.addWeighted(a, 1.0 - fc, b, fc, 0.0)
+    if fr:
+        c_, d_ = img32[r1 : r1 + h, c0 : c0 + w], img32[r1 : r1 + h, c1 : c1 + w]
+        value = cv2.addWeighted(value, 1.0 - fr, cv2.addWeighted(c_, 1.0 - fc, d_, fc, 0.0), fr, 0.0)
+    diff = cv2.subtract(value, centre32)
+    bits = (diff >= 0).view(np.uint8)
+    near = np.flatnonzero(np.abs(diff) <= _TIE_MARGIN)
+    if near.size:
+        bits.ravel()[near] = _exact_bits(img64, centre8, rows, cols, i, near)
+    return bits
+
+
+def _exact_bits(img64: np.ndarray, centre8: np.ndarray, rows: _Axis, cols: _Axis, i: int, where: np.ndarray) -> np.ndarray:
+    """skimage's float64 bilinear value and comparison, operation for operation, at flat pixel indices `where`."""
+    ys, xs = np.divmod(where, centre8.shape[1])
+    flat, stride = img64.ravel(), img64.shape[1]
+    row0, row1 = rows.low[i][ys] * stride, rows.high[i][ys] * stride
+    col0, col1 = cols.low[i][xs], cols.high[i][xs]
+    wr, wc = rows.weight[i][ys], cols.weight[i][xs]
+    top = (1 - wc) * flat[row0 + col0] + wc * flat[row0 + col1]
+    bottom = (1 - wc) * flat[row1 + col0] + wc * flat[row1 + col1]
+    value = (1 - wr) * top + wr * bottom
+    return (value - centre8.ravel()[where] >= 0).view(np.uint8)
 
 
 def _inner(mask: np.ndarray, size: int, border: int) -> np.ndarray | None:
