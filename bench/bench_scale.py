@@ -81,6 +81,10 @@ def pct(values, q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values, np.float64), q)), 2) if len(values) else None
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -178,6 +182,7 @@ def measure(spec: dict) -> dict:
         "add_one_register_ms": round(add_register_ms, 1) if add_register_ms is not None else None,
         "next_query_ms": round(next_query_ms, 1) if next_query_ms is not None else None,
         "peak_rss_mb": round(vm_kb("VmHWM") / 1024.0, 1),
+        "load_1m": round(os.getloadavg()[0], 2),
         "figures": figures,
     }
 
@@ -278,7 +283,7 @@ def print_table(figures: dict) -> None:
         ("open (fresh process)", fmt(f["open_s"], " s"), "Engine.load + serving_snapshot"),
         ("RSS after open", fmt(f["rss_mb"], " MB"), f"VmRSS; peak of the measuring process {f['peak_rss_mb']} MB"),
         ("query p50 / p95", f"{fmt(f['query_p50_ms'])} / {fmt(f['query_p95_ms'])} ms", f"match_prepared (embeds), decode excluded; {f['queries']} queries"),
-        ("query p50 / p95 incl. decode", f"{fmt(f['query_p50_decode_ms'])} / {fmt(f['query_p95_decode_ms'])} ms", "prepare + match_prepared"),
+        ("query p50 / p95 incl. decode", f"{fmt(f['query_p50_decode_ms'])} / {fmt(f['query_p95_decode_ms'])} ms", f"prepare + match_prepared; 1-min load average {f['load_1m']}"),
         ("add one photo", fmt(f["add_one_ms"], " ms"), f"prepare + describe + register; register alone {fmt(f['add_one_register_ms'], ' ms')}"),
         ("next query", fmt(f["next_query_ms"], " ms"), "first match_prepared after it (decode excluded)"),
         ("disk", f"{f['bytes_per_entry']:,.0f} B/entry", f"index folder {f['index_bytes'] / 1e6:.1f} MB"),
@@ -356,11 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             "query_p50_ms": measured["query_p50_ms"], "query_p95_ms": measured["query_p95_ms"],
             "query_p50_decode_ms": measured["query_p50_decode_ms"], "query_p95_decode_ms": measured["query_p95_decode_ms"],
             "add_one_ms": measured["add_one_ms"], "next_query_ms": measured["next_query_ms"],
-            "bytes_per_entry": built["bytes_per_entry"], "top1": fig.get("top1"), "recall_at_far1": fig.get("recall_at_far1"),
+            "bytes_per_entry": built["bytes_per_entry"], "top1": _round(fig.get("top1")),
+            "recall_at_far1": _round(fig.get("recall_at_far1")),
             "add_one_register_ms": measured["add_one_register_ms"], "warm_ms": measured["warm_ms"],
             "prepare_p50_ms": measured["prepare_p50_ms"], "peak_rss_mb": measured["peak_rss_mb"],
-            "queries": measured["queries"], "registered_queries": fig.get("registered"),
-            "unregistered_queries": fig.get("unregistered"), "false_accept_rate": fig.get("false_accept_rate"),
+            "load_1m": measured["load_1m"], "queries": measured["queries"], "registered_queries": fig.get("registered"),
+            "unregistered_queries": fig.get("unregistered"), "false_accept_rate": _round(fig.get("false_accept_rate")),
             "gen_s": built["gen_s"], "register_s": built["register_s"], "index_bench_s": built["index_bench_s"],
             "pool_s": built["pool_s"], "pool": built["pool"], "index_bytes": built["index_bytes"],
             "catalog_refused": built["catalog_refused"], "model": model_desc,
