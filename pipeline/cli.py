@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reembed", help="recompute the catalog's descriptors with the loaded model and feature settings")
     p.set_defaults(handler=cmd_reembed)
 
+    p = sub.add_parser("reindex", help="rebuild the search structures from the HDF5 catalog (vote store; Milvus collection)")
+    p.add_argument("--backend", choices=["embedded", "milvus"], default=None,
+                   help="milvus: also drop and refill the Milvus collection of search.milvus (default: search.backend)")
+    p.set_defaults(handler=cmd_reindex)
+
     p = sub.add_parser("run", help="the drop-folder daemon (main job)")
     p.set_defaults(handler=cmd_run)
 
@@ -338,6 +343,12 @@ def cmd_reembed(args: argparse.Namespace, config: Config) -> int:
         print(f"{len(report.unreadable)} photos are unreadable; index left unchanged", file=sys.stderr)
         return EXIT_FAILURE
     print(f"re-embedded {report.count} entries with model {report.model_id}")
+    return EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    done = _engine(args, config).reindex(args.backend)
+    print(json.dumps(done, ensure_ascii=False))
     return EXIT_OK
 
 

@@ -210,6 +210,19 @@ class DoctorConfig:
 
 
 @dataclass(frozen=True)
+class MilvusConfig:
+    uri: str
+    collection: str
+    token: str
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    backend: Literal["embedded", "milvus"]
+    milvus: MilvusConfig
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     model: ModelConfig
@@ -218,6 +231,7 @@ class Config:
     lbp: LbpConfig
     local: LocalConfig
     matcher: MatcherConfig
+    search: SearchConfig
     daemon: DaemonConfig
     logging: LoggingConfig
     http: HttpConfig

@@ -39,6 +39,8 @@ from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.refine import load_classifier
 from pipeline.search.vocabulary import Vocabulary
+from pipeline.search.milvus import MilvusEmbeddings, resolve_uri
+from pipeline.search.votes import FILE as VOTES_FILE
 from pipeline.search.votes import VoteStore
 from pipeline.ops.metrics import Metrics, merge_expositions, summary
 from pipeline.prepare import EncoderInput, Prepared, feature_settings, prepare
@@ -116,6 +118,7 @@ class Engine:
         self._record_scan: tuple[float, RecordScan] | None = None
         shortlist = config.matcher.shortlist
         self._vote_store = VoteStore(self.index_dir, Vocabulary.load(), shortlist.vote_keypoints) if shortlist.vote_top_k > 0 else None
+        self._nearest = _nearest_source(config, self.index_dir)
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True, component: str = "engine") -> "Engine":
@@ -298,7 +301,8 @@ class Engine:
         clock.lap("embed")
         snap = self.snapshot() if snapshot is None else snapshot
         info = self.model_info
-        outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap), clock.lap)
+        outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap),
+                      self._nearest_for(snap), clock.lap)
         decision = outcome.decision
         record = self._result_record(decision.label) if decision.status == "matched" and decision.label else None
         return MatchResult(
@@ -326,7 +330,31 @@ class Engine:
         """
         snap = self.snapshot()
         self._votes(snap)
+        self._nearest_for(snap)
         return snap
+
+    def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | None:
+        """The Milvus collection caught up with `snap` (None with the embedded backend: the shortlist scans the snapshot)."""
+        if self._nearest is not None:
+            self._nearest.follow(snap)
+        return self._nearest
+
+    def reindex(self, backend: str | None = None) -> dict[str, Any]:
+        """Rebuild the search structures derived from the HDF5 record (the vote store; the Milvus collection with that backend)."""
+        snap = self.snapshot()
+        done: dict[str, Any] = {"entries": len(snap), "generation": snap.generation}
+        if self._vote_store is not None:
+            (self.index_dir / VOTES_FILE).unlink(missing_ok=True)
+            self._vote_store = VoteStore(self.index_dir, self._vote_store.vocabulary, self._vote_store.per_entry)
+            self._vote_store.follow(snap)
+            self._vote_store.save()
+            done["votes"] = str(self.index_dir / VOTES_FILE)
+        if (backend or self._config.search.backend) == "milvus":
+            target = self._nearest or _milvus(self._config, self.index_dir)
+            target.rebuild(snap)
+            done["milvus"] = {"uri": resolve_uri(self._config.search.milvus, self.index_dir), "collection": target.collection,
+                              "rows": int(np.count_nonzero(snap.alive))}
+        return done
 
     def _votes(self, snap: CatalogSnapshot) -> VoteStore | None:
         """The catalog-wide keypoint vote, caught up with `snap` (None when the source is off).
@@ -503,6 +531,16 @@ class Engine:
             "metrics": metrics,
             **sections,
         }
+
+
+def _milvus(config: Config, index_dir: Path) -> MilvusEmbeddings:
+    m = config.search.milvus
+    return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, m.token)
+
+
+def _nearest_source(config: Config, index_dir: Path) -> MilvusEmbeddings | None:
+    """The embedding shortlist's search: None for the embedded exact scan, the Milvus collection otherwise."""
+    return _milvus(config, index_dir) if config.search.backend == "milvus" else None
 
 
 def _evidence(entry: CatalogEntry, ranked: Ranked) -> MatchEvidence:

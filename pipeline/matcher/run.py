@@ -20,7 +20,7 @@ from pipeline.features.local import LocalFeatures
 from pipeline.matcher.decide import Decision, decide
 from pipeline.matcher.fuse import LabelScore, fuse, gather
 from pipeline.matcher.refine import Refinement, refine
-from pipeline.matcher.shortlist import Candidates, Shortlist, lbp_nearest, shortlist, widen
+from pipeline.matcher.shortlist import Candidates, Shortlist, lbp_nearest, shortlist, shortlist_of, widen
 from pipeline.matcher.verify import VERIFY_OFF, Verified, verify
 
 
@@ -55,6 +55,12 @@ class VoteSource(Protocol):
     """The catalog-wide keypoint vote (`pipeline.search.votes.VoteStore` is one)."""
 
     def vote(self, query: LocalFeatures | None, catalog: Any, top_k: int) -> np.ndarray: ...
+
+
+class NearestSource(Protocol):
+    """A search for the embedding shortlist other than the exact scan (`pipeline.search.milvus.MilvusEmbeddings` is one)."""
+
+    def nearest(self, query: np.ndarray, catalog: Any, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ def run(
     settings: MatcherConfig,
     threshold: float,
     votes: VoteSource | None = None,
+    nearest: NearestSource | None = None,
     lap: Callable[[str], None] = lambda stage: None,
 ) -> Outcome:
     """Identify `query` among `catalog`'s entries.
@@ -173,11 +180,13 @@ def run(
     votes : VoteSource or None
         The catalog-wide keypoint vote, following `catalog`; needed when
         `settings.shortlist.vote_top_k` > 0.
+    nearest : NearestSource or None
+        Where the embedding shortlist searches; None: an exact scan of `catalog.embeddings`.
     lap : callable
         Called with each stage's name as it ends ("shortlist", "refine",
         "verify" when on, "decide"), for the caller's timings.
     """
-    candidates = _shortlist(query, catalog, settings, threshold, votes)
+    candidates = _shortlist(query, catalog, settings, threshold, votes, nearest)
     lap("shortlist")
     rows = candidates.widened.indices
     labels = [catalog.labels[i] for i in rows]
@@ -195,11 +204,16 @@ def run(
     return Outcome(candidates, refined, verified, decided, ranked)
 
 
-def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteSource | None) -> Candidates:
+def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteSource | None,
+               nearest: NearestSource | None) -> Candidates:
     """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources."""
     sl = settings.shortlist
     embeddings = catalog.embeddings
-    short = shortlist(query.embedding, embeddings, sl.top_k, threshold, sl.min_candidates, sl.floor, catalog.alive)
+    if nearest is None:
+        short = shortlist(query.embedding, embeddings, sl.top_k, threshold, sl.min_candidates, sl.floor, catalog.alive)
+    else:
+        rows, sims = nearest.nearest(query.embedding, catalog, sl.top_k + 1)
+        short = shortlist_of(rows, sims, sl.top_k, threshold, sl.min_candidates, sl.floor)
     extras = [("lbp", lbp_nearest(query.lbp, catalog.lbps, sl.lbp_top_k, catalog.alive, catalog.lbps_sqrt))]
     if sl.vote_top_k > 0:
         if votes is None:

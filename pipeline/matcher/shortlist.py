@@ -71,18 +71,43 @@ def shortlist(
     k = min(top_k, sims.size)
     # Partition first: a full sort of 100k similarities cost more than the rest of the search.
     top = np.argpartition(-sims, k - 1)[:k] if 0 < k < sims.size else np.arange(sims.size)
-    top = top[np.argsort(-sims[top], kind="stable")]
+    top = top[np.lexsort((top, -sims[top]))]  # ties by row (registration order), as every search backend orders them
     top = top[np.isfinite(sims[top])]
-    passing = top[sims[top] >= threshold][:top_k]
     below = (sims < threshold) & np.isfinite(sims)
     best_rejected = float(sims[below].max()) if below.any() else None
+    return shortlist_of(top, sims[top], top_k, threshold, min_candidates, floor, best_rejected)
+
+
+def shortlist_of(
+    rows: np.ndarray, sims: np.ndarray, top_k: int, threshold: float, min_candidates: int = 0, floor: float = -1.0,
+    best_rejected: float | None = None,
+) -> Shortlist:
+    """`shortlist` from the nearest rows a search found (any backend), most similar first.
+
+    Parameters
+    ----------
+    rows : ndarray, shape (K,), dtype int64
+        Live catalog rows, at least `top_k` of them when the catalog has as many.
+    sims : ndarray, shape (K,), dtype float32
+        Their cosine similarity to the query, descending.
+    best_rejected : float or None
+        The highest similarity below `threshold` over the catalog; None: the
+        best below it among `rows`.
+    """
+    if best_rejected is None:
+        under = sims[sims < threshold]
+        best_rejected = float(under.max()) if under.size else None
+    rows, sims = np.asarray(rows, np.int64)[:top_k], np.asarray(sims, np.float32)[:top_k]
+    passing = rows[sims >= threshold]
     sources = ["embedding"] * int(passing.size)
     wanted = min(min_candidates, top_k) - passing.size
     if wanted > 0:
-        extra = top[(sims[top] < threshold) & (sims[top] >= floor)][:wanted]
+        extra = rows[(sims < threshold) & (sims >= floor)][:wanted]
         passing = np.concatenate([passing, extra])
         sources += ["widened"] * int(extra.size)
-    return Shortlist(passing.astype(np.int64), sims[passing], threshold, best_rejected, tuple(sources))
+    lookup = dict(zip(rows.tolist(), sims.tolist()))
+    return Shortlist(passing.astype(np.int64), np.array([lookup[r] for r in passing.tolist()], np.float32), threshold,
+                     best_rejected, tuple(sources))
 
 
 def lbp_nearest(query_lbp: np.ndarray, lbps: np.ndarray, top_k: int, alive: np.ndarray | None = None,

@@ -180,6 +180,11 @@ class VoteStore:
         top = np.argpartition(-scores, k - 1)[:k]
         return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
 
+    def save(self) -> None:
+        """Merge what was added since the last merge and save the postings now (`teaprint reindex`)."""
+        with self._lock:
+            self._merge_and_save()
+
     # ---------------------------------------------------------------- internals
     def _words_of(self, slots: np.ndarray, feats: list[LocalFeatures | None]) -> tuple[np.ndarray, np.ndarray]:
         """(word, slot) pairs of the entries' strongest keypoints, each word once per entry."""
