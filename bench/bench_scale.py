@@ -36,8 +36,9 @@
 
 Prints a table and, as the LAST line, one JSON object. `--answers FILE`
 writes each query's result (the result contract plus `truth`, `prepare_ms`,
-`match_ms`) as JSON lines. `--backend milvus` is not implemented in the
-product yet: exit status 2 with a message saying so.
+`match_ms`) as JSON lines. `--backend milvus` runs the same with
+`search.backend: milvus` on a milvus-lite file in the work folder
+(`milvus.db`); the build then includes filling the collection.
 """
 
 from __future__ import annotations
@@ -238,6 +239,13 @@ def build(args: argparse.Namespace, work: Path, config_path: Path) -> dict:
     else:
         queries = [(str(p), "") for p in extra_paths[1:]]
 
+    # The search structures derived from the record (vote store; the Milvus collection with that backend) are
+    # brought up to the catalog here, as the daemon's catalog lane does before publishing: part of the build.
+    t0 = time.perf_counter()
+    engine.serving_snapshot()
+    engine.reindex() if not (engine.index_dir / "votes.bin").exists() else None  # save the postings for the fresh process
+    search_s = time.perf_counter() - t0
+
     entries_total = registered + catalog_added
     index_bytes = folder_bytes(engine.index_dir)
     del engine
@@ -248,7 +256,8 @@ def build(args: argparse.Namespace, work: Path, config_path: Path) -> dict:
         "gen_s": round(gen_s, 2),
         "register_s": round(register_s, 2),
         "index_bench_s": round(index_bench_s, 2),
-        "build_s": round(gen_s + register_s + index_bench_s, 2),
+        "search_s": round(search_s, 2),
+        "build_s": round(gen_s + register_s + index_bench_s + search_s, 2),
         "distractors": registered,
         "catalog": catalog_added,
         "catalog_refused": refused,
@@ -320,10 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.entries is None or args.entries < 0:
         parser.error("--entries N (>= 0) is required")
-    if args.backend == "milvus":
-        print("bench_scale: --backend milvus is not implemented in teaprint yet (issue 13 asks for a Milvus backend; "
-              "the product has only its embedded HDF5 catalog). Nothing was measured; use --backend embedded.", file=sys.stderr)
-        return 2
     if args.bench is not None and not (args.bench / "truth.csv").is_file():
         parser.error(f"--bench {args.bench}: no truth.csv (layout: ../shared/BENCHMARK.md)")
     if args.work is not None and args.work.exists() and any(args.work.iterdir()):
@@ -344,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
 
             model, model_desc = choose_model(work)
             config_path = write_config(work / "bench.yaml", model)
+        if args.backend == "milvus":  # the same settings, searching a milvus-lite file in the work folder
+            import yaml
+
+            settings = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+            settings["search"] = {"backend": "milvus", "milvus": {"uri": str(work / "milvus.db")}}
+            config_path = work / "bench-milvus.yaml"
+            config_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
         print(f"model: {model_desc}", flush=True)
         built = build(args, work, config_path)
         spec = {"config": str(config_path), "root": str(work), "queries": built["queries"], "add": built["add"],
@@ -367,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "prepare_p50_ms": measured["prepare_p50_ms"], "peak_rss_mb": measured["peak_rss_mb"],
             "load_1m": measured["load_1m"], "queries": measured["queries"], "registered_queries": fig.get("registered"),
             "unregistered_queries": fig.get("unregistered"), "false_accept_rate": _round(fig.get("false_accept_rate")),
-            "gen_s": built["gen_s"], "register_s": built["register_s"], "index_bench_s": built["index_bench_s"],
+            "gen_s": built["gen_s"], "search_s": built["search_s"], "register_s": built["register_s"], "index_bench_s": built["index_bench_s"],
             "pool_s": built["pool_s"], "pool": built["pool"], "index_bytes": built["index_bytes"],
             "catalog_refused": built["catalog_refused"], "model": model_desc,
         }

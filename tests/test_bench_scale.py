@@ -89,8 +89,17 @@ def test_distractors_are_deterministic_and_recombine_real_views(tmp_path: Path) 
         assert (gap.min(axis=1) <= synthetic.DESC_NOISE).all()
 
 
-def test_milvus_backend_is_refused_not_faked(tmp_path: Path) -> None:
-    done = run_script("--entries", "10", "--backend", "milvus")
-    assert done.returncode == 2
-    assert "not implemented" in done.stderr
-    assert not done.stdout.strip()
+def test_milvus_backend_gives_the_embedded_answers(tmp_path: Path, tiny_config_file: Path) -> None:
+    """Same seed, same catalog: the milvus-lite run answers every query as the embedded run does."""
+    bench = make_bench(tmp_path / "bench")
+    results = {}
+    for backend in ("embedded", "milvus"):
+        answers = tmp_path / f"{backend}.jsonl"
+        done = run_script("--entries", "200", "--backend", backend, "--bench", str(bench), "--config", str(tiny_config_file),
+                          "--work", str(tmp_path / backend), "--answers", str(answers), "--seed", "4",
+                          "--pool-per-photo", "1", "--pool-per-texture", "1", "--pool-textures", "4")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1])["backend"] == backend
+        results[backend] = [(r["query"], r["status"], r["label"], r["confidence"]) for r in map(json.loads, answers.read_text().splitlines())]
+    assert (tmp_path / "milvus" / "milvus.db").exists()
+    assert results["milvus"] == results["embedded"]

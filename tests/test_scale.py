@@ -101,10 +101,15 @@ def test_vote_store_grows_per_commit_and_its_saved_postings_agree_with_a_rebuild
     directory = tmp_path / "idx"
     index = CatalogIndex(directory, model_id="m1")
     store = VoteStore(directory, VOCAB, per_entry=150, merge_every=10)
+    older = None
     for start in range(0, 30, 6):
         index.commit([entry(n) for n in range(start, start + 6)])
+        older = older or index.snapshot()
         store.follow(index.snapshot())
     snap = index.snapshot()
+    store.follow(older)  # the query lane may still hold an older generation: nothing is reset or dropped
+    assert store.covered == 30 and store.vote(keypoints(3), older, 1).tolist() == [3]
+    assert all(r < older.alive.size for r in store.vote(keypoints(20), older, 3).tolist())  # rows past it never vote
     assert store.covered == snap.alive.size == 30 and (directory / FILE).exists()
     assert [v[0] for v in votes_of(store, snap, [0, 7, 29])] == ["cake0", "cake7", "cake29"]
     index.commit(removes=[entry(7).sha256])

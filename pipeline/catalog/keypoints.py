@@ -91,9 +91,14 @@ class SegmentKeypoints:
         return LocalFeatures(points, descriptors, side)
 
     def read_all(self) -> list[LocalFeatures | None]:
-        """Keypoints of every entry of the segment, in one read per dataset (compaction, index builds)."""
-        with self._lock:
-            points, descriptors = self._points[()], self._descriptors[()]
+        """Keypoints of every entry of the segment, in one read per dataset."""
+        return self.read_span(0, len(self))
+
+    def read_span(self, start: int, stop: int) -> list[LocalFeatures | None]:
+        """Keypoints of entries [start, stop), in one read per dataset (compaction, index builds)."""
         o = self._offsets
-        return [LocalFeatures(points[o[i]:o[i + 1]], descriptors[o[i]:o[i + 1]], int(s)) if s >= 0 else None
-                for i, s in enumerate(self._sides)]
+        lo, hi = int(o[start]), int(o[stop])
+        with self._lock:
+            points, descriptors = self._points[lo:hi], self._descriptors[lo:hi]
+        return [LocalFeatures(points[o[i] - lo:o[i + 1] - lo], descriptors[o[i] - lo:o[i + 1] - lo], int(self._sides[i]))
+                if self._sides[i] >= 0 else None for i in range(start, stop)]

@@ -55,6 +55,29 @@ class Vocabulary:
     def save(self, path: Path) -> None:
         np.savez_compressed(path, top=self.top.astype(np.float16), leaves=self.leaves.astype(np.float16))
 
+    def encode(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The word of each SIFT descriptor and its 64-bit Hamming-embedding signature.
+
+        The signature (Jegou, Douze & Schmid 2008) is the sign of 64 fixed
+        random projections of the descriptor's residual to its word's centre:
+        two descriptors in one word whose signatures differ in many bits are
+        not the same point, which a bare word cannot tell. It lets the vote
+        count only real matches among the thousands of entries sharing a word.
+
+        Returns
+        -------
+        words : ndarray, shape (K,), dtype int64
+        signatures : ndarray, shape (K,), dtype uint64
+        """
+        if len(descriptors) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        d = root_sift(descriptors)
+        words = self._words(d)
+        branch = self.leaves.shape[1]
+        residual = d - self.leaves[words // branch, words % branch]
+        bits = (residual @ _PROJECTION.T) > 0
+        return words, np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(-1)
+
     def words(self, descriptors: np.ndarray) -> np.ndarray:
         """The word of each SIFT descriptor.
 
@@ -68,14 +91,27 @@ class Vocabulary:
         """
         if len(descriptors) == 0:
             return np.zeros(0, np.int64)
-        d = root_sift(descriptors)
+        return self._words(root_sift(descriptors))
+
+    def _words(self, d: np.ndarray) -> np.ndarray:
         first = np.argmax(d @ self.top.T, axis=1)
-        # Nearest leaf under each descriptor's first-level centre (unit rows: max dot = min distance).
-        second = np.einsum("kd,kbd->kb", d, self.leaves[first]).argmax(axis=1)
+        second = np.empty(len(d), np.int64)
+        # Nearest leaf under each descriptor's first-level centre (unit rows: max dot = min distance), one
+        # matrix product per first-level centre present.
+        order = np.argsort(first, kind="stable")
+        cells, starts = np.unique(first[order], return_index=True)
+        for cell, lo, hi in zip(cells.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
+            rows = order[lo:hi]
+            second[rows] = np.argmax(d[rows] @ self.leaves[cell].T, axis=1)
         return first.astype(np.int64) * self.leaves.shape[1] + second
 
 
+_PROJECTION = np.linalg.qr(np.random.default_rng(20261205).standard_normal((128, 64)))[0].T.astype(np.float32)
+"""(64, 128) orthonormal rows: the Hamming-embedding projection, fixed by its seed (part of `vocab_id`)."""
+
+
 def vocab_id(top: np.ndarray, leaves: np.ndarray) -> str:
-    h = hashlib.sha256(top.astype(np.float16).tobytes())
+    h = hashlib.sha256(_PROJECTION.tobytes())
+    h.update(top.astype(np.float16).tobytes())
     h.update(leaves.astype(np.float16).tobytes())
     return h.hexdigest()[:16]
