@@ -47,8 +47,8 @@ def test_stored_entries_hold_no_keypoints_in_memory_and_read_them_from_the_segme
 
 
 def test_rows_never_move_compaction_merges_only_the_newest_segments_and_keeps_keypoints(tmp_path: Path) -> None:
-    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=4)
-    index.commit([entry(n) for n in range(40)])  # a large base segment
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=4, big_segment=30)
+    index.commit([entry(n) for n in range(40)])  # a big base segment, never merged again
     first = index.snapshot()
     base = sorted((tmp_path / "idx").glob("seg-*.h5"))[0].name
     writer = CatalogWriter(index, "m1", require_local=True)
@@ -57,7 +57,9 @@ def test_rows_never_move_compaction_merges_only_the_newest_segments_and_keeps_ke
     writer.remove([index.get(entry(3).sha256), index.get(entry(42).sha256)])
     writer.rename(index.get(entry(5).sha256), "/y/5.jpg", "moved")
     names = sorted(p.name for p in (tmp_path / "idx").glob("seg-*.h5"))
-    assert base in names and len(names) <= 4  # the tail was merged, the base segment left alone
+    assert base in names and len(names) <= 4  # the small tail was merged, the big base segment left alone
+    index.compact()
+    assert len(list((tmp_path / "idx").glob("seg-*.h5"))) == 1
     snap = CatalogIndex(tmp_path / "idx", model_id="m1").snapshot()
     for n in range(46):
         got = snap.get(entry(n).sha256)

@@ -45,6 +45,8 @@ from pipeline.fsutil import atomic_write_bytes, fsync_path
 
 FORMAT = "teaprint-catalog/1"
 MANIFEST = "MANIFEST.json"
+BIG_SEGMENT = 65_536
+"""Entries (plus tombstones) from which a segment is never merged by a commit's compaction."""
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -142,15 +144,19 @@ class CatalogIndex:
         The loaded encoder's id. Opening an index built with another model
         raises `ModelMismatchError`; None accepts any (for `status`, `reembed`).
     max_segments : int
-        Merge all segments into one when a commit leaves more than this.
+        Merge the newest small segments into one when a commit leaves more than this.
+    big_segment : int
+        Segments with at least this many entries (plus tombstones) are never merged by a commit.
     features : dict or None
         The settings that shaped the descriptors (`pipeline.prepare.feature_settings`),
         recorded in the manifest beside the model id. Opening a non-empty index
         recorded with other ones raises `FeatureMismatchError`; None accepts any.
     """
 
-    def __init__(self, directory: Path, model_id: str | None = None, max_segments: int = 16, features: dict | None = None) -> None:
+    def __init__(self, directory: Path, model_id: str | None = None, max_segments: int = 16, features: dict | None = None,
+                 big_segment: int = BIG_SEGMENT) -> None:
         self.directory = Path(directory)
+        self.big_segment = big_segment
         self.model_id = model_id
         self.features = features
         self.max_segments = max_segments
@@ -323,21 +329,24 @@ class CatalogIndex:
                 self.model_id, self.features = saved, saved_features
 
     def _compact_locked(self, everything: bool = False) -> None:
-        """Merge the newest segments into one, keeping every entry's slot.
+        """Merge the newest small segments into one, keeping every entry's slot.
 
-        Tiered: the merge takes the newest segments while they are at least half
-        the size of the one before, so a large base segment is rewritten only
-        when the rest has grown to its size (at 1M entries a full rewrite reads
-        and writes every keypoint). `everything` merges all segments.
+        Segments of `big_segment` entries or more are never merged again: at
+        1M entries a full merge would read and write every keypoint (~36 GB
+        compressed) and need that much free disk again while both copies
+        exist, so a large catalog is a few big segments plus a small tail.
+        `everything` merges all segments (`compact()`).
         """
         state = self._state
         names = state.segments
         if len(names) <= 1:
             return
         segs = [self._cache[n] for n in names]
-        k = 0 if everything else len(segs) - 2
-        while k > 0 and sum(s.size() for s in segs[k:]) * 2 >= segs[k - 1].size():
+        k = len(segs)
+        while k > 0 and (everything or segs[k - 1].size() < self.big_segment):
             k -= 1
+        if len(segs) - k < 2:
+            return  # nothing small enough to merge: the big segments stay as they are
         cols = state.columns
         owned = np.concatenate([s.slots for s in segs[k:]]) if segs[k:] else np.zeros(0, np.int64)
         keep = np.sort(owned[cols.alive[owned]]) if owned.size else owned

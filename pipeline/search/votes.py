@@ -241,8 +241,9 @@ class VoteStore:
         if not kept:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64)
         words, signatures = self.vocabulary.encode(np.concatenate([d for _, d in kept]))
-        owners = np.repeat(np.array([slot for slot, _ in kept], np.int64), [len(d) for _, d in kept])
-        return words, owners, signatures
+        # Compact dtypes: a whole catalog's postings are held at once while a missing store is rebuilt.
+        owners = np.repeat(np.array([slot for slot, _ in kept], np.uint32), [len(d) for _, d in kept])
+        return words.astype(np.int32), owners, signatures
 
     def _reset(self, snap: CatalogSnapshot) -> None:
         """Start from the saved postings when they belong to this catalog and vocabulary, else from nothing."""
