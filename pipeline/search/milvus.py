@@ -69,6 +69,7 @@ class MilvusEmbeddings:
         self._lock = threading.Lock()
         self._catalog_id: str | None = None
         self._covered = 0
+        self._generation = -1
         self._alive_seen = np.zeros(0, bool)
 
     @property
@@ -79,11 +80,13 @@ class MilvusEmbeddings:
     # ----------------------------------------------------------------- follow
     def follow(self, snap: CatalogSnapshot) -> None:
         """Insert the snapshot's slots not yet in the collection and delete those that died since the last call."""
+        if self._catalog_id == snap.catalog_id and snap.generation <= self._generation:
+            return  # nothing new (the query lane's case): no wait behind a follower inserting another batch
         with self._lock:
             if self._catalog_id != snap.catalog_id:
                 self._attach(snap)
             n = snap.alive.size
-            if n < self._covered:
+            if n < self._covered or snap.generation <= self._generation:
                 return  # an older snapshot than one already followed
             seen = self._alive_seen
             died = np.flatnonzero(seen & ~snap.alive[: seen.size])
@@ -92,6 +95,7 @@ class MilvusEmbeddings:
             self._insert(new[snap.alive[new]], snap)
             self._covered = n
             self._alive_seen = snap.alive.copy()
+            self._generation = snap.generation
             self._write_meta()
 
     def rebuild(self, snap: CatalogSnapshot) -> None:
@@ -100,7 +104,7 @@ class MilvusEmbeddings:
             for name in (self.collection, self.meta):
                 if self.client.has_collection(name):
                     self.client.drop_collection(name)
-            self._catalog_id = None
+            self._catalog_id, self._generation = None, -1
         self.follow(snap)
 
     # ----------------------------------------------------------------- search
@@ -127,6 +131,7 @@ class MilvusEmbeddings:
     # ---------------------------------------------------------------- internals
     def _attach(self, snap: CatalogSnapshot) -> None:
         """Take the collection over when it mirrors this catalog (deleting rows dead since), else start it afresh."""
+        self._generation = -1
         meta = self._read_meta()
         dim = int(snap.embeddings.shape[1]) if snap.embeddings.ndim == 2 else 0
         if meta is not None and meta["catalog_id"] == (snap.catalog_id or "") and meta["dim"] == dim \

@@ -160,6 +160,8 @@ class VoteStore:
         was until the new postings are swapped in. A snapshot older than what
         the store covers changes nothing (votes are masked to its rows).
         """
+        if self._catalog_id == snap.catalog_id and snap.alive.size <= self._covered:
+            return  # nothing new (the query lane's case): no wait behind a follower reading another batch
         with self._follow_lock:
             if self._catalog_id != snap.catalog_id:
                 self._reset(snap)
