@@ -248,6 +248,7 @@ def build(args: argparse.Namespace, work: Path, config_path: Path) -> dict:
 
     entries_total = registered + catalog_added
     index_bytes = folder_bytes(engine.index_dir)
+    engine.close()  # the fresh measuring process must be able to open a milvus-lite file
     del engine
     gc.collect()
     return {

@@ -333,6 +333,12 @@ class Engine:
         self._nearest_for(snap)
         return snap
 
+    def close(self) -> None:
+        """Release what outlives a call: the Milvus connection (milvus-lite lets one process at a time open its file)."""
+        if self._nearest is not None:
+            self._nearest.close()
+            self._nearest = None
+
     def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | None:
         """The Milvus collection caught up with `snap` (None with the embedded backend: the shortlist scans the snapshot)."""
         if self._nearest is not None:

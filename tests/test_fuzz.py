@@ -96,12 +96,17 @@ def test_fuzz_corpus_cannot_stop_the_daemon(root: Path, tmp_path: Path, tiny_con
         wait_until(lambda: len(list((root / "outbox").glob("*.json"))) >= sum(expected.values()), 180, "every query answered")
         good_catalog = {str(root / "inbox/catalog" / c.text) for c in cases if c.expect == "good"}
         wait_until(lambda: good_catalog <= {e.path for e in CatalogIndex(root / "index").entries()}, 120, "good catalog photos registered")
+        latest = CatalogIndex(root / "index").generation  # committed is not yet visible to queries: wait for its publication
+        wait_until(lambda: restarted.published_generation() >= latest, 60, "the daemon to publish the registered catalog")
         # Alive, and still right: a valid query of a registered cake.
         (root / "inbox/query/check.jpg").write_bytes((root / f"inbox/catalog/{GOOD_LABEL}-front.jpg").read_bytes())
         wait_until(lambda: (root / "outbox/check.json").exists(), 60, "the check query")
         assert restarted.proc.poll() is None
         check = json.loads((root / "outbox/check.json").read_text())
-        assert check["status"] != "rejected" and check["matches"][0]["label"] == GOOD_LABEL
+        # broken-exif.jpg holds the same JPEG stream as the good photo (only an EXIF block differs), so the two
+        # registered photos tie on every descriptor: either label is the right answer.
+        assert check["status"] != "rejected" and check["matches"][0]["label"] in (GOOD_LABEL, "broken")
+        assert {m["label"] for m in check["matches"][:2]} == {GOOD_LABEL, "broken"}
         time.sleep(1.5)  # room for a second answer to show up
         got = results(root / "outbox")
         for r in got:

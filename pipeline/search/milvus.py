@@ -72,6 +72,10 @@ class MilvusEmbeddings:
         self._generation = -1
         self._alive_seen = np.zeros(0, bool)
 
+    def close(self) -> None:
+        """Release the connection (a milvus-lite file is locked by the one process that has it open)."""
+        self.client.close()
+
     @property
     def covered(self) -> int:
         """Slots [0, covered) have been taken in."""
