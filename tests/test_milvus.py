@@ -9,12 +9,15 @@ without being refilled, and `teaprint reindex --backend milvus` rebuilds it.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import source_photos, write_rgb
+from conftest import REPO, source_photos, write_rgb
 from pipeline.cli import main
 from pipeline.training import views
 
@@ -44,11 +47,18 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "config": config, "db": tmp / "lite" / "catalog.db", "queries": tmp / "query", "catalog": tmp / "catalog"}
 
 
-def answers(bench: dict[str, Path], capsys: pytest.CaptureFixture[str], milvus: bool) -> dict[str, dict]:
-    capsys.readouterr()
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """teaprint as a real process: milvus-lite serves its file from a server of the process that opens it."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def answers(bench: dict[str, Path], milvus: bool) -> dict[str, dict]:
     extra = ["--config", str(bench["config"])] if milvus else []
-    main([*extra, "--root", str(bench["root"]), "match", "--json", *sorted(map(str, bench["queries"].iterdir()))])
-    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    done = cli(*extra, "--root", str(bench["root"]), "match", "--json", *sorted(map(str, bench["queries"].iterdir())))
+    out = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return {Path(r["query"]).name: r for r in out}
 
 
@@ -56,29 +66,25 @@ def brief(result: dict) -> tuple:
     return result["status"], result["label"], result["confidence"], [m["label"] for m in result["matches"]]
 
 
-def test_milvus_answers_as_the_embedded_backend(bench: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    embedded = answers(bench, capsys, milvus=False)
-    lite = answers(bench, capsys, milvus=True)
+def test_milvus_answers_as_the_embedded_backend(bench: dict[str, Path]) -> None:
+    embedded = answers(bench, milvus=False)
+    lite = answers(bench, milvus=True)
     assert bench["db"].exists()  # the collection really lives in the milvus-lite file
     assert {q: brief(r) for q, r in lite.items()} == {q: brief(r) for q, r in embedded.items()}
     assert sum(r["status"] == "matched" for r in embedded.values()) >= 4 and embedded["stranger.jpg"]["status"] == "no_match"
 
 
-def test_milvus_follows_removals_and_reindex_rebuilds_it(bench: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from pymilvus import MilvusClient
-
-    answers(bench, capsys, milvus=True)  # attach and fill
-    assert main(["--root", str(bench["root"]), "remove", str((bench["catalog"] / "coffee-1.jpg").absolute())]) == 0
-    after = answers(bench, capsys, milvus=True)
+def test_milvus_follows_removals_and_reindex_rebuilds_it(bench: dict[str, Path]) -> None:
+    answers(bench, milvus=True)  # attach and fill
+    cli("--root", str(bench["root"]), "remove", str((bench["catalog"] / "coffee-1.jpg").absolute()))
+    after = answers(bench, milvus=True)
     assert "coffee" not in [m["label"] for r in after.values() for m in r["matches"]]
-    assert {q: brief(r) for q, r in after.items()} == {q: brief(r) for q, r in answers(bench, capsys, milvus=False).items()}
-    capsys.readouterr()
-    assert main(["--config", str(bench["config"]), "--root", str(bench["root"]), "reindex", "--backend", "milvus"]) == 0
-    done = json.loads(capsys.readouterr().out)
+    assert {q: brief(r) for q, r in after.items()} == {q: brief(r) for q, r in answers(bench, milvus=False).items()}
+    done = json.loads(cli("--config", str(bench["config"]), "--root", str(bench["root"]), "reindex", "--backend", "milvus").stdout.splitlines()[-1])
     assert done["milvus"]["rows"] == len(NAMES) - 1 and done["entries"] == len(NAMES) - 1
-    client = MilvusClient(str(bench["db"]))
-    rows = client.query("teaprint_embeddings", filter="slot >= 0", output_fields=["slot"])
-    assert len(rows) == len(NAMES) - 1
-    client.close()
-    assert {q: brief(r) for q, r in answers(bench, capsys, milvus=True).items()} == \
-        {q: brief(r) for q, r in answers(bench, capsys, milvus=False).items()}
+    count = ("from pymilvus import MilvusClient; import sys; c = MilvusClient(sys.argv[1]); c.load_collection('teaprint_embeddings'); "
+             "print(len(c.query('teaprint_embeddings', filter='slot >= 0', output_fields=['slot']))); c.close()")
+    rows = subprocess.run([sys.executable, "-c", count, str(bench["db"])], capture_output=True, text=True, timeout=120)
+    assert rows.stdout.split()[-1:] == [str(len(NAMES) - 1)], rows.stderr[-2000:]  # the collection itself, read back
+    assert {q: brief(r) for q, r in answers(bench, milvus=True).items()} == \
+        {q: brief(r) for q, r in answers(bench, milvus=False).items()}
