@@ -40,6 +40,8 @@ _MAGIC = b"TPVOTES2"
 _ALIGN = 64
 _READ_AT_ONCE = 4096
 MAX_HAMMING = 24
+MAX_POSTINGS = 20_000
+"""Postings above which a word is a stop word, skipped by `vote` (a 1M catalog averages ~9k per word)."""
 """Signature bits (of 64) two descriptors of one word may differ in and still match (Jegou et al. 2008 use 22-24)."""
 
 
@@ -120,15 +122,18 @@ class VoteStore:
         Strongest keypoints of each entry that are indexed.
     max_hamming : int
         Signature bits (of 64) a match may differ in.
+    max_postings : int
+        Words with more postings than this are skipped when voting (stop words).
     merge_every : int
         Merge (and save) the postings added since the last merge once they
         cover this many entries.
     """
 
     def __init__(self, directory: Path, vocabulary: Vocabulary, per_entry: int, merge_every: int = 2000,
-                 max_hamming: int = MAX_HAMMING) -> None:
+                 max_hamming: int = MAX_HAMMING, max_postings: int = MAX_POSTINGS) -> None:
         self.directory = Path(directory)
         self.max_hamming = max_hamming
+        self.max_postings = max_postings
         self.vocabulary = vocabulary
         self.per_entry = per_entry
         self.merge_every = merge_every
@@ -206,6 +211,10 @@ class VoteStore:
         words, signatures = self.vocabulary.encode(query.descriptors)
         with self._lock:
             parts = (self._base, self._delta_postings)
+        # Stop words: a word held by more than `max_postings` postings is skipped. Its idf is low, and at 1M
+        # entries scanning such words made one query gather tens of millions of postings (p50 1.1 s, 13 GB peak).
+        common = sum(p.indptr[words + 1] - p.indptr[words] for p in parts) > self.max_postings
+        words, signatures = words[~common], signatures[~common]
         n = snap.alive.size
         gathered = [p.gather(words) for p in parts]
         slots, sigs, owner = (np.concatenate(x) for x in zip(*gathered))
