@@ -35,62 +35,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (str(REPO), str(REPO / "tests")):  # tests/reference_stages.py: the pre-speed-up stages, timed as "old"
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.features.lbp import _inner, lbp_histogram, to_grey  # noqa: E402
-from pipeline.features.local import LocalFeatures, Verification, _fit, _one_to_one, extract_configured, root_sift, verify_pair  # noqa: E402
+from pipeline.features.lbp import lbp_histogram  # noqa: E402
+from pipeline.features.local import extract_configured, verify_pair  # noqa: E402
 from pipeline.intake import read_photo  # noqa: E402
+from reference_stages import reference_verify, skimage_histogram  # noqa: E402
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass", "gravel", "cat", "immunohistochemistry")
-
-
-def old_lbp_histogram(image: np.ndarray, points_radii, size: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """`lbp_histogram` on skimage (before the whole-image numpy version)."""
-    from skimage.feature import local_binary_pattern
-
-    grey = cv2.resize(to_grey(image), (size, size), interpolation=cv2.INTER_AREA)
-    keep = _inner(mask, size, max(r for _, r in points_radii)) if mask is not None else None
-    blocks = []
-    for points, radius in points_radii:
-        codes = local_binary_pattern(grey, points, radius, method="uniform")
-        codes = codes[keep] if keep is not None else codes.ravel()
-        hist = np.bincount(codes.astype(np.int64), minlength=points + 2).astype(np.float32)
-        blocks.append(hist / max(hist.sum(), 1.0))
-    return np.concatenate(blocks)
-
-
-def old_verify(query: LocalFeatures, candidate: LocalFeatures, ratio: float, ransac_px: float, min_matches: int,
-               guided_ratio: float) -> Verification:
-    """`verify_pair` (SIFT) before the distance table: BFMatcher.knnMatch, then BFMatcher.match under a dense mask."""
-    if len(query) < 2 or len(candidate) < 2:
-        return Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
-    matcher, qd, cd = cv2.BFMatcher(cv2.NORM_L2), root_sift(query.descriptors), root_sift(candidate.descriptors)
-    pairs = matcher.knnMatch(qd, cd, k=2)
-    good = _one_to_one([p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance])
-    found = _fit(query.points[[m.queryIdx for m in good]], candidate.points[[m.trainIdx for m in good]], len(good),
-                 min_matches, ransac_px, "ransac")
-    if guided_ratio > 0 and found.homography is not None:
-        second = np.array([p[1].distance if len(p) == 2 else np.inf for p in pairs], np.float32)
-        projected = cv2.perspectiveTransform(query.points.reshape(-1, 1, 2).astype(np.float64), found.homography).reshape(-1, 2)
-        near = ((projected[:, None, :] - candidate.points[None, :, :]) ** 2).sum(axis=2) <= ransac_px * ransac_px
-        kept = [(m.distance, m.queryIdx, m.trainIdx) for m in matcher.match(qd, cd, mask=near.astype(np.uint8))
-                if near[m.queryIdx, m.trainIdx] and m.distance < guided_ratio * second[m.queryIdx]]
-        taken: set[int] = set()
-        q_idx, c_idx = [], []
-        for _, qi, ci in sorted(kept):
-            if ci not in taken:
-                taken.add(ci)
-                q_idx.append(qi)
-                c_idx.append(ci)
-        again = _fit(query.points[q_idx], candidate.points[c_idx], len(good), min_matches, ransac_px, "ransac")
-        if again.inliers > found.inliers:
-            return again
-    return found
 
 
 def reshoot(rgb: np.ndarray, seed: int) -> np.ndarray:
@@ -159,7 +117,7 @@ def main() -> int:
                     read_photo(paths[i], config.intake)
                     times["decode"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                old = old_lbp_histogram(image, config.lbp.points_radii, config.lbp.size)
+                old = skimage_histogram(image, config.lbp.points_radii, config.lbp.size)
                 t1 = time.perf_counter()
                 new = lbp_histogram(image, config.lbp.points_radii, config.lbp.size)
                 t2 = time.perf_counter()
@@ -180,7 +138,7 @@ def main() -> int:
                 chosen = [i] + [others[(i + k * 3) % len(others)] for k in range(args.candidates - 1)]
                 candidates = [features[j] for j in chosen]
                 t0 = time.perf_counter()
-                old_results = [old_verify(query, c, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio) for c in candidates]
+                old_results = [reference_verify(query, c, v.ratio, v.ransac_px, v.min_matches, "ransac", v.guided_ratio) for c in candidates]
                 t1 = time.perf_counter()
                 new_results = [verify_pair(query, c, v.ratio, v.ransac_px, v.min_matches, guided_ratio=v.guided_ratio) for c in candidates]
                 t2 = time.perf_counter()

@@ -7,29 +7,15 @@ not merely close.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 from skimage.feature import local_binary_pattern
 
 from conftest import source_photos
+from reference_stages import POINTS_RADII, skimage_histogram
 from pipeline.features import lbp
-from pipeline.features.lbp import _inner, lbp_histogram, to_grey, uniform_lbp
+from pipeline.features.lbp import lbp_histogram, to_grey, uniform_lbp
 
-POINTS_RADII = ((8, 1), (16, 2), (24, 3))
-
-
-def skimage_histogram(image: np.ndarray, points_radii=POINTS_RADII, size: int = 256, mask: np.ndarray | None = None) -> np.ndarray:
-    """`lbp_histogram` as it was written on skimage (the reference)."""
-    grey = cv2.resize(to_grey(image), (size, size), interpolation=cv2.INTER_AREA)
-    keep = _inner(mask, size, max(r for _, r in points_radii)) if mask is not None else None
-    blocks = []
-    for points, radius in points_radii:
-        codes = local_binary_pattern(grey, points, radius, method="uniform")
-        codes = codes[keep] if keep is not None else codes.ravel()
-        hist = np.bincount(codes.astype(np.int64), minlength=points + 2).astype(np.float32)
-        blocks.append(hist / max(hist.sum(), 1.0))
-    return np.concatenate(blocks)
 
 
 def near_ties(seed: int, shape: tuple[int, int] = (256, 256)) -> np.ndarray:

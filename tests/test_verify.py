@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import source_photos, write_rgb
+from reference_stages import reference_verify
 from pipeline.cli import main
 from pipeline.features.local import LocalFeatures, extract_local, verify_pair
 from pipeline.results import load_schema
@@ -217,38 +218,6 @@ def test_keypoint_votes_find_the_entry_the_embedding_would_need(astronaut: np.nd
 
 
 # --- the distance table gives OpenCV BFMatcher's matches, hence the same inliers ---------------
-
-def reference_verify(query: LocalFeatures, candidate: LocalFeatures, ratio: float = 0.8, ransac_px: float = 8.0,
-                     min_matches: int = 8, estimator: str = "ransac", guided_ratio: float = 0.0):
-    """`verify_pair` as it was before the distance table: BFMatcher.knnMatch, then BFMatcher.match under the mask."""
-    from pipeline.features.local import Verification, _fit, _one_to_one, root_sift
-
-    none = Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
-    if len(query) < 2 or len(candidate) < 2:
-        return none
-    matcher, qd, cd = cv2.BFMatcher(cv2.NORM_L2), root_sift(query.descriptors), root_sift(candidate.descriptors)
-    pairs = matcher.knnMatch(qd, cd, k=2)
-    good = _one_to_one([p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance])
-    found = _fit(query.points[[m.queryIdx for m in good]], candidate.points[[m.trainIdx for m in good]], len(good),
-                 min_matches, ransac_px, estimator)
-    if guided_ratio > 0 and found.homography is not None:
-        second = np.array([p[1].distance if len(p) == 2 else np.inf for p in pairs], np.float32)
-        projected = cv2.perspectiveTransform(query.points.reshape(-1, 1, 2).astype(np.float64), found.homography).reshape(-1, 2)
-        near = ((projected[:, None, :] - candidate.points[None, :, :]) ** 2).sum(axis=2) <= ransac_px * ransac_px
-        kept = [(m.distance, m.queryIdx, m.trainIdx) for m in matcher.match(qd, cd, mask=near.astype(np.uint8))
-                if near[m.queryIdx, m.trainIdx] and m.distance < guided_ratio * second[m.queryIdx]]
-        taken: set[int] = set()
-        q_idx, c_idx = [], []
-        for _, qi, ci in sorted(kept):
-            if ci not in taken:
-                taken.add(ci)
-                q_idx.append(qi)
-                c_idx.append(ci)
-        again = _fit(query.points[q_idx], candidate.points[c_idx], len(good), min_matches, ransac_px, estimator)
-        if again.inliers > found.inliers:
-            return again
-    return found
-
 
 def assert_same_verification(new, old, what: str) -> None:
     assert (new.inliers, new.matches) == (old.inliers, old.matches), what

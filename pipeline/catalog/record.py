@@ -190,10 +190,7 @@ class CatalogIndex:
         """The latest committed generation, as one immutable snapshot (refreshed first)."""
         with self._state_lock:
             self.refresh()
-            state = self._state
-            if self._snapshot is None or self._snapshot.generation != state.generation:
-                self._snapshot = CatalogSnapshot.of(self.directory, state.generation, state.model_id, state.catalog_id, state.columns)
-            return self._snapshot
+            return self._current()
 
     def _check_model(self, index_model: str | None, index_features: dict | None) -> None:
         if self.model_id and index_model and index_model != self.model_id and len(self):
