@@ -217,8 +217,17 @@ class MilvusConfig:
 
 
 @dataclass(frozen=True)
+class AnnConfig:
+    min_rows: int
+    lists: int
+    probes: int
+    save_every: int
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     backend: Literal["embedded", "milvus"]
+    ann: AnnConfig
     milvus: MilvusConfig
 
 
@@ -281,6 +290,10 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("matcher.shortlist.lbp_top_k", lambda v: v >= 0, ">= 0"),
     ("matcher.shortlist.vote_top_k", lambda v: v >= 0, ">= 0"),
     ("matcher.shortlist.vote_keypoints", lambda v: v >= 1, ">= 1"),
+    ("search.ann.min_rows", lambda v: v >= 1, ">= 1"),
+    ("search.ann.lists", lambda v: v >= 1, ">= 1"),
+    ("search.ann.probes", lambda v: v >= 1, ">= 1"),
+    ("search.ann.save_every", lambda v: v >= 1, ">= 1"),
     ("matcher.refine.svc_c", lambda v: v > 0, "> 0"),
     ("matcher.verify.max_candidates", lambda v: v >= 1, ">= 1"),
     ("matcher.verify.ratio", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),

@@ -39,6 +39,8 @@ from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.refine import load_classifier
 from pipeline.search.vocabulary import Vocabulary
+from pipeline.search.ann import FILE as ANN_FILE
+from pipeline.search.ann import AnnEmbeddings, AnnSettings
 from pipeline.search.milvus import MilvusEmbeddings, resolve_uri
 from pipeline.search.votes import FILE as VOTES_FILE
 from pipeline.search.votes import VoteStore
@@ -334,16 +336,17 @@ class Engine:
         return snap
 
     def close(self) -> None:
-        """Release what outlives a call: the Milvus connection (milvus-lite lets one process at a time open its file)."""
+        """Release what outlives a call: the Milvus connection (milvus-lite lets one process at a time open its file), the ANN index's unsaved rows."""
         if self._nearest is not None:
             self._nearest.close()
             self._nearest = None
 
-    def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | None:
-        """The Milvus collection caught up with `snap` (None with the embedded backend: the shortlist scans the snapshot)."""
-        if self._nearest is not None:
-            self._nearest.follow(snap)
-        return self._nearest
+    def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | AnnEmbeddings | None:
+        """The embedding search caught up with `snap`; None: the shortlist scans the snapshot exactly (a small embedded catalog)."""
+        if self._nearest is None:
+            return None
+        self._nearest.follow(snap)
+        return self._nearest if self._nearest.ready(snap) else None
 
     def reindex(self, backend: str | None = None) -> dict[str, Any]:
         """Rebuild the search structures derived from the HDF5 record (the vote store; the Milvus collection with that backend)."""
@@ -355,8 +358,12 @@ class Engine:
             self._vote_store.follow(snap)
             self._vote_store.save()
             done["votes"] = str(self.index_dir / VOTES_FILE)
+        if (backend or self._config.search.backend) == "embedded":
+            ann = self._nearest if isinstance(self._nearest, AnnEmbeddings) else _ann(self._config, self.index_dir)
+            ann.rebuild(snap)
+            done["ann"] = str(self.index_dir / ANN_FILE) if ann.ready(snap) else None
         if (backend or self._config.search.backend) == "milvus":
-            target = self._nearest or _milvus(self._config, self.index_dir)
+            target = self._nearest if isinstance(self._nearest, MilvusEmbeddings) else _milvus(self._config, self.index_dir)
             target.rebuild(snap)
             done["milvus"] = {"uri": resolve_uri(self._config.search.milvus, self.index_dir), "collection": target.collection,
                               "rows": int(np.count_nonzero(snap.alive))}
@@ -544,9 +551,14 @@ def _milvus(config: Config, index_dir: Path) -> MilvusEmbeddings:
     return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, m.token)
 
 
-def _nearest_source(config: Config, index_dir: Path) -> MilvusEmbeddings | None:
-    """The embedding shortlist's search: None for the embedded exact scan, the Milvus collection otherwise."""
-    return _milvus(config, index_dir) if config.search.backend == "milvus" else None
+def _ann(config: Config, index_dir: Path) -> AnnEmbeddings:
+    a = config.search.ann
+    return AnnEmbeddings(index_dir, AnnSettings(a.min_rows, a.lists, a.probes, a.save_every))
+
+
+def _nearest_source(config: Config, index_dir: Path) -> MilvusEmbeddings | AnnEmbeddings:
+    """The embedding shortlist's search: the Milvus collection, or the embedded ANN index (exact scan while the catalog is small)."""
+    return _milvus(config, index_dir) if config.search.backend == "milvus" else _ann(config, index_dir)
 
 
 def _evidence(entry: CatalogEntry, ranked: Ranked) -> MatchEvidence:

@@ -1,7 +1,7 @@
 """Subprocess for the crash test: commits small batches forever, reporting each.
 
-Entries carry keypoints, and a vote store follows every commit and saves its
-postings every few entries, so a kill also lands inside a save."""
+Entries carry keypoints, and a vote store and an embedding ANN index follow
+every commit and save every few entries, so a kill also lands inside a save."""
 
 import hashlib
 import sys
@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.catalog import CatalogIndex, NewEntry
 from pipeline.features.local import LocalFeatures
+from pipeline.search.ann import AnnEmbeddings, AnnSettings
 from pipeline.search.vocabulary import Vocabulary
 from pipeline.search.votes import VoteStore
 
@@ -21,9 +22,13 @@ def keypoints(n: int) -> LocalFeatures:
     return LocalFeatures(rng.uniform(0, 640, size=(40, 2)).astype(np.float32), d, 640)
 
 
+ANN = AnnSettings(min_rows=8, lists=4, probes=4, save_every=3)  # every list probed: searches are exact
+
+
 def main(directory: str, start: int) -> None:
     index = CatalogIndex(Path(directory), model_id="m1", max_segments=4)
     votes = VoteStore(Path(directory), Vocabulary.load(), per_entry=150, merge_every=3)
+    ann = AnnEmbeddings(Path(directory), ANN)
     rng = np.random.default_rng(start)
     n = start
     while True:
@@ -37,6 +42,7 @@ def main(directory: str, start: int) -> None:
             print("removing", sha, flush=True)  # the kill may land after the commit, before "removed"
         result = index.commit(batch, removes=removes)
         votes.follow(index.snapshot())
+        ann.follow(index.snapshot())
         for sha in result.removed:
             print("removed", sha, flush=True)
         for sha in result.added:

@@ -124,6 +124,7 @@ def test_writer_killed_at_random_moments_leaves_a_readable_complete_index(tmp_pa
     rng = random.Random(7)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     kills = 25
+    opened_from_file = 0
     for round_ in range(kills):
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "catalog_writer.py"), str(directory), str(round_ * 10_000)],
@@ -149,7 +150,9 @@ def test_writer_killed_at_random_moments_leaves_a_readable_complete_index(tmp_pa
         assert not (removed & present), f"round {round_}: removed entries came back"
         if round_ % 5 == 4:
             assert_saved_votes_agree_with_a_rebuild(directory, tmp_path / f"rebuilt{round_}", rng)
+        opened_from_file += assert_saved_ann_opens_and_agrees_with_the_segments(directory, rng)
     assert len(confirmed) > kills  # the writer really committed between kills
+    assert opened_from_file > kills // 2  # the saved ANN index was mostly taken over, not rebuilt
 
 
 def assert_saved_votes_agree_with_a_rebuild(directory: Path, scratch: Path, rng: random.Random) -> None:
@@ -173,6 +176,22 @@ def assert_saved_votes_agree_with_a_rebuild(directory: Path, scratch: Path, rng:
     for n in rng.sample(numbers, min(8, len(numbers))):
         query = keypoints(n)
         assert saved.vote(query, snap, 5).tolist() == rebuilt.vote(query, snap, 5).tolist()
+
+
+def assert_saved_ann_opens_and_agrees_with_the_segments(directory: Path, rng: random.Random) -> int:
+    """The ANN index the killed writer saved (or half-saved) opens, or is rebuilt, and finds what an exact scan finds; 1 if it was opened."""
+    from catalog_writer import ANN
+    from pipeline.search.ann import AnnEmbeddings
+
+    snap = CatalogIndex(directory, model_id="m1").snapshot()
+    ann = AnnEmbeddings(directory, ANN)
+    ann.follow(snap)
+    assert ann.ready(snap) and ann.covered == snap.alive.size
+    for _ in range(5):
+        query = np.random.default_rng(rng.randrange(10**6)).random(16).astype(np.float32)
+        exact = snap.rows[np.lexsort((snap.rows, -(snap.embeddings[snap.rows] @ query)))][:5]
+        assert ann.nearest(query, snap, 5)[0].tolist() == exact.tolist()
+    return int(ann.opened_from_file > 0)
 
 
 def test_snapshots_stay_whole_while_another_thread_writes_through_the_same_record(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The milvus search backend (issue 13) against a real milvus-lite file, with the shipped model.
 
 The same catalog is matched with the embedded backend (exact scan in the
-process) and with `search.backend: milvus`: answers must agree. The
+process, and its IVF index), and with `search.backend: milvus`: answers must agree. The
 collection follows removals and additions, is taken over by a new process
 without being refilled, and `teaprint reindex --backend milvus` rebuilds it.
 """
@@ -44,7 +44,10 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["--root", str(root), "index", str(tmp / "catalog")]) == 0
     config = tmp / "milvus.yaml"
     config.write_text(f"search:\n  backend: milvus\n  milvus:\n    uri: {tmp / 'lite' / 'catalog.db'}\n", encoding="utf-8")
-    return {"root": root, "config": config, "db": tmp / "lite" / "catalog.db", "queries": tmp / "query", "catalog": tmp / "catalog"}
+    ann = tmp / "ann.yaml"  # the embedded ANN index from the first row, every list probed
+    ann.write_text("search:\n  ann:\n    min_rows: 1\n    lists: 2\n    probes: 2\n    save_every: 1\n", encoding="utf-8")
+    return {"root": root, "config": config, "db": tmp / "lite" / "catalog.db", "queries": tmp / "query", "catalog": tmp / "catalog",
+            "ann": ann}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -55,8 +58,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def answers(bench: dict[str, Path], milvus: bool) -> dict[str, dict]:
-    extra = ["--config", str(bench["config"])] if milvus else []
+def answers(bench: dict[str, Path], milvus: bool, ann: bool = False) -> dict[str, dict]:
+    extra = ["--config", str(bench["config"])] if milvus else ["--config", str(bench["ann"])] if ann else []
     done = cli(*extra, "--root", str(bench["root"]), "match", "--json", *sorted(map(str, bench["queries"].iterdir())))
     out = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return {Path(r["query"]).name: r for r in out}
@@ -72,6 +75,16 @@ def test_milvus_answers_as_the_embedded_backend(bench: dict[str, Path]) -> None:
     assert bench["db"].exists()  # the collection really lives in the milvus-lite file
     assert {q: brief(r) for q, r in lite.items()} == {q: brief(r) for q, r in embedded.items()}
     assert sum(r["status"] == "matched" for r in embedded.values()) >= 4 and embedded["stranger.jpg"]["status"] == "no_match"
+
+
+def test_the_embedded_ann_index_answers_as_the_exact_scan_and_is_saved_beside_the_segments(bench: dict[str, Path]) -> None:
+    from pipeline.search.ann import FILE as ANN_FILE
+
+    exact = answers(bench, milvus=False)
+    assert not (bench["root"] / "index" / ANN_FILE).exists()  # the shipped min_rows: a small catalog is scanned
+    assert {q: brief(r) for q, r in answers(bench, milvus=False, ann=True).items()} == {q: brief(r) for q, r in exact.items()}
+    assert (bench["root"] / "index" / ANN_FILE).exists()
+    assert {q: brief(r) for q, r in answers(bench, milvus=False, ann=True).items()} == {q: brief(r) for q, r in exact.items()}
 
 
 def test_milvus_follows_removals_and_reindex_rebuilds_it(bench: dict[str, Path]) -> None:

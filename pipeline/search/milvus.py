@@ -81,6 +81,10 @@ class MilvusEmbeddings:
         """Slots [0, covered) have been taken in."""
         return self._covered
 
+    def ready(self, snap: CatalogSnapshot) -> bool:
+        """Searches always go to the collection (`follow` has filled it)."""
+        return True
+
     # ----------------------------------------------------------------- follow
     def follow(self, snap: CatalogSnapshot) -> None:
         """Insert the snapshot's slots not yet in the collection and delete those that died since the last call."""

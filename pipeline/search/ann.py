@@ -1,0 +1,287 @@
+"""The embedded backend's approximate nearest-neighbour index over the catalog's embeddings.
+
+Above `min_rows` live rows the embedding shortlist stops scanning every row
+and asks an inverted-file index (faiss `IndexIVFFlat`, inner product): the
+rows are split into `lists` clusters by k-means once, and a query scans
+the `probes` clusters nearest it. Measured against HNSW on the same
+embeddings (`bench/bench_ann.py`, bench/README.md "Embedding ANN"): the
+catalog's embeddings sit in tight clusters of near-duplicate views, where
+HNSW's graph lost true neighbours at any `efSearch` that beats the scan,
+and the IVF scan of a few clusters kept them; adding a row to an IVF
+index is one centroid look-up (HNSW: ~2 ms per row).
+
+Rows are catalog slots: the index's ids are the slots it took in, in order,
+so slots [0, covered) are indexed and a slot is never reused. A removed or
+renamed entry stays in the index and is masked at search time by the
+snapshot's live rows (an `IDSelectorBitmap`); slots a snapshot has and the
+index does not yet cover are scanned exactly. Results are always live rows
+of the snapshot, scored exactly from its own embedding matrix.
+
+Persistence: the index is saved beside the HDF5 segments (`embeddings.ivf`:
+faiss's own serialisation, then a JSON trailer naming the catalog, the
+model, the slots covered and the parameters; written to a temporary name
+and renamed in). A file that is missing, unreadable, for another catalog,
+model or parameters, or whose rows disagree with the segments (a few rows
+compared) is rebuilt from the snapshot: it is never a source
+of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.catalog import CatalogSnapshot
+from pipeline.fsutil import fsync_path
+
+FILE = "embeddings.ivf"
+_MAGIC = b"TPIVF001"
+_ADD_AT_ONCE = 16_384  # rows added per hold of the search lock: a query waits at most for one such add
+_TRAIN_AT_MOST = 200_000  # k-means sample (faiss warns below 39 points per list)
+_SPOT_CHECKS = 16  # rows compared with the segments when a saved index is opened
+
+
+@dataclass(frozen=True)
+class AnnSettings:
+    """Parameters of the index (`search.ann` in the config).
+
+    Attributes
+    ----------
+    min_rows : int
+        Catalogs with fewer rows (slots) are scanned exactly; the index is
+        built when a snapshot reaches this size.
+    lists : int
+        k-means clusters (inverted lists).
+    probes : int
+        Clusters scanned per query.
+    save_every : int
+        Save the index once it has taken in this many slots since it was last saved.
+    """
+
+    min_rows: int
+    lists: int
+    probes: int
+    save_every: int
+
+
+class AnnEmbeddings:
+    """The IVF index of one catalog directory; follows snapshots, answers nearest-row searches (thread-safe).
+
+    Parameters
+    ----------
+    directory : Path
+        The catalog index directory (`embeddings.ivf` lives there).
+    settings : AnnSettings
+    """
+
+    def __init__(self, directory: Path, settings: AnnSettings) -> None:
+        self.directory = Path(directory)
+        self.settings = settings
+        self._lock = threading.Lock()  # between adds and searches (faiss's lists are not safe to read while growing)
+        self._follow_lock = threading.Lock()  # one follower at a time
+        self._index: Any = None
+        self._catalog_id: str | None = None
+        self._model_id: str | None = None
+        self._covered = 0
+        self._saved = 0
+        self.opened_from_file = 0
+        """Slots the saved index covered when it was last opened (0: built from the snapshot, or not built)."""
+
+    @property
+    def covered(self) -> int:
+        """Slots [0, covered) are in the index (0 while there is no index)."""
+        return self._covered
+
+    def ready(self, snap: CatalogSnapshot) -> bool:
+        """Whether searches of `snap` go through the index (else the caller scans exactly)."""
+        return self._index is not None and self._catalog_id == snap.catalog_id and self._model_id == snap.model_id
+
+    # ----------------------------------------------------------------- follow
+    def follow(self, snap: CatalogSnapshot) -> None:
+        """Open, build or extend the index to cover every slot of `snap`, then save it when due.
+
+        Below `min_rows` slots nothing is built. Extending takes the search
+        lock only while one block of `_ADD_AT_ONCE` rows goes in (IVF adds
+        are one centroid look-up per row: milliseconds per block).
+        """
+        n = int(snap.alive.size)
+        if self.ready(snap) and n <= self._covered:
+            return  # nothing new (the query lane's case)
+        if n < self.settings.min_rows and not self.ready(snap):
+            return
+        with self._follow_lock:
+            if not self.ready(snap):
+                self._attach(snap)
+            for start in range(self._covered, n, _ADD_AT_ONCE):
+                stop = min(start + _ADD_AT_ONCE, n)
+                block = np.ascontiguousarray(snap.embeddings[start:stop], dtype=np.float32)
+                with self._lock:
+                    self._index.add(block)
+                    self._covered = stop
+            if self._covered - self._saved >= self.settings.save_every:
+                self.save()
+
+    def save(self) -> None:
+        """Write the index now (a reader without write access keeps it in memory; the file is only a cache)."""
+        if self._index is None:
+            return
+        covered = self._covered  # searches may run meanwhile: they only read; adds wait for the follow lock we are under
+        try:
+            _save(self.directory / FILE, self._index, self._trailer(covered))
+        except OSError:
+            return
+        self._saved = covered
+
+    def close(self) -> None:
+        """Save what was added since the last save (a restarted process then adds nothing)."""
+        with self._follow_lock:
+            if self._index is not None and self._covered > self._saved:
+                self.save()
+
+    def rebuild(self, snap: CatalogSnapshot) -> None:
+        """Train and fill the index again from the snapshot, and save it (`teaprint reindex`)."""
+        with self._follow_lock:
+            (self.directory / FILE).unlink(missing_ok=True)
+            with self._lock:
+                self._index, self._catalog_id, self._covered, self._saved = None, None, 0, 0
+        if snap.alive.size >= self.settings.min_rows:
+            self.follow(snap)
+            self.close()
+
+    # ----------------------------------------------------------------- search
+    def nearest(self, query: np.ndarray, snap: CatalogSnapshot, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` live rows of `snap` nearest `query` (approximately), most similar first, with their cosine similarity.
+
+        Rows the index covers are searched in `probes` clusters; the
+        snapshot's rows past them are scanned exactly.
+
+        Returns
+        -------
+        rows : ndarray, shape (<= k,), dtype int64
+        sims : ndarray, shape (<= k,), dtype float32
+        """
+        import faiss
+
+        q = np.ascontiguousarray(np.asarray(query, np.float32).reshape(1, -1))
+        n = int(snap.alive.size)
+        found: list[np.ndarray] = []
+        with self._lock:
+            index, covered = self._index, min(self._covered, n)
+            if index is not None and covered > 0 and k > 0:
+                bitmap = snap.derived(("ann-bitmap", covered), lambda s: np.packbits(s.alive[:covered], bitorder="little"))
+                selector = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))  # size in bytes
+                params = faiss.SearchParametersIVF(nprobe=self.settings.probes, sel=selector)
+                _, ids = index.search(q, k, params=params)
+                found.append(ids[0][ids[0] >= 0])
+        tail = np.arange(covered, n)
+        tail = tail[snap.alive[tail]]
+        if tail.size:
+            found.append(tail)
+        rows = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        rows = rows[snap.alive[rows]].astype(np.int64) if rows.size else rows.astype(np.int64)
+        sims = (snap.embeddings[rows] @ q[0]).astype(np.float32) if rows.size else np.zeros(0, np.float32)
+        order = np.lexsort((rows, -sims))[:k]  # exact scores, ties by row: as the exact scan orders them
+        return rows[order], sims[order]
+
+    # ---------------------------------------------------------------- internals
+    def _trailer(self, covered: int) -> dict[str, Any]:
+        s = self.settings
+        return {"catalog_id": self._catalog_id, "model_id": self._model_id, "covered": covered,
+                "lists": s.lists, "dim": int(self._index.d)}
+
+    def _attach(self, snap: CatalogSnapshot) -> None:
+        """Open the saved index when it belongs to this catalog and agrees with it; else train and start one."""
+        index, covered = self._open(snap)
+        self.opened_from_file = covered if index is not None else 0
+        if index is None:
+            index, covered = self._train(snap), 0
+        with self._lock:
+            self._index, self._covered, self._saved = index, covered, covered
+            self._catalog_id, self._model_id = snap.catalog_id, snap.model_id
+
+    def _open(self, snap: CatalogSnapshot) -> tuple[Any, int]:
+        import faiss
+
+        path = self.directory / FILE
+        trailer = _read_trailer(path)
+        if trailer is None:
+            return None, 0
+        expected = {"catalog_id": snap.catalog_id, "model_id": snap.model_id, "lists": self.settings.lists,
+                    "dim": int(snap.embeddings.shape[1])}
+        if any(trailer.get(key) != value for key, value in expected.items()):
+            return None, 0
+        covered = int(trailer.get("covered", -1))
+        if not 0 < covered <= snap.alive.size:
+            return None, 0
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            return None, 0
+        if index.ntotal != covered or not _agrees(index, snap, covered):
+            return None, 0
+        return index, covered
+
+    def _train(self, snap: CatalogSnapshot) -> Any:
+        import faiss
+
+        d = int(snap.embeddings.shape[1])
+        rows = snap.rows
+        rng = np.random.default_rng(0)  # the same catalog trains the same clusters
+        sample = rows if rows.size <= _TRAIN_AT_MOST else np.sort(rng.choice(rows, _TRAIN_AT_MOST, replace=False))
+        lists = max(1, min(self.settings.lists, sample.size))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 0
+        index.train(np.ascontiguousarray(snap.embeddings[sample], dtype=np.float32))
+        index.make_direct_map()  # 8 bytes a row: lets an opened index be checked against the segments row by row
+        return index
+
+
+def _agrees(index: Any, snap: CatalogSnapshot, covered: int) -> bool:
+    """Whether a few rows spread over the saved index hold the snapshot's vectors (else it is stale)."""
+    picks = np.unique(np.linspace(0, covered - 1, _SPOT_CHECKS).astype(np.int64))
+    try:
+        stored = np.stack([index.reconstruct(int(r)) for r in picks])
+    except RuntimeError:  # no direct map: not an index this module wrote
+        return False
+    return bool(np.array_equal(stored, np.asarray(snap.embeddings[picks], np.float32)))
+
+
+def _save(path: Path, index: Any, trailer: dict[str, Any]) -> None:
+    import faiss
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    faiss.write_index(index, str(tmp))
+    raw = json.dumps(trailer).encode()
+    with open(tmp, "ab") as f:  # faiss reads what it wrote and ignores what follows
+        f.write(raw + len(raw).to_bytes(8, "little") + _MAGIC)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def _read_trailer(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size < 16:
+                return None
+            f.seek(size - 16)
+            tail = f.read(16)
+            if tail[8:] != _MAGIC:
+                return None
+            length = int.from_bytes(tail[:8], "little")
+            if length > size - 16:
+                return None
+            f.seek(size - 16 - length)
+            trailer = json.loads(f.read(length))
+        return trailer if isinstance(trailer, dict) else None
+    except (OSError, ValueError):
+        return None
