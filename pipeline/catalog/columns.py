@@ -59,6 +59,7 @@ class Columns:
         self.n = 0
         self.slot_of: dict[str, int] = {}
         self._capacity = 0
+        self._expected = 0
         self.embedding = np.zeros((0, 0), np.float32)
         self.lbp = np.zeros((0, 0), np.float32)
         self.lbp_sqrt = np.zeros((0, 0), np.float32)
@@ -92,12 +93,21 @@ class Columns:
         self.keypoint_file[slots] = block.keypoints
         self.keypoint_index[slots] = np.arange(k)
         self.alive[slots] = True
-        for slot, sha in zip(slots.tolist(), block.sha256):
-            old = self.slot_of.get(sha)
-            if old is not None and old != slot:
-                self.alive[old] = False
-            self.slot_of[sha] = slot
+        shas = list(block.sha256)
+        again = self.slot_of.keys() & shas  # renamed entries: their old slot dies (a set operation, not 1M look-ups at open)
+        if again or len(set(shas)) != k:
+            for slot, sha in zip(slots.tolist(), shas):
+                old = self.slot_of.get(sha)
+                if old is not None and old != slot:
+                    self.alive[old] = False
+                self.slot_of[sha] = slot
+        else:
+            self.slot_of.update(zip(shas, slots.tolist()))
         self.n = max(self.n, int(slots.max()) + 1)
+
+    def expect(self, slots: int) -> None:
+        """Size the columns for `slots` rows when they are first allocated (a whole catalog read at open: no doubling copies)."""
+        self._expected = max(self._expected, int(slots))
 
     def remove(self, shas: Sequence[str]) -> None:
         """Mark the entries of `shas` dead (their slots stay, never reused)."""
@@ -115,7 +125,7 @@ class Columns:
         """Room for `size` slots. Growth copies into new arrays: snapshots keep the old ones, which stay valid."""
         if size <= self._capacity and self.embedding.shape[1] == dim and self.lbp.shape[1] == bins:
             return
-        capacity = max(size, 2 * self._capacity, 1024)
+        capacity = max(size, 2 * self._capacity, 1024, self._expected)
         n = self.n
 
         def grown(old: np.ndarray, shape: tuple[int, ...], dtype: object) -> np.ndarray:

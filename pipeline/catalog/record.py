@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -412,6 +413,7 @@ class CatalogIndex:
         same_catalog = manifest.get("catalog_id") == state.catalog_id and manifest.get("model_id") == state.model_id
         if shared == 0 or not same_catalog:
             columns, dropped, todo = Columns(), [], names
+            columns.expect(int(manifest.get("next_slot", 0)))
         else:
             columns, dropped, todo = state.columns, state.segments[shared:], names[shared:]
         fresh, next_legacy = [], columns.n
@@ -475,9 +477,10 @@ def _write_segment(path: Path, entries: Sequence[NewEntry], keypoints: Sequence[
     fsync_path(path.parent)
 
 
-def _name(value: bytes | str) -> str:
-    """A stored path or label back as `os.fsdecode` would give it."""
-    return os.fsdecode(value) if isinstance(value, bytes) else value
+def _names(values: np.ndarray) -> list[str]:
+    """Stored paths or labels back as `os.fsdecode` would give them (one decode call each: 1M of them at open)."""
+    encoding = sys.getfilesystemencoding()
+    return [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for v in values.tolist()]
 
 
 def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
@@ -494,10 +497,10 @@ def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
         keypoints = SegmentKeypoints.open(path, f)
         block = SlotBlock(
             slots=slots,
-            sha256=[s.decode() for s in g["sha256"][()]],
-            paths=[_name(s) for s in g["path"][()]],
-            labels=[_name(s) for s in g["label"][()]],
-            model_ids=[s.decode() if isinstance(s, bytes) else s for s in g["model_id"][()]],
+            sha256=[s.decode() for s in g["sha256"][()].tolist()],
+            paths=_names(g["path"][()]),
+            labels=_names(g["label"][()]),
+            model_ids=_names(g["model_id"][()]),
             embeddings=g["embedding"][()],
             lbps=g["lbp"][()],
             added_at=g["added_at"][()],
