@@ -45,13 +45,9 @@ MAX_POSTINGS = 20_000
 """Signature bits (of 64) two descriptors of one word may differ in and still match (Jegou et al. 2008 use 22-24)."""
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
-
-
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bits that differ between two arrays of uint64 signatures (element-wise), dtype int64."""
-    x = np.bitwise_xor(a, b).view(np.uint8).reshape(-1, 8)
-    return _POPCOUNT[x].sum(axis=1, dtype=np.int64)
+    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)  # 25x a byte look-up table (2.4M pairs: 7.6 vs 189 ms)
 
 
 @dataclass(frozen=True)
@@ -99,15 +95,19 @@ class Postings:
         return Postings(indptr, slots, signatures)
 
     def gather(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The postings of each of `words`: their slots, signatures and the index into `words` they answer."""
+        """The postings of each of `words`: their slots (uint32), signatures and the index into `words` they answer.
+
+        Each word's postings are one contiguous slice, copied as such: fancy
+        indexing of the ~3M postings a query gathers at 1M entries cost 5x more.
+        """
         starts, stops = self.indptr[words], self.indptr[words + 1]
         lengths = stops - starts
-        total = int(lengths.sum())
-        if total == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        owner = np.repeat(np.arange(words.size), lengths)
-        at = np.repeat(starts, lengths) + np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return self.slots[at].astype(np.int64), self.signatures[at], owner
+        spans = [(a, b) for a, b in zip(starts.tolist(), stops.tolist()) if b > a]
+        if not spans:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        slots = np.concatenate([self.slots[a:b] for a, b in spans])
+        signatures = np.concatenate([self.signatures[a:b] for a, b in spans])
+        return slots, signatures, np.repeat(np.arange(words.size), lengths)
 
 
 class VoteStore:
@@ -216,18 +216,16 @@ class VoteStore:
         common = sum(p.indptr[words + 1] - p.indptr[words] for p in parts) > self.max_postings
         words, signatures = words[~common], signatures[~common]
         n = snap.alive.size
-        gathered = [p.gather(words) for p in parts]
-        slots, sigs, owner = (np.concatenate(x) for x in zip(*gathered))
-        live = slots < n
-        live[live] = snap.alive[slots[live]]
-        slots, sigs, owner = slots[live], sigs[live], owner[live]
+        gathered = [g for g in (p.gather(words) for p in parts) if g[0].size] or [parts[0].gather(words[:0])]
+        slots, sigs, owner = gathered[0] if len(gathered) == 1 else (np.concatenate(x) for x in zip(*gathered))
+        live = np.take(snap.alive, slots, mode="clip") & (slots < n)
         # Document frequency over this snapshot's live postings only: the same
         # whatever dead slots the postings still hold, so a rebuilt store votes
         # exactly as the one that grew commit by commit.
-        idf = np.log1p(int(np.count_nonzero(snap.alive)) / (1.0 + np.bincount(owner, minlength=words.size)))
-        distance = hamming(sigs, signatures[owner])
-        close = distance <= self.max_hamming
-        slots, owner, distance = slots[close], owner[close], distance[close]
+        idf = np.log1p(int(np.count_nonzero(snap.alive)) / (1.0 + np.bincount(owner[live], minlength=words.size)))
+        close = live & (hamming(sigs, signatures[owner]) <= self.max_hamming)
+        slots, owner = slots[close].astype(np.int64), owner[close]
+        distance = hamming(sigs[close], signatures[owner])
         order = np.lexsort((slots, distance, owner))
         nearest = order[np.r_[True, owner[order][1:] != owner[order][:-1]]] if order.size else order
         scores = np.bincount(slots[nearest], weights=idf[owner[nearest]], minlength=n)
