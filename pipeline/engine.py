@@ -39,8 +39,7 @@ from pipeline.intake import IntakeError
 from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.refine import load_classifier
 from pipeline.search.vocabulary import Vocabulary
-from pipeline.search.ann import FILE as ANN_FILE
-from pipeline.search.ann import AnnEmbeddings, AnnSettings
+from pipeline.search.ann import AnnIndex, AnnSettings
 from pipeline.search.milvus import MilvusEmbeddings, resolve_uri
 from pipeline.search.votes import FILE as VOTES_FILE
 from pipeline.search.votes import VoteStore
@@ -121,6 +120,7 @@ class Engine:
         shortlist = config.matcher.shortlist
         self._vote_store = VoteStore(self.index_dir, Vocabulary.load(), shortlist.vote_keypoints) if shortlist.vote_top_k > 0 else None
         self._nearest = _nearest_source(config, self.index_dir)
+        self._texture = _ann(config, self.index_dir, "lbps_sqrt")  # the LBP source's prefilter, whatever the backend
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True, component: str = "engine") -> "Engine":
@@ -304,7 +304,7 @@ class Engine:
         snap = self.snapshot() if snapshot is None else snapshot
         info = self.model_info
         outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap),
-                      self._nearest_for(snap), clock.lap)
+                      self._nearest_for(snap), clock.lap, self._texture_for(snap))
         decision = outcome.decision
         record = self._result_record(decision.label) if decision.status == "matched" and decision.label else None
         return MatchResult(
@@ -333,6 +333,7 @@ class Engine:
         snap = self.snapshot()
         self._votes(snap)
         self._nearest_for(snap)
+        self._texture_for(snap)
         return snap
 
     def close(self) -> None:
@@ -340,13 +341,19 @@ class Engine:
         if self._nearest is not None:
             self._nearest.close()
             self._nearest = None
+        self._texture.close()
 
-    def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | AnnEmbeddings | None:
+    def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | AnnIndex | None:
         """The embedding search caught up with `snap`; None: the shortlist scans the snapshot exactly (a small embedded catalog)."""
         if self._nearest is None:
             return None
         self._nearest.follow(snap)
         return self._nearest if self._nearest.ready(snap) else None
+
+    def _texture_for(self, snap: CatalogSnapshot) -> AnnIndex | None:
+        """The LBP prefilter's index caught up with `snap`; None: a small catalog, scanned."""
+        self._texture.follow(snap)
+        return self._texture if self._texture.ready(snap) else None
 
     def reindex(self, backend: str | None = None) -> dict[str, Any]:
         """Rebuild the search structures derived from the HDF5 record (the vote store; the Milvus collection with that backend)."""
@@ -358,10 +365,11 @@ class Engine:
             self._vote_store.follow(snap)
             self._vote_store.save()
             done["votes"] = str(self.index_dir / VOTES_FILE)
+        self._texture.rebuild(snap)
         if (backend or self._config.search.backend) == "embedded":
-            ann = self._nearest if isinstance(self._nearest, AnnEmbeddings) else _ann(self._config, self.index_dir)
+            ann = self._nearest if isinstance(self._nearest, AnnIndex) else _ann(self._config, self.index_dir)
             ann.rebuild(snap)
-            done["ann"] = str(self.index_dir / ANN_FILE) if ann.ready(snap) else None
+            done["ann"] = [str(a.path) for a in (ann, self._texture) if a.ready(snap)]
         if (backend or self._config.search.backend) == "milvus":
             target = self._nearest if isinstance(self._nearest, MilvusEmbeddings) else _milvus(self._config, self.index_dir)
             target.rebuild(snap)
@@ -551,12 +559,12 @@ def _milvus(config: Config, index_dir: Path) -> MilvusEmbeddings:
     return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, m.token)
 
 
-def _ann(config: Config, index_dir: Path) -> AnnEmbeddings:
+def _ann(config: Config, index_dir: Path, column: str = "embeddings") -> AnnIndex:
     a = config.search.ann
-    return AnnEmbeddings(index_dir, AnnSettings(a.min_rows, a.lists, a.probes, a.save_every))
+    return AnnIndex(index_dir, AnnSettings(a.min_rows, a.lists, a.probes, a.save_every), column)
 
 
-def _nearest_source(config: Config, index_dir: Path) -> MilvusEmbeddings | AnnEmbeddings:
+def _nearest_source(config: Config, index_dir: Path) -> MilvusEmbeddings | AnnIndex:
     """The embedding shortlist's search: the Milvus collection, or the embedded ANN index (exact scan while the catalog is small)."""
     return _milvus(config, index_dir) if config.search.backend == "milvus" else _ann(config, index_dir)
 

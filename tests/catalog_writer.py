@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.catalog import CatalogIndex, NewEntry
 from pipeline.features.local import LocalFeatures
-from pipeline.search.ann import AnnEmbeddings, AnnSettings
+from pipeline.search.ann import AnnIndex, AnnSettings
 from pipeline.search.vocabulary import Vocabulary
 from pipeline.search.votes import VoteStore
 
@@ -28,7 +28,7 @@ ANN = AnnSettings(min_rows=8, lists=4, probes=4, save_every=3)  # every list pro
 def main(directory: str, start: int) -> None:
     index = CatalogIndex(Path(directory), model_id="m1", max_segments=4)
     votes = VoteStore(Path(directory), Vocabulary.load(), per_entry=150, merge_every=3)
-    ann = AnnEmbeddings(Path(directory), ANN)
+    ann = AnnIndex(Path(directory), ANN)
     rng = np.random.default_rng(start)
     n = start
     while True:

@@ -181,10 +181,10 @@ def assert_saved_votes_agree_with_a_rebuild(directory: Path, scratch: Path, rng:
 def assert_saved_ann_opens_and_agrees_with_the_segments(directory: Path, rng: random.Random) -> int:
     """The ANN index the killed writer saved (or half-saved) opens, or is rebuilt, and finds what an exact scan finds; 1 if it was opened."""
     from catalog_writer import ANN
-    from pipeline.search.ann import AnnEmbeddings
+    from pipeline.search.ann import AnnIndex
 
     snap = CatalogIndex(directory, model_id="m1").snapshot()
-    ann = AnnEmbeddings(directory, ANN)
+    ann = AnnIndex(directory, ANN)
     ann.follow(snap)
     assert ann.ready(snap) and ann.covered == snap.alive.size
     for _ in range(5):

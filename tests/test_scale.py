@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from pipeline.catalog import CatalogIndex, CatalogWriter, NewEntry
 from pipeline.features.local import LocalFeatures
@@ -149,22 +150,24 @@ def test_entries_with_zero_keypoints_are_stored_and_vote_for_nothing(tmp_path: P
     assert store.vote(keypoints(1), snap, 3).size == 0
 
 
-def exact_nearest(snap, query: np.ndarray, k: int) -> list[int]:
-    sims = snap.embeddings @ query
+def exact_nearest(snap, query: np.ndarray, k: int, column: str = "embeddings") -> list[int]:
+    sims = getattr(snap, column) @ query
     rows = snap.rows
     return rows[np.lexsort((rows, -sims[rows]))][:k].tolist()
 
 
-def test_ann_index_is_built_at_min_rows_follows_commits_masks_removals_and_is_rebuilt_when_stale(tmp_path: Path) -> None:
-    from pipeline.search.ann import FILE as ANN_FILE
-    from pipeline.search.ann import AnnEmbeddings, AnnSettings
+@pytest.mark.parametrize("column", ["embeddings", "lbps_sqrt"])
+def test_ann_index_is_built_at_min_rows_follows_commits_masks_removals_and_is_rebuilt_when_stale(tmp_path: Path, column: str) -> None:
+    from pipeline.search.ann import AnnIndex, AnnSettings
+
+    ANN_FILE = f"{column}.ivf"
 
     settings = AnnSettings(min_rows=30, lists=4, probes=4, save_every=10)  # every list probed: the search must be exact
     directory = tmp_path / "idx"
     index = CatalogIndex(directory, model_id="m1")
     writer = CatalogWriter(index, "m1", require_local=True)
     writer.register([entry(n) for n in range(20)])
-    ann = AnnEmbeddings(directory, settings)
+    ann = AnnIndex(directory, settings, column)
     ann.follow(index.snapshot())
     assert not ann.ready(index.snapshot()) and not (directory / ANN_FILE).exists()  # small: scanned exactly
     writer.register([entry(n) for n in range(20, 40)])
@@ -174,30 +177,30 @@ def test_ann_index_is_built_at_min_rows_follows_commits_masks_removals_and_is_re
     writer.register([entry(n) for n in range(40, 45)])  # not followed: the rows past the index are scanned exactly
     snap = index.snapshot()
     rng = np.random.default_rng(5)
-    queries = [entry(n).embedding + rng.normal(0, 0.2, 8).astype(np.float32) for n in (3, 4, 10, 41, 44)]
+    queries = [rng.random(getattr(snap, column).shape[1]).astype(np.float32) for _ in range(5)]
     for q in queries:
         rows, sims = ann.nearest(q, snap, 6)
-        assert rows.tolist() == exact_nearest(snap, q, 6)
-        np.testing.assert_allclose(sims, snap.embeddings[rows] @ q, rtol=1e-6)
+        assert rows.tolist() == exact_nearest(snap, q, 6, column)
+        np.testing.assert_allclose(sims, getattr(snap, column)[rows] @ q, rtol=1e-6)
         assert snap.alive[rows].all()
     ann.follow(snap)
     ann.close()  # saves the rows added since the last save
-    reopened = AnnEmbeddings(directory, settings)
+    reopened = AnnIndex(directory, settings, column)
     reopened.follow(snap)
     assert reopened.opened_from_file == 45
-    assert [reopened.nearest(q, snap, 6)[0].tolist() for q in queries] == [exact_nearest(snap, q, 6) for q in queries]
+    assert [reopened.nearest(q, snap, 6)[0].tolist() for q in queries] == [exact_nearest(snap, q, 6, column) for q in queries]
     # Stale or broken files are rebuilt: one from another catalog, one cut short, one whose rows changed.
     other = tmp_path / "other"
     other_index = CatalogIndex(other, model_id="m1")
     other_index.commit([entry(n + 100) for n in range(45)])
-    foreign = AnnEmbeddings(other, settings)
+    foreign = AnnIndex(other, settings, column)
     foreign.follow(other_index.snapshot())
     foreign.close()
     saved = (directory / ANN_FILE).read_bytes()
     for damage in ((other / ANN_FILE).read_bytes(), saved[: len(saved) // 2],
                    saved[:200] + bytes(len(saved) - 500) + saved[-300:]):  # the trailer intact, the rows zeroed
         (directory / ANN_FILE).write_bytes(damage)
-        fresh = AnnEmbeddings(directory, settings)
+        fresh = AnnIndex(directory, settings, column)
         fresh.follow(snap)
         assert fresh.opened_from_file == 0 and fresh.ready(snap)
-        assert [fresh.nearest(q, snap, 6)[0].tolist() for q in queries] == [exact_nearest(snap, q, 6) for q in queries]
+        assert [fresh.nearest(q, snap, 6)[0].tolist() for q in queries] == [exact_nearest(snap, q, 6, column) for q in queries]

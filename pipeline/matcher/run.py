@@ -20,7 +20,7 @@ from pipeline.features.local import LocalFeatures
 from pipeline.matcher.decide import Decision, decide
 from pipeline.matcher.fuse import LabelScore, fuse, gather
 from pipeline.matcher.refine import Refinement, refine
-from pipeline.matcher.shortlist import Candidates, Shortlist, lbp_nearest, shortlist, shortlist_of, widen
+from pipeline.matcher.shortlist import LBP_PREFILTER, Candidates, Shortlist, lbp_nearest, shortlist, shortlist_of, widen
 from pipeline.matcher.verify import VERIFY_OFF, Verified, verify
 
 
@@ -166,6 +166,7 @@ def run(
     votes: VoteSource | None = None,
     nearest: NearestSource | None = None,
     lap: Callable[[str], None] = lambda stage: None,
+    texture: NearestSource | None = None,
 ) -> Outcome:
     """Identify `query` among `catalog`'s entries.
 
@@ -185,8 +186,11 @@ def run(
     lap : callable
         Called with each stage's name as it ends ("shortlist", "refine",
         "verify" when on, "decide"), for the caller's timings.
+    texture : NearestSource or None
+        Where the LBP source finds the rows nearest in Hellinger distance
+        (a search of `catalog.lbps_sqrt`); None: a product over every row.
     """
-    candidates = _shortlist(query, catalog, settings, threshold, votes, nearest)
+    candidates = _shortlist(query, catalog, settings, threshold, votes, nearest, texture)
     lap("shortlist")
     rows = candidates.widened.indices
     labels = [catalog.labels[i] for i in rows]
@@ -205,7 +209,7 @@ def run(
 
 
 def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteSource | None,
-               nearest: NearestSource | None) -> Candidates:
+               nearest: NearestSource | None, texture: NearestSource | None) -> Candidates:
     """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources."""
     sl = settings.shortlist
     embeddings = catalog.embeddings
@@ -214,7 +218,10 @@ def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, thres
     else:
         rows, sims = nearest.nearest(query.embedding, catalog, sl.top_k + 1)
         short = shortlist_of(rows, sims, sl.top_k, threshold, sl.min_candidates, sl.floor)
-    extras = [("lbp", lbp_nearest(query.lbp, catalog.lbps, sl.lbp_top_k, catalog.alive, catalog.lbps_sqrt))]
+    near_texture = None
+    if texture is not None and sl.lbp_top_k > 0:
+        near_texture = texture.nearest(np.sqrt(np.maximum(query.lbp, 0)).astype(np.float32), catalog, LBP_PREFILTER)[0]
+    extras = [("lbp", lbp_nearest(query.lbp, catalog.lbps, sl.lbp_top_k, catalog.alive, catalog.lbps_sqrt, candidates=near_texture))]
     if sl.vote_top_k > 0:
         if votes is None:
             raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote source")

@@ -110,8 +110,13 @@ def shortlist_of(
                      best_rejected, tuple(sources))
 
 
+LBP_PREFILTER = 4096
+"""Rows nearest in Hellinger distance that the LBP source ranks by chi-square in a large catalog."""
+
+
 def lbp_nearest(query_lbp: np.ndarray, lbps: np.ndarray, top_k: int, alive: np.ndarray | None = None,
-                lbps_sqrt: np.ndarray | None = None, exact_up_to: int = 4096) -> np.ndarray:
+                lbps_sqrt: np.ndarray | None = None, exact_up_to: int = LBP_PREFILTER,
+                candidates: np.ndarray | None = None) -> np.ndarray:
     """Rows of the `top_k` LBP histograms nearest the query's (chi-square), nearest first.
 
     Up to `exact_up_to` rows every chi-square distance is computed. Above it
@@ -127,15 +132,22 @@ def lbp_nearest(query_lbp: np.ndarray, lbps: np.ndarray, top_k: int, alive: np.n
         Rows that may be returned; all when None.
     lbps_sqrt : ndarray, shape (N, B), dtype float32, optional
         `sqrt(lbps)`, needed for the prefilter above `exact_up_to` rows.
+    candidates : ndarray, shape (M,), dtype int64, optional
+        Live rows an index found nearest in Hellinger distance
+        (`pipeline.search.ann.AnnIndex` on `lbps_sqrt`): ranked instead of
+        the prefilter's product over every row.
 
     Returns
     -------
     ndarray, shape (<= top_k,), dtype int64
     """
-    rows = np.arange(lbps.shape[0]) if alive is None else np.flatnonzero(alive)
+    if candidates is not None:
+        rows = np.sort(np.asarray(candidates, np.int64))
+    else:
+        rows = np.arange(lbps.shape[0]) if alive is None else np.flatnonzero(alive)
     if top_k <= 0 or rows.size == 0:
         return np.zeros(0, np.int64)
-    if rows.size > exact_up_to and lbps_sqrt is not None:
+    if candidates is None and rows.size > exact_up_to and lbps_sqrt is not None:
         closeness = lbps_sqrt @ np.sqrt(np.maximum(query_lbp, 0)).astype(np.float32)
         if alive is not None:
             closeness[~alive] = -np.inf

@@ -1,14 +1,16 @@
-"""The embedded backend's approximate nearest-neighbour index over the catalog's embeddings.
+"""The embedded backend's approximate nearest-neighbour indexes over a catalog column.
 
-Above `min_rows` live rows the embedding shortlist stops scanning every row
-and asks an inverted-file index (faiss `IndexIVFFlat`, inner product): the
+Above `min_rows` rows the embedding shortlist stops scanning every row and
+asks an inverted-file index (faiss `IndexIVFFlat`, inner product): the
 rows are split into `lists` clusters by k-means once, and a query scans
 the `probes` clusters nearest it. Measured against HNSW on the same
 embeddings (`bench/bench_ann.py`, bench/README.md "Embedding ANN"): the
 catalog's embeddings sit in tight clusters of near-duplicate views, where
 HNSW's graph lost true neighbours at any `efSearch` that beats the scan,
 and the IVF scan of a few clusters kept them; adding a row to an IVF
-index is one centroid look-up (HNSW: ~2 ms per row).
+index is one centroid look-up (HNSW: ~2 ms per row). The LBP source's
+Hellinger prefilter is the same search on `lbps_sqrt` (the inner product of
+square-rooted histograms is their Bhattacharyya coefficient), in its own file.
 
 Rows are catalog slots: the index's ids are the slots it took in, in order,
 so slots [0, covered) are indexed and a slot is never reused. A removed or
@@ -17,7 +19,8 @@ snapshot's live rows (an `IDSelectorBitmap`); slots a snapshot has and the
 index does not yet cover are scanned exactly. Results are always live rows
 of the snapshot, scored exactly from its own embedding matrix.
 
-Persistence: the index is saved beside the HDF5 segments (`embeddings.ivf`:
+Persistence: the index is saved beside the HDF5 segments (`embeddings.ivf`,
+`lbps_sqrt.ivf`:
 faiss's own serialisation, then a JSON trailer naming the catalog, the
 model, the slots covered and the parameters; written to a temporary name
 and renamed in). A file that is missing, unreadable, for another catalog,
@@ -41,6 +44,8 @@ from pipeline.catalog import CatalogSnapshot
 from pipeline.fsutil import fsync_path
 
 FILE = "embeddings.ivf"
+COLUMNS = ("embeddings", "lbps_sqrt")
+"""Snapshot matrices an index can cover (each in `<column>.ivf`)."""
 _MAGIC = b"TPIVF001"
 _ADD_AT_ONCE = 16_384  # rows added per hold of the search lock: a query waits at most for one such add
 _TRAIN_AT_MOST = 200_000  # k-means sample (faiss warns below 39 points per list)
@@ -70,19 +75,25 @@ class AnnSettings:
     save_every: int
 
 
-class AnnEmbeddings:
-    """The IVF index of one catalog directory; follows snapshots, answers nearest-row searches (thread-safe).
+class AnnIndex:
+    """The IVF index of one column of a catalog directory; follows snapshots, answers nearest-row searches (thread-safe).
 
     Parameters
     ----------
     directory : Path
-        The catalog index directory (`embeddings.ivf` lives there).
+        The catalog index directory (`<column>.ivf` lives there).
     settings : AnnSettings
+    column : {"embeddings", "lbps_sqrt"}
+        The snapshot matrix indexed (rows unit norm: similarity is the inner product).
     """
 
-    def __init__(self, directory: Path, settings: AnnSettings) -> None:
+    def __init__(self, directory: Path, settings: AnnSettings, column: str = "embeddings") -> None:
+        if column not in COLUMNS:
+            raise ValueError(f"column must be one of {COLUMNS}, got {column!r}")
         self.directory = Path(directory)
         self.settings = settings
+        self.column = column
+        self.path = self.directory / f"{column}.ivf"
         self._lock = threading.Lock()  # between adds and searches (faiss's lists are not safe to read while growing)
         self._follow_lock = threading.Lock()  # one follower at a time
         self._index: Any = None
@@ -120,7 +131,7 @@ class AnnEmbeddings:
                 self._attach(snap)
             for start in range(self._covered, n, _ADD_AT_ONCE):
                 stop = min(start + _ADD_AT_ONCE, n)
-                block = np.ascontiguousarray(snap.embeddings[start:stop], dtype=np.float32)
+                block = np.ascontiguousarray(getattr(snap, self.column)[start:stop], dtype=np.float32)
                 with self._lock:
                     self._index.add(block)
                     self._covered = stop
@@ -133,7 +144,7 @@ class AnnEmbeddings:
             return
         covered = self._covered  # searches may run meanwhile: they only read; adds wait for the follow lock we are under
         try:
-            _save(self.directory / FILE, self._index, self._trailer(covered))
+            _save(self.path, self._index, self._trailer(covered))
         except OSError:
             return
         self._saved = covered
@@ -147,7 +158,7 @@ class AnnEmbeddings:
     def rebuild(self, snap: CatalogSnapshot) -> None:
         """Train and fill the index again from the snapshot, and save it (`teaprint reindex`)."""
         with self._follow_lock:
-            (self.directory / FILE).unlink(missing_ok=True)
+            (self.path).unlink(missing_ok=True)
             with self._lock:
                 self._index, self._catalog_id, self._covered, self._saved = None, None, 0, 0
         if snap.alive.size >= self.settings.min_rows:
@@ -185,7 +196,7 @@ class AnnEmbeddings:
             found.append(tail)
         rows = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
         rows = rows[snap.alive[rows]].astype(np.int64) if rows.size else rows.astype(np.int64)
-        sims = (snap.embeddings[rows] @ q[0]).astype(np.float32) if rows.size else np.zeros(0, np.float32)
+        sims = (getattr(snap, self.column)[rows] @ q[0]).astype(np.float32) if rows.size else np.zeros(0, np.float32)
         order = np.lexsort((rows, -sims))[:k]  # exact scores, ties by row: as the exact scan orders them
         return rows[order], sims[order]
 
@@ -193,7 +204,7 @@ class AnnEmbeddings:
     def _trailer(self, covered: int) -> dict[str, Any]:
         s = self.settings
         return {"catalog_id": self._catalog_id, "model_id": self._model_id, "covered": covered,
-                "lists": s.lists, "dim": int(self._index.d)}
+                "lists": s.lists, "dim": int(self._index.d), "column": self.column}
 
     def _attach(self, snap: CatalogSnapshot) -> None:
         """Open the saved index when it belongs to this catalog and agrees with it; else train and start one."""
@@ -208,12 +219,12 @@ class AnnEmbeddings:
     def _open(self, snap: CatalogSnapshot) -> tuple[Any, int]:
         import faiss
 
-        path = self.directory / FILE
+        path = self.path
         trailer = _read_trailer(path)
         if trailer is None:
             return None, 0
-        expected = {"catalog_id": snap.catalog_id, "model_id": snap.model_id, "lists": self.settings.lists,
-                    "dim": int(snap.embeddings.shape[1])}
+        expected = {"catalog_id": snap.catalog_id, "model_id": snap.model_id, "lists": self.settings.lists, "column": self.column,
+                    "dim": int(getattr(snap, self.column).shape[1])}
         if any(trailer.get(key) != value for key, value in expected.items()):
             return None, 0
         covered = int(trailer.get("covered", -1))
@@ -223,33 +234,34 @@ class AnnEmbeddings:
             index = faiss.read_index(str(path))
         except RuntimeError:
             return None, 0
-        if index.ntotal != covered or not _agrees(index, snap, covered):
+        if index.ntotal != covered or not _agrees(index, getattr(snap, self.column), covered):
             return None, 0
         return index, covered
 
     def _train(self, snap: CatalogSnapshot) -> Any:
         import faiss
 
-        d = int(snap.embeddings.shape[1])
+        vectors = getattr(snap, self.column)
+        d = int(vectors.shape[1])
         rows = snap.rows
         rng = np.random.default_rng(0)  # the same catalog trains the same clusters
         sample = rows if rows.size <= _TRAIN_AT_MOST else np.sort(rng.choice(rows, _TRAIN_AT_MOST, replace=False))
         lists = max(1, min(self.settings.lists, sample.size))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = 0
-        index.train(np.ascontiguousarray(snap.embeddings[sample], dtype=np.float32))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         index.make_direct_map()  # 8 bytes a row: lets an opened index be checked against the segments row by row
         return index
 
 
-def _agrees(index: Any, snap: CatalogSnapshot, covered: int) -> bool:
+def _agrees(index: Any, vectors: np.ndarray, covered: int) -> bool:
     """Whether a few rows spread over the saved index hold the snapshot's vectors (else it is stale)."""
     picks = np.unique(np.linspace(0, covered - 1, _SPOT_CHECKS).astype(np.int64))
     try:
         stored = np.stack([index.reconstruct(int(r)) for r in picks])
     except RuntimeError:  # no direct map: not an index this module wrote
         return False
-    return bool(np.array_equal(stored, np.asarray(snap.embeddings[picks], np.float32)))
+    return bool(np.array_equal(stored, np.asarray(vectors[picks], np.float32)))
 
 
 def _save(path: Path, index: Any, trailer: dict[str, Any]) -> None:
