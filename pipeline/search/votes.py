@@ -42,6 +42,8 @@ _READ_AT_ONCE = 4096
 MAX_HAMMING = 24
 MAX_POSTINGS = 20_000
 """Postings above which a word is a stop word, skipped by `vote` (a 1M catalog averages ~9k per word)."""
+MAX_GATHERED = 2_000_000
+"""Postings one query reads at most, rarest words first: bounds the vote's cost whatever the catalog's size."""
 """Signature bits (of 64) two descriptors of one word may differ in and still match (Jegou et al. 2008 use 22-24)."""
 
 
@@ -124,16 +126,19 @@ class VoteStore:
         Signature bits (of 64) a match may differ in.
     max_postings : int
         Words with more postings than this are skipped when voting (stop words).
+    max_gathered : int
+        Postings one query reads at most: its rarest words are taken first.
     merge_every : int
         Merge (and save) the postings added since the last merge once they
         cover this many entries.
     """
 
     def __init__(self, directory: Path, vocabulary: Vocabulary, per_entry: int, merge_every: int = 2000,
-                 max_hamming: int = MAX_HAMMING, max_postings: int = MAX_POSTINGS) -> None:
+                 max_hamming: int = MAX_HAMMING, max_postings: int = MAX_POSTINGS, max_gathered: int = MAX_GATHERED) -> None:
         self.directory = Path(directory)
         self.max_hamming = max_hamming
         self.max_postings = max_postings
+        self.max_gathered = max_gathered
         self.vocabulary = vocabulary
         self.per_entry = per_entry
         self.merge_every = merge_every
@@ -213,8 +218,14 @@ class VoteStore:
             parts = (self._base, self._delta_postings)
         # Stop words: a word held by more than `max_postings` postings is skipped. Its idf is low, and at 1M
         # entries scanning such words made one query gather tens of millions of postings (p50 1.1 s, 13 GB peak).
-        common = sum(p.indptr[words + 1] - p.indptr[words] for p in parts) > self.max_postings
-        words, signatures = words[~common], signatures[~common]
+        held = sum(p.indptr[words + 1] - p.indptr[words] for p in parts)
+        # Rarest words first, up to `max_gathered` postings in all (their idf is the highest): at 10k entries a
+        # query reads ~40k postings and the budget never binds; at 1M it bounds the cost.
+        order = np.argsort(held, kind="stable")
+        within = np.zeros(words.size, bool)
+        within[order[np.cumsum(held[order]) <= self.max_gathered]] = True
+        keep = within & (held <= self.max_postings)
+        words, signatures = words[keep], signatures[keep]
         n = snap.alive.size
         gathered = [g for g in (p.gather(words) for p in parts) if g[0].size] or [parts[0].gather(words[:0])]
         slots, sigs, owner = gathered[0] if len(gathered) == 1 else (np.concatenate(x) for x in zip(*gathered))
@@ -228,12 +239,11 @@ class VoteStore:
         distance = hamming(sigs[close], signatures[owner])
         order = np.lexsort((slots, distance, owner))
         nearest = order[np.r_[True, owner[order][1:] != owner[order][:-1]]] if order.size else order
-        scores = np.bincount(slots[nearest], weights=idf[owner[nearest]], minlength=n)
-        k = min(top_k, int(np.count_nonzero(scores)))
-        if k == 0:
-            return np.zeros(0, np.int64)
-        top = np.argpartition(-scores, k - 1)[:k]
-        return top[np.lexsort((top, -scores[top]))].astype(np.int64)
+        # At most one vote per query descriptor: score the few rows voted for, not an array over the catalog.
+        voted, at = np.unique(slots[nearest], return_inverse=True)
+        scores = np.bincount(at, weights=idf[owner[nearest]], minlength=voted.size)
+        voted, scores = voted[scores > 0], scores[scores > 0]
+        return voted[np.lexsort((voted, -scores))][:top_k].astype(np.int64)
 
     def save(self) -> None:
         """Merge what was added since the last merge and save the postings now (`teaprint reindex`)."""
