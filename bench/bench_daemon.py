@@ -34,7 +34,9 @@ Also: the per-stage times of the queries (p50 of the daemon's `timings_ms`),
 the daemon's startup time, its peak RSS (VmHWM of the daemon process
 and of its worker processes, read from /proc just before SIGTERM), CPU time
 of the daemon process and its workers during the ingest, and that SIGTERM
-exits 0. `--quick`: 100 catalog photos and 10 idle queries.
+exits 0. `--quick`: 100 catalog photos and 10 idle queries. `--keep-log FILE`
+keeps the daemon's JSON log (every `catalog`, `published` and `query` event
+with its timings) for a closer look.
 
 Prints a table and, last, one JSON line with every figure.
 """
@@ -227,6 +229,7 @@ def main() -> int:
     parser.add_argument("--keep-base", type=Path, default=None, help="build (once) and reuse the base catalog in this folder")
     parser.add_argument("--catalog", type=int, default=None, help="photos dropped at once (default 1000, --quick 100)")
     parser.add_argument("--size", default=None, help="WxH of every dropped photo (default: 1.2-3.1 MP mixed)")
+    parser.add_argument("--keep-log", type=Path, default=None, help="copy the daemon's JSON log here (per-event timings)")
     args = parser.parse_args()
     n_catalog = args.catalog or (100 if args.quick else 1000)
     n_idle = 10 if args.quick else 30
@@ -524,6 +527,8 @@ def main() -> int:
                     pass
         if log_file is not None:
             log_file.close()
+            if args.keep_log is not None:
+                shutil.copyfile(log_file.name, args.keep_log)
         if restore_base is not None:
             restore_base()
         shutil.rmtree(tmp, ignore_errors=True)
