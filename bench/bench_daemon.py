@@ -34,7 +34,9 @@ Also: the per-stage times of the queries (p50 of the daemon's `timings_ms`),
 the daemon's startup time, its peak RSS (VmHWM of the daemon process
 and of its worker processes, read from /proc just before SIGTERM), CPU time
 of the daemon process and its workers during the ingest, and that SIGTERM
-exits 0. `--quick`: 100 catalog photos and 10 idle queries.
+exits 0. `--quick`: 100 catalog photos and 10 idle queries. `--keep-log FILE`
+keeps the daemon's JSON log (every `catalog`, `published` and `query` event
+with its timings) for a closer look.
 
 Prints a table and, last, one JSON line with every figure.
 """
@@ -227,6 +229,7 @@ def main() -> int:
     parser.add_argument("--keep-base", type=Path, default=None, help="build (once) and reuse the base catalog in this folder")
     parser.add_argument("--catalog", type=int, default=None, help="photos dropped at once (default 1000, --quick 100)")
     parser.add_argument("--size", default=None, help="WxH of every dropped photo (default: 1.2-3.1 MP mixed)")
+    parser.add_argument("--keep-log", type=Path, default=None, help="copy the daemon's JSON log here (per-event timings)")
     args = parser.parse_args()
     n_catalog = args.catalog or (100 if args.quick else 1000)
     n_idle = 10 if args.quick else 30
@@ -412,7 +415,9 @@ def main() -> int:
         # detection (inotify -> watchdog -> readiness) plus queueing behind other work.
         waits = {ph: [(log_time(qevents[n]) - walls[n] / 1e3 - CLOSE_WALL[n]) * 1e3 for n in closes
                       if phase_of[n] == ph and walls.get(n) is not None] for ph in ("idle", "ingest")}
-        worker_ms = [sum(e["timings_ms"].get(k, 0.0) for k in ("decode", "lbp", "prepare")) for e in cat_events if "timings_ms" in e]
+        # A worker's whole work on a photo: decode, LBP, keypoints (`local`, most of it) and the encoder input.
+        worker_ms = [sum(e["timings_ms"].get(k, 0.0) for k in ("decode", "lbp", "local", "prepare")) for e in cat_events if "timings_ms" in e]
+        worker_local_ms = [e["timings_ms"].get("local", 0.0) for e in cat_events if "timings_ms" in e]
         embed_total_s = sum(e["timings_ms"].get("embed_batch", 0.0) / e.get("batch", 1) for e in cat_events if "timings_ms" in e) / 1e3
         commit_total_s = sum(e["timings_ms"].get("commit_batch", 0.0) / e.get("batch", 1) for e in cat_events if "timings_ms" in e) / 1e3
         lat = {ph: [(poller.seen[n] - closes[n]) * 1e3 for n in closes if phase_of[n] == ph] for ph in ("idle", "ingest")}
@@ -461,7 +466,7 @@ def main() -> int:
             decode_only_imgs_per_s=round(decode_rate, 2), decode_only_before=round(decode_before, 2),
             decode_only_after=round(decode_after, 2), ingest_to_decode_ratio=round(ingest_rate / decode_rate, 3),
             commit_batch_median=statistics.median(b for b in batches if b is not None) if batches else None,
-            worker_prepare_p50_ms=round(pct(worker_ms, 50), 1), embed_total_s=round(embed_total_s, 2), commit_total_s=round(commit_total_s, 2),
+            worker_prepare_p50_ms=round(pct(worker_ms, 50), 1), worker_keypoints_p50_ms=round(pct(worker_local_ms, 50), 1), embed_total_s=round(embed_total_s, 2), commit_total_s=round(commit_total_s, 2),
             ingest_cpu_daemon_s=round(daemon_cpu, 1), ingest_cpu_workers_s=round(worker_cpu, 1), ingest_wall_s=round(ingest_wall, 1),
             query_outcomes=outcomes_q, query_ready_reasons=ready_q, startup_s=round(startup_s, 1),
             first_publication_s=round(first_publication_s, 1), query_decode_ms=round(query_decode_ms, 1),
@@ -492,7 +497,8 @@ def main() -> int:
             ("decode-only cv2.imread, 1 process", f"{decode_rate:.1f} img/s", f"mean of before {decode_before:.1f} / after {decode_after:.1f}"),
             ("ratio ingest / decode-only", f"{ingest_rate / decode_rate:.2f}x", "whole ingest; daemon: 2 workers decode (reduced) + LBP + keypoints, the catalog lane embeds + commits"),
             ("ratio ingest without queries / decode-only", f"{rate_after_queries / decode_rate:.2f}x" if rate_after_queries else "n/a", ""),
-            ("worker prepare p50 (decode+LBP+input)", f"{pct(worker_ms, 50):.0f} ms", "per photo, in a worker (from the 'catalog' log events)"),
+            ("worker prepare p50 (decode+LBP+keypoints+input)", f"{pct(worker_ms, 50):.0f} ms",
+             f"per photo, in a worker, wall (from the 'catalog' log events); keypoints alone p50 {pct(worker_local_ms, 50):.0f} ms"),
             ("catalog lane: embed / commit, total", f"{embed_total_s:.1f} / {commit_total_s:.1f} s", "sum over batches (from the 'catalog' log events)"),
             ("CPU during ingest: daemon / workers", f"{daemon_cpu:.0f} / {worker_cpu:.0f} s", f"over {ingest_wall:.0f} s wall (2 cores shared with other jobs)"),
         ])
@@ -524,6 +530,8 @@ def main() -> int:
                     pass
         if log_file is not None:
             log_file.close()
+            if args.keep_log is not None:
+                shutil.copyfile(log_file.name, args.keep_log)
         if restore_base is not None:
             restore_base()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -129,6 +129,7 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0, wo
     engine = Engine.load(config, root)
     if len(engine.snapshot()) >= entries:  # a kept root: already indexed
         print(f"catalog already holds {len(engine.snapshot())} entries", flush=True)
+        _bring_up_votes(engine, config)
         return queries
     indexed = {entry.path for entry in engine.snapshot().entries}
     if indexed:  # a kept root whose build was interrupted: index the rest
@@ -145,7 +146,20 @@ def build_catalog(root: Path, config_path: Path, entries: int, seed: int = 0, wo
             added += len(engine.register(engine.describe(prepared, catalog_root=folder)).added)
             print(f"  indexed {start + len(jobs)}/{len(paths)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"indexed {added} entries in {time.perf_counter() - t0:.1f} s ({refused} refused)", flush=True)
+    _bring_up_votes(engine, config)
     return queries
+
+
+def _bring_up_votes(engine, config) -> None:  # noqa: ANN001 - pipeline.engine.Engine and Config, imported late
+    """Save the catalog's keypoint vote store (`index/votes.bin`) when it is missing, as a daemon or server that served
+    the catalog once leaves it: the figures are then those of a restart, not of a first start that rebuilds the store
+    from every entry's keypoints (seconds per 1k entries and, at 10k, over 1 GB of peak memory; bench/README.md)."""
+    from pipeline.search.votes import FILE
+
+    if config.matcher.shortlist.vote_top_k > 0 and not (engine.index_dir / FILE).is_file():
+        t0 = time.perf_counter()
+        engine.reindex()
+        print(f"vote store built and saved in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def start_server(root: Path, config_path: Path) -> tuple[subprocess.Popen, int, Path]:
