@@ -137,7 +137,7 @@ def test_vote_store_grows_per_commit_and_its_saved_postings_agree_with_a_rebuild
 
 
 def test_entries_with_zero_keypoints_are_stored_and_vote_for_nothing(tmp_path: Path) -> None:
-    """A 1-pixel photo has no keypoint at all: its segment stores an empty, unchunked keypoint set."""
+    """A 1-pixel photo has no keypoint at all: its segment stores an empty keypoint set."""
     empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), 1)
     base = entry(1)
     index = CatalogIndex(tmp_path / "idx", model_id="m1")
@@ -204,3 +204,17 @@ def test_ann_index_is_built_at_min_rows_follows_commits_masks_removals_and_is_re
         fresh.follow(snap)
         assert fresh.opened_from_file == 0 and fresh.ready(snap)
         assert [fresh.nearest(q, snap, 6)[0].tolist() for q in queries] == [exact_nearest(snap, q, 6, column) for q in queries]
+
+
+def test_a_compaction_larger_than_one_read_chunk_keeps_every_keypoint(tmp_path: Path) -> None:
+    """Compaction streams keypoints in chunks of entries: entries on both sides of a chunk boundary survive intact."""
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    small = [NewEntry(e.sha256, e.path, e.label, e.embedding, e.lbp, keypoints(n, count=3)) for n, e in ((n, entry(n)) for n in range(1100))]
+    index.commit(small[:600])
+    index.commit(small[600:])
+    index.compact()
+    assert len(list((tmp_path / "idx").glob("seg-*.h5"))) == 1
+    snap = CatalogIndex(tmp_path / "idx", model_id="m1").snapshot()
+    got = snap.keypoints_bulk(snap.rows)
+    assert [g.descriptors.tobytes() for g in got] == [keypoints(n, count=3).descriptors.tobytes() for n in range(1100)]
+    assert [g.points.tobytes() for g in got] == [keypoints(n, count=3).points.tobytes() for n in range(1100)]

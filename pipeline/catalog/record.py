@@ -49,6 +49,7 @@ MANIFEST = "MANIFEST.json"
 BIG_SEGMENT = 65_536
 """Entries (plus tombstones) from which a segment is never merged by a commit's compaction."""
 _STR = h5py.string_dtype("utf-8")
+_COMPACT_CHUNK = 1024  # entries whose keypoints a compaction holds at once (~56 MB at 400 SIFT keypoints)
 
 
 class CatalogError(RuntimeError):
@@ -282,7 +283,7 @@ class CatalogIndex:
             generation = state.generation + 1
             name = f"seg-{generation:08d}.h5"
             slots = np.arange(state.next_slot, state.next_slot + len(stored), dtype=np.int64)
-            _write_segment(self.directory / name, stored, [e.local for e in stored], slots, removed, str(model_id or state.model_id))
+            _write_segment(self.directory / name, stored, [[e.local for e in stored]], slots, removed, str(model_id or state.model_id))
             segments = [*state.segments, name]
             self._write_manifest(generation, model_id or state.model_id, segments, features, state.next_slot + len(stored))
             self.refresh()
@@ -309,7 +310,7 @@ class CatalogIndex:
             generation = state.generation + 1
             name = f"seg-{generation:08d}.h5"
             slots = np.arange(state.next_slot, state.next_slot + len(entries), dtype=np.int64)
-            _write_segment(self.directory / name, list(entries), [e.local for e in entries], slots, (), model_id)
+            _write_segment(self.directory / name, list(entries), [[e.local for e in entries]], slots, (), model_id)
             old = state.segments
             self._write_manifest(generation, model_id, [name], features, state.next_slot + len(entries))
             self.model_id = model_id
@@ -350,7 +351,8 @@ class CatalogIndex:
         keep = np.sort(owned[cols.alive[owned]]) if owned.size else owned
         gone = () if k == 0 else tuple(sorted({sha for s in segs[:k] for sha, slot in zip(s.block.sha256, s.slots.tolist())
                                                if not cols.alive[slot]}))
-        keypoints = gather_keypoints(cols, keep)
+        # Read and written in chunks of entries (bounded RAM whatever the merge's size).
+        keypoints = (gather_keypoints(cols, keep[i:i + _COMPACT_CHUNK]) for i in range(0, keep.size, _COMPACT_CHUNK))
         snap = self._current()
         entries = [snap.entry(r) for r in keep.tolist()]
         generation = state.generation + 1
@@ -440,13 +442,14 @@ class CatalogIndex:
                       max(next_slot, columns.n), names, columns)
 
 
-def _write_segment(path: Path, entries: Sequence[NewEntry], keypoints: Sequence[LocalFeatures | None], slots: np.ndarray,
+def _write_segment(path: Path, entries: Sequence[NewEntry], keypoints: Iterable[Sequence[LocalFeatures | None]], slots: np.ndarray,
                    removed: Sequence[str], model_id: str) -> None:
     """One immutable segment file, written to a temporary name, fsynced, renamed in.
 
     A stored entry (`CatalogEntry`, e.g. renamed or compacted) keeps its
-    `added_at`; a new one gets the current time. `keypoints[i]` and `slots[i]`
-    belong to `entries[i]`.
+    `added_at`; a new one gets the current time. `keypoints` are given in
+    consecutive chunks (`pipeline.catalog.keypoints.write_keypoints`): the
+    i-th keypoints overall and `slots[i]` belong to `entries[i]`.
     """
     tmp = path.with_name(path.name + ".tmp")
     n = len(entries)

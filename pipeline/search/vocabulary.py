@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.features.local import root_sift
 
+_ENCODE_AT_ONCE = 32_768  # descriptors encoded together (~16 MB per float32 intermediate)
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "models" / "teaprint-words.npz"
 
 
@@ -71,6 +72,9 @@ class Vocabulary:
         """
         if len(descriptors) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        if len(descriptors) > _ENCODE_AT_ONCE:  # a store rebuild encodes 600k descriptors per read: bounded float copies
+            parts = [self.encode(descriptors[i:i + _ENCODE_AT_ONCE]) for i in range(0, len(descriptors), _ENCODE_AT_ONCE)]
+            return np.concatenate([w for w, _ in parts]), np.concatenate([g for _, g in parts])
         d = root_sift(descriptors)
         words = self._words(d)
         branch = self.leaves.shape[1]
