@@ -105,6 +105,7 @@ class VerifyConfig:
     ransac_px: float
     min_matches: int
     guided_ratio: float
+    deepen: int
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("matcher.verify.ransac_px", lambda v: v > 0, "> 0"),
     ("matcher.verify.min_matches", lambda v: v >= 4, ">= 4 (a homography needs 4 points)"),
     ("matcher.verify.guided_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0 = no guided matching)"),
+    ("matcher.verify.deepen", lambda v: v >= 0, ">= 0 (0 = off)"),
     ("matcher.decide.accept_confidence", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("matcher.decide.similarity_accept", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("daemon.watch.poll_interval_s", lambda v: v > 0, "> 0"),

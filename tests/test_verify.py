@@ -317,3 +317,43 @@ def test_a_photo_against_itself_matches_as_bfmatcher(real_pairs) -> None:
         for guided in (0.0, 0.9):
             assert_same_verification(verify_pair(features, features, guided_ratio=guided),
                                      reference_verify(features, features, guided_ratio=guided), name)
+
+
+def test_deepened_verification_finds_the_cake_the_embedding_ranked_past_the_shortlist(astronaut: np.ndarray, tmp_path: Path) -> None:
+    """`matcher.verify.deepen`: when the first verified candidates give no `matched`, the next ones are verified too."""
+    import dataclasses
+    import hashlib
+
+    from pipeline.catalog import CatalogIndex, NewEntry
+    from pipeline.config import default_config
+    from pipeline.matcher import Query, run
+
+    photos = source_photos()
+    cakes = [disc(photos[n], photos[n].shape[1] // 2, photos[n].shape[0] // 2, min(photos[n].shape[:2]) // 2 - 2)
+             for n in ("coffee", "chelsea", "rocket", "camera")]
+    cakes.insert(3, disc(astronaut, 256, 200, 150))  # the right cake, fourth by the embedding
+    cosines = [0.95, 0.9, 0.8, 0.6, 0.5]
+    embeddings = [np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32) for c in cosines]
+    record = CatalogIndex(tmp_path / "idx", model_id="m1")
+    record.commit([NewEntry(hashlib.sha256(bytes([i])).hexdigest(), f"/c/{i}.jpg", f"cake{i}", e, np.full(3, 1 / 3, np.float32),
+                            extract_local(c, "sift", 400, 400)) for i, (e, c) in enumerate(zip(embeddings, cakes))])
+    snap = record.snapshot()
+    query = Query(np.array([1, 0, 0, 0], np.float32), np.full(3, 1 / 3, np.float32),
+                  extract_local(rephotograph(cakes[3], 35, 0.1, 0.9), "sift", 400, 400))
+    base = default_config().matcher
+    shallow = dataclasses.replace(base, shortlist=dataclasses.replace(base.shortlist, top_k=2, min_candidates=2, lbp_top_k=0, vote_top_k=0),
+                                  verify=dataclasses.replace(base.verify, max_candidates=2, deepen=0))
+    first = run(query, snap, shallow, threshold=0.99)
+    assert first.decision.status == "no_match" and first.stages()["verify"]["deepened"] == 0
+
+    laps: list[str] = []
+    deep = run(query, snap, dataclasses.replace(shallow, verify=dataclasses.replace(shallow.verify, deepen=2)), threshold=0.99, lap=laps.append)
+    assert laps == ["shortlist", "refine", "verify", "deepen", "decide"]
+    assert (deep.decision.status, deep.decision.label) == ("matched", "cake3")
+    assert deep.stages()["verify"]["deepened"] == 2 and deep.stages()["verify"]["verified"] == 4  # rows 2 and 3; row 4 left alone
+    assert deep.ranked[0].source == "deepened" and deep.ranked[0].inliers >= 25
+
+    # An accepted query never pays the second pass.
+    easy = run(Query(np.array([1, 0, 0, 0], np.float32), query.lbp, extract_local(rephotograph(cakes[0], 20, 0.05), "sift", 400, 400)),
+               snap, dataclasses.replace(shallow, verify=dataclasses.replace(shallow.verify, deepen=2)), threshold=0.99)
+    assert (easy.decision.status, easy.decision.label, easy.stages()["verify"]["deepened"]) == ("matched", "cake0", 0)

@@ -10,6 +10,7 @@ through `lap`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, Sequence
 
@@ -185,39 +186,51 @@ def run(
         Where the embedding shortlist searches; None: an exact scan of `catalog.embeddings`.
     lap : callable
         Called with each stage's name as it ends ("shortlist", "refine",
-        "verify" when on, "decide"), for the caller's timings.
+        "verify" when on, "deepen" when a second verification pass ran, "decide"), for the caller's timings.
     texture : NearestSource or None
         Where the LBP source finds the rows nearest in Hellinger distance
         (a search of `catalog.lbps_sqrt`); None: a product over every row.
     """
-    candidates = _shortlist(query, catalog, settings, threshold, votes, nearest, texture)
+    candidates, reserve = _shortlist(query, catalog, settings, threshold, votes, nearest, texture)
     lap("shortlist")
-    rows = candidates.widened.indices
-    labels = [catalog.labels[i] for i in rows]
-    refined = refine(query.lbp, catalog.lbps[rows] if len(rows) else np.zeros((0, query.lbp.size), np.float32), labels,
-                     c=settings.refine.svc_c, kernel=settings.refine.kernel, enabled=settings.refine.enabled)
+    refined, labels = _refine(query, catalog, candidates.widened, settings)
     lap("refine")
     verified = None
     if settings.verify.enabled:
         v = settings.verify
+        rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
         verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio)
         lap("verify")
     decided = _decide(candidates.widened, refined, labels, verified, settings)
+    if verified is not None and settings.verify.deepen > 0 and decided.decision.status != "matched" and verified.query_keypoints:
+        candidates, verified = _deepen(query, catalog, settings, candidates, reserve, verified)
+        refined, labels = _refine(query, catalog, candidates.widened, settings)
+        lap("deepen")
+        decided = _decide(candidates.widened, refined, labels, verified, settings)
     lap("decide")
     ranked = tuple(_ranked(i, candidates.widened, labels, refined, verified, decided) for i in decided.decision.order)
     return Outcome(candidates, refined, verified, decided, ranked)
 
 
 def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteSource | None,
-               nearest: NearestSource | None, texture: NearestSource | None) -> Candidates:
-    """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources."""
+               nearest: NearestSource | None, texture: NearestSource | None) -> tuple[Candidates, np.ndarray]:
+    """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources; and the embedding's reserve.
+
+    The reserve is the rows ranked just past `top_k` by the embedding (up to
+    `verify.deepen` of them, at or above the floor), which `_deepen` verifies
+    when the first pass does not accept.
+    """
     sl = settings.shortlist
+    depth = sl.top_k + (settings.verify.deepen if settings.verify.enabled else 0)
     embeddings = catalog.embeddings
     if nearest is None:
-        short = shortlist(query.embedding, embeddings, sl.top_k, threshold, sl.min_candidates, sl.floor, catalog.alive)
+        deep = shortlist(query.embedding, embeddings, depth, threshold, depth, sl.floor, catalog.alive)
+        rows, sims, best_rejected = deep.indices, deep.similarities, deep.best_rejected
     else:
-        rows, sims = nearest.nearest(query.embedding, catalog, sl.top_k + 1)
-        short = shortlist_of(rows, sims, sl.top_k, threshold, sl.min_candidates, sl.floor)
+        rows, sims = nearest.nearest(query.embedding, catalog, depth + 1)
+        rows, sims, best_rejected = np.asarray(rows, np.int64), np.asarray(sims, np.float32), None
+    short = shortlist_of(rows, sims, sl.top_k, threshold, sl.min_candidates, sl.floor, best_rejected)
+    reserve = rows[sl.top_k:depth][sims[sl.top_k:depth] >= sl.floor]
     near_texture = None
     if texture is not None and sl.lbp_top_k > 0:
         near_texture = texture.nearest(np.sqrt(np.maximum(query.lbp, 0)).astype(np.float32), catalog, LBP_PREFILTER)[0]
@@ -227,7 +240,42 @@ def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, thres
             raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote source")
         extras.append(("votes", votes.vote(query.local, catalog, sl.vote_top_k)))
     widened = widen(short, extras, query.embedding, embeddings)
-    return Candidates(int(np.count_nonzero(catalog.alive)), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k)
+    return Candidates(int(np.count_nonzero(catalog.alive)), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k), reserve
+
+
+def _refine(query: Query, catalog: Searchable, candidates: Shortlist, settings: MatcherConfig) -> tuple[Refinement, list[str]]:
+    """The LBP/SVC stage on the candidates, and their labels."""
+    rows = candidates.indices
+    labels = [catalog.labels[i] for i in rows]
+    lbps = catalog.lbps[rows] if len(rows) else np.zeros((0, query.lbp.size), np.float32)
+    return refine(query.lbp, lbps, labels, c=settings.refine.svc_c, kernel=settings.refine.kernel, enabled=settings.refine.enabled), labels
+
+
+def _deepen(query: Query, catalog: Searchable, settings: MatcherConfig, candidates: Candidates, reserve: np.ndarray,
+            verified: Verified) -> tuple[Candidates, Verified]:
+    """A second verification pass when the first did not accept: up to `verify.deepen` more candidates.
+
+    First the shortlist's candidates past `max_candidates` (the sources take
+    turns, so the embedding's own ranks 4-9 can sit there), then the
+    embedding's reserve. A hard re-shot whose embedding ranks the right cake
+    just past the verified few is found here, at the cost of a few
+    verifications for the queries that are not accepted at once (strangers
+    mostly); an accepted query never pays it.
+    """
+    v = settings.verify
+    widened = candidates.widened
+    known = set(widened.indices.tolist())
+    added = [int(r) for r in reserve.tolist() if int(r) not in known]
+    if added:
+        rows = np.concatenate([widened.indices, np.asarray(added, np.int64)])
+        sims = (catalog.embeddings[rows] @ query.embedding).astype(np.float32)
+        widened = Shortlist(rows, sims, widened.threshold, widened.best_rejected,
+                            tuple(widened.sources) + ("deepened",) * len(added))
+    start = min(v.max_candidates, len(widened))
+    stop = min(start + v.deepen, len(widened))
+    more = verify(query.local, catalog.keypoints(widened.indices[start:stop]), stop - start, v.ratio, v.ransac_px, v.min_matches,
+                  v.guided_ratio, first_position=start)
+    return dataclasses.replace(candidates, widened=widened), verified.extended(more)
 
 
 def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None, settings: MatcherConfig) -> Decided:

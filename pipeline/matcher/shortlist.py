@@ -25,7 +25,8 @@ class Shortlist:
         Highest similarity that fell below the threshold (how close a miss was).
     sources : tuple of str
         Per entry: "embedding" (above the threshold), "widened" (below it, let
-        in to reach `min_candidates`), "lbp" (nearest texture) or "both".
+        in to reach `min_candidates`), "lbp" (nearest texture), "votes",
+        "both", or "deepened" (added by the matcher's second verification pass).
     """
 
     indices: np.ndarray

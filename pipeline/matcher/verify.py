@@ -24,6 +24,7 @@ class Verified:
     positions: tuple[int, ...]
     results: tuple[Verification, ...]
     query_keypoints: int
+    deepened: int = 0
 
     def inliers_at(self, position: int) -> int:
         result = self.result_at(position)
@@ -38,10 +39,15 @@ class Verified:
     def report(self) -> dict[str, Any]:
         """The stage's evidence for `stages.verify` of the result."""
         return {"enabled": True, "query_keypoints": self.query_keypoints, "verified": len(self.positions),
-                "max_inliers": max((r.inliers for r in self.results), default=0)}
+                "deepened": self.deepened, "max_inliers": max((r.inliers for r in self.results), default=0)}
+
+    def extended(self, more: "Verified") -> "Verified":
+        """These results and `more`'s (verified in a second pass, positions already past these)."""
+        return Verified(self.positions + more.positions, self.results + more.results, self.query_keypoints,
+                        self.deepened + len(more.positions))
 
 
-VERIFY_OFF = {"enabled": False, "query_keypoints": 0, "verified": 0, "max_inliers": 0}
+VERIFY_OFF = {"enabled": False, "query_keypoints": 0, "verified": 0, "deepened": 0, "max_inliers": 0}
 """`stages.verify` when verification is switched off."""
 
 
@@ -53,12 +59,15 @@ def verify(
     ransac_px: float = 8.0,
     min_matches: int = 8,
     guided_ratio: float = 0.0,
+    first_position: int = 0,
 ) -> Verified:
     """Verify the first `max_candidates` candidates against the query.
 
     The cap bounds the cost: each verification is one ratio-test matching and
     one RANSAC fit (a few ms each); `guided_ratio` > 0 adds guided matching
     under the first fit (`pipeline.features.local.verify_pair`).
+    `first_position` is the position of `candidates[0]` in the caller's
+    candidate order (a second pass over later candidates).
     """
     if query is None or len(query) == 0:
         return Verified((), (), 0 if query is None else len(query))
@@ -66,6 +75,6 @@ def verify(
     for position, candidate in enumerate(candidates[:max_candidates]):
         if candidate is None:
             continue
-        positions.append(position)
+        positions.append(first_position + position)
         results.append(verify_pair(query, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches, guided_ratio=guided_ratio))
     return Verified(tuple(positions), tuple(results), len(query))
