@@ -22,6 +22,9 @@ from pipeline.catalog.keypoints import SegmentKeypoints
 from pipeline.features.local import LocalFeatures
 
 
+HEADROOM = 4
+"""Columns sized for a whole catalog at open leave 1/HEADROOM of its slots free for the next registrations."""
+
 SPAN = 4096
 """Most entries whose keypoints `gather_keypoints` reads in one span (~220 MB at 400 SIFT keypoints each)."""
 
@@ -125,7 +128,10 @@ class Columns:
         """Room for `size` slots. Growth copies into new arrays: snapshots keep the old ones, which stay valid."""
         if size <= self._capacity and self.embedding.shape[1] == dim and self.lbp.shape[1] == bins:
             return
-        capacity = max(size, 2 * self._capacity, 1024, self._expected)
+        # A catalog read whole at open gets a quarter more room than it holds: the next registrations write in
+        # place instead of copying every column (1M entries: a 1.3 s copy on the first add after open). Untouched
+        # room of the numeric columns is zero pages the OS has not handed out, so it costs no resident memory.
+        capacity = max(size, 2 * self._capacity, 1024, self._expected + self._expected // HEADROOM)
         n = self.n
 
         def grown(old: np.ndarray, shape: tuple[int, ...], dtype: object) -> np.ndarray:
