@@ -9,7 +9,8 @@ For every registered query this opens the catalog once, as the measuring
 process does, and reports what limits top1 among many distractors:
 
 * ``rank_embedding``: the best rank of any entry with the right label in
-  an exact cosine scan of the whole catalog (0 = first);
+  an exact cosine scan of the whole catalog (0 = first; None = not among
+  the first 5,000);
 * ``rank_votes``: its rank in the catalog-wide keypoint vote (top `--deep`;
   None = not among them);
 * ``answer`` / ``right``: the product's own answer (`Engine.match_prepared`)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     reach_embedding = m.shortlist.top_k + (m.verify.deepen if m.verify.enabled else 0)
     votes = engine._votes(snap)  # the engine's own vote source, caught up with the snapshot
 
-    lines, counts = [], {"queries": 0, "right": 0, "in_reach": 0, "right_in_reach": 0, "wrong_in_reach": 0, "out_of_reach": 0}
+    lines = []
     for query_path, truth in spec["queries"]:
         if not truth:
             continue
@@ -75,16 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         right = result.label == truth
         reach = (rank_embedding is not None and rank_embedding < reach_embedding) or (
             rank_votes is not None and rank_votes < m.shortlist.vote_top_k)
-        counts["queries"] += 1
-        counts["right"] += int(right)
-        counts["in_reach"] += int(reach)
-        counts["right_in_reach"] += int(right and reach)
-        counts["wrong_in_reach"] += int(reach and not right)
-        counts["out_of_reach"] += int(not reach)
         lines.append({"query": Path(query_path).name, "truth": truth, "rank_embedding": rank_embedding, "rank_votes": rank_votes,
-                      "cosine_right": float(sims[order][labels[order] == truth][0]) if rank_embedding is not None else None,
+                      "cosine_right": float(sims[order[rank_embedding]]) if rank_embedding is not None else None,
                       "answer": result.label, "status": result.status, "confidence": result.confidence, "right": right,
                       "reach": reach})
+    counts = {"queries": len(lines), "right": sum(q["right"] for q in lines), "in_reach": sum(q["reach"] for q in lines),
+              "wrong_in_reach": sum(q["reach"] and not q["right"] for q in lines), "out_of_reach": sum(not q["reach"] for q in lines)}
     if args.out:
         args.out.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     print(json.dumps({"entries": len(snap), "reach_embedding": reach_embedding, "vote_top_k": m.shortlist.vote_top_k, **counts}))
