@@ -337,7 +337,7 @@ class Engine:
         return snap
 
     def close(self) -> None:
-        """Release what outlives a call: the Milvus connection (milvus-lite lets one process at a time open its file), the ANN index's unsaved rows."""
+        """Release what outlives a call: the Milvus connection (milvus-lite lets one process at a time open its file), an ANN index never saved."""
         if self._nearest is not None:
             self._nearest.close()
             self._nearest = None

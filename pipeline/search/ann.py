@@ -20,7 +20,7 @@ index does not yet cover are scanned exactly. Results are always live rows
 of the snapshot, scored exactly from its own embedding matrix.
 
 Persistence: the index is saved beside the HDF5 segments (`embeddings.ivf`,
-`lbps_sqrt.ivf`:
+`lbps_sqrt.ivf`, every `save_every` new rows:
 faiss's own serialisation, then a JSON trailer naming the catalog, the
 model, the slots covered and the parameters; written to a temporary name
 and renamed in). A file that is missing, unreadable, for another catalog,
@@ -150,9 +150,15 @@ class AnnIndex:
         self._saved = covered
 
     def close(self) -> None:
-        """Save what was added since the last save (a restarted process then adds nothing)."""
+        """Save an index that was never saved; leave a saved one's newer rows to the next opener.
+
+        Those rows are fewer than `save_every` (`follow` saves at that
+        count), and the next opener adds them from the segments in
+        milliseconds, where saving them here would rewrite the whole file
+        (760 MB for both columns at 1M entries) for a few rows.
+        """
         with self._follow_lock:
-            if self._index is not None and self._covered > self._saved:
+            if self._index is not None and self._covered > self._saved == 0:
                 self.save()
 
     def rebuild(self, snap: CatalogSnapshot) -> None:
