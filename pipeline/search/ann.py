@@ -158,7 +158,7 @@ class AnnIndex:
         (760 MB for both columns at 1M entries) for a few rows.
         """
         with self._follow_lock:
-            if self._index is not None and self._covered > self._saved == 0:
+            if self._index is not None and self._saved == 0 and self._covered > 0:
                 self.save()
 
     def rebuild(self, snap: CatalogSnapshot) -> None:
