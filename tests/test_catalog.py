@@ -37,6 +37,35 @@ def test_commit_round_trips_every_field(tmp_path: Path) -> None:
     assert got.id == e.sha256[:16]
 
 
+def test_names_that_are_not_utf8_and_a_removal_only_segment_round_trip(tmp_path: Path) -> None:
+    odd = os.fsdecode(b"/x/caf\xe9-\xff\xfe.jpg")  # Latin-1 bytes: lone surrogates after fsdecode
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    index.commit([entry(1, label="普洱", path="/x/普洱-1.jpg"), entry(2, label=os.fsdecode(b"caf\xe9"), path=odd), entry(3)])
+    index.commit(removes=[entry(3).sha256])  # a segment of no entries, one tombstone
+    got = {e.sha256: e for e in CatalogIndex(tmp_path / "idx", model_id="m1").entries()}
+    assert set(got) == {entry(1).sha256, entry(2).sha256}
+    assert (got[entry(1).sha256].path, got[entry(1).sha256].label) == ("/x/普洱-1.jpg", "普洱")
+    assert os.fsencode(got[entry(2).sha256].path) == b"/x/caf\xe9-\xff\xfe.jpg"
+    assert os.fsencode(got[entry(2).sha256].label) == b"caf\xe9" and got[entry(2).sha256].model_id == "m1"
+
+
+def test_a_segment_written_with_variable_length_name_strings_still_opens(tmp_path: Path) -> None:
+    """Segments written before names became one byte string per column (2026-12-06) read as before."""
+    import h5py
+
+    index = CatalogIndex(tmp_path / "idx", model_id="m1")
+    index.commit([entry(1, label="普洱", path="/x/普洱-1.jpg"), entry(2, label="b")])
+    (segment,) = sorted((tmp_path / "idx").glob("seg-*.h5"))
+    with h5py.File(segment, "r+") as f:  # rewrite the names as the old writer stored them
+        g = f["entries"]
+        for key in ("path", "label", "model_id"):
+            names = g[f"{key}_bytes"][()].tobytes().split(b"\0")
+            del g[f"{key}_bytes"]
+            g.create_dataset(key, data=names, dtype=h5py.string_dtype("utf-8"), shape=(len(names),))
+    got = sorted((e.path, e.label, e.model_id) for e in CatalogIndex(tmp_path / "idx", model_id="m1").entries())
+    assert got == [("/x/b-2.jpg", "b", "m1"), ("/x/普洱-1.jpg", "普洱", "m1")]
+
+
 def test_same_bytes_twice_is_a_no_op(tmp_path: Path) -> None:
     index = CatalogIndex(tmp_path / "idx", model_id="m1")
     first = index.commit([entry(1)])

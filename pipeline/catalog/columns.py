@@ -97,8 +97,9 @@ class Columns:
         self.keypoint_index[slots] = np.arange(k)
         self.alive[slots] = True
         shas = list(block.sha256)
-        again = self.slot_of.keys() & shas  # renamed entries: their old slot dies (a set operation, not 1M look-ups at open)
-        if again or len(set(shas)) != k:
+        # Renamed entries: their old slot dies. One membership pass in C (1M entries at open: 0.17 s; building the
+        # intersection set took 0.33 s), then the per-entry loop only when some sha256 is already here.
+        if not self.slot_of.keys().isdisjoint(shas) or len(set(shas)) != k:
             for slot, sha in zip(slots.tolist(), shas):
                 old = self.slot_of.get(sha)
                 if old is not None and old != slot:

@@ -48,7 +48,6 @@ FORMAT = "teaprint-catalog/1"
 MANIFEST = "MANIFEST.json"
 BIG_SEGMENT = 65_536
 """Entries (plus tombstones) from which a segment is never merged by a commit's compaction."""
-_STR = h5py.string_dtype("utf-8")
 _COMPACT_CHUNK = 256  # entries whose keypoints a compaction holds at once (~14 MB at 400 SIFT keypoints; 1,024 peaked +212 MB on 10k, 256 +129 MB, same time)
 
 
@@ -463,16 +462,15 @@ def _write_segment(path: Path, entries: Sequence[NewEntry], keypoints: Iterable[
         # Names are stored as their filesystem bytes: a name that is not UTF-8
         # (lone surrogates after os.fsdecode) is kept exactly, and valid UTF-8
         # reads back the same as before.
-        g.create_dataset("path", data=[os.fsencode(e.path) for e in entries], dtype=_STR, shape=(n,))
-        g.create_dataset("label", data=[os.fsencode(e.label) for e in entries], dtype=_STR, shape=(n,))
+        _write_names(g, "path", [os.fsencode(e.path) for e in entries])
+        _write_names(g, "label", [os.fsencode(e.label) for e in entries])
         emb = np.stack([e.embedding for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
         lbp = np.stack([e.lbp for e in entries]).astype(np.float32) if n else np.zeros((0, 0), np.float32)
         g.create_dataset("embedding", data=emb)
         g.create_dataset("lbp", data=lbp)
         g.create_dataset("added_at", data=added_at)
         g.create_dataset("slot", data=np.asarray(slots, dtype=np.int64).reshape(n))
-        g.create_dataset("model_id", data=[e.model_id if isinstance(e, CatalogEntry) else model_id for e in entries],
-                         dtype=_STR, shape=(n,))
+        _write_names(g, "model_id", [(e.model_id if isinstance(e, CatalogEntry) else model_id).encode() for e in entries])
         f.create_dataset("removed", data=np.array(list(removed), dtype="S64").reshape(len(removed)))
         write_keypoints(f, keypoints)
     fsync_path(tmp)
@@ -480,10 +478,40 @@ def _write_segment(path: Path, entries: Sequence[NewEntry], keypoints: Iterable[
     fsync_path(path.parent)
 
 
-def _names(values: np.ndarray) -> list[str]:
-    """Stored paths or labels back as `os.fsdecode` would give them (one decode call each: 1M of them at open)."""
+def _write_names(group: h5py.Group, key: str, values: Sequence[bytes]) -> None:
+    """Store names (filesystem bytes) as one NUL-separated byte string, dataset `<key>_bytes` (uint8).
+
+    One contiguous array reads and decodes in two calls; h5py's variable-length
+    strings cost a read and a decode per name (1M entries: 2.4 s of a 3.5 s
+    open for paths, labels and model ids; bench/bench_open.py). No file name,
+    label or model id holds a NUL byte (POSIX names cannot).
+    """
+    if any(b"\0" in v for v in values):
+        raise CatalogError(f"a {key} holds a NUL byte")
+    group.create_dataset(f"{key}_bytes", data=np.frombuffer(b"\0".join(values), dtype=np.uint8))
+
+
+def _read_names(group: h5py.Group, key: str, count: int) -> list[str]:
+    """Names stored by `_write_names` (or, in segments written before it, as variable-length strings),
+    decoded as `os.fsdecode` decodes a name."""
     encoding = sys.getfilesystemencoding()
-    return [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for v in values.tolist()]
+    if f"{key}_bytes" not in group:  # the layout before 2026-12-06
+        return [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for v in group[key][()].tolist()]
+    if count == 0:
+        return []
+    # NUL is one byte in every filesystem encoding Python uses and never part of a multi-byte sequence,
+    # so decoding the whole string then splitting it gives each name as decoding it alone would.
+    names = group[f"{key}_bytes"][()].tobytes().decode(encoding, "surrogateescape").split("\0")
+    if len(names) != count:
+        raise CatalogError(f"{group.file.filename}: {len(names)} {key}s stored for {count} entries")
+    return names
+
+
+def _shared(values: list[str]) -> list[str]:
+    """`values` with equal strings as one object (a segment's entries nearly always share one model id)."""
+    if values and values.count(values[0]) == len(values):
+        return [values[0]] * len(values)
+    return values
 
 
 def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
@@ -501,9 +529,9 @@ def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
         block = SlotBlock(
             slots=slots,
             sha256=[s.decode() for s in g["sha256"][()].tolist()],
-            paths=_names(g["path"][()]),
-            labels=_names(g["label"][()]),
-            model_ids=_names(g["model_id"][()]),
+            paths=_read_names(g, "path", n),
+            labels=_read_names(g, "label", n),
+            model_ids=_shared(_read_names(g, "model_id", n)),
             embeddings=g["embedding"][()],
             lbps=g["lbp"][()],
             added_at=g["added_at"][()],
