@@ -69,7 +69,8 @@ def redecide(bench: Path, out: Path, config: Path | None) -> dict:
             continue
         evidence = gather(labels, np.array([m.similarity for m in matches]), np.array([m.lbp_distance for m in matches]),
                           [m.inliers or 0 for m in matches], matches[0].svc_label)
-        decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {})
+        texture_counts = not (decide.texture_needs_bare_photo and row["stages"].get("decide", {}).get("cake_found"))
+        decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {}, texture_counts)
         best = labels[int(decision.order[0])]
         outcomes.append(Outcome(row["truth"] or "", best, decision.status, float(decision.confidence), tuple(labels)))
     summary = json.loads(saved.with_suffix(".summary.json").read_text())["variants"][0]

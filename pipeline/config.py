@@ -150,6 +150,7 @@ class FusionConfig:
 class DecideConfig:
     accept_confidence: float
     similarity_accept: float
+    texture_needs_bare_photo: bool
     fusion: FusionConfig
 
 

@@ -303,7 +303,7 @@ class Engine:
         clock.lap("embed")
         snap = self.snapshot() if snapshot is None else snapshot
         info = self.model_info
-        outcome = run(Query(vector, prepared.lbp, prepared.local), snap, self._config.matcher, info.threshold, self._votes(snap),
+        outcome = run(Query(vector, prepared.lbp, prepared.local, prepared.cake_found), snap, self._config.matcher, info.threshold, self._votes(snap),
                       self._nearest_for(snap), clock.lap, self._texture_for(snap))
         decision = outcome.decision
         record = self._result_record(decision.label) if decision.status == "matched" and decision.label else None

@@ -24,7 +24,7 @@ from pipeline.config import Config, LocalConfig, LocateConfig
 from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
 from pipeline.features.local import LocalFeatures, extract_configured
-from pipeline.features.locate import LOCATOR_VERSION, CakeOutline, Rectified, canonical_view
+from pipeline.features.locate import LOCATOR_VERSION, CakeOutline, Rectified, canonical_view, locate
 from pipeline.intake import IntakeError, Photo, read_photo
 from pipeline.results import Cake, Outline, Rectification
 
@@ -60,6 +60,12 @@ class Prepared:
     cake : Cake or None
         What the locator found and the rectification applied; None when
         `locate.enabled` is off.
+    cake_found : bool or None
+        Whether the locator found a cake: from `cake` when the locator
+        describes the cake; for a query with `locate.enabled` off, from a
+        locator run that changes nothing described, when the decision asks
+        (`matcher.decide.texture_needs_bare_photo` with verification on);
+        None when nobody looked.
     """
 
     path: Path
@@ -69,6 +75,7 @@ class Prepared:
     local: LocalFeatures | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     cake: Cake | None = None
+    cake_found: bool | None = None
 
 
 def feature_settings(config: Config) -> dict[str, object]:
@@ -107,6 +114,8 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
     t1 = time.perf_counter()
     view = locate_view(photo.pixels, config.locate)
     cake = cake_report(photo, view, config.locate) if view is not None else None
+    cake_found = (not view.outline.fallback) if view is not None else (
+        looks_like_a_cake(photo.pixels, config.locate) if not for_catalog and _decision_asks_for_cake(config) else None)
     if for_catalog and cake is not None and cake.count > 1:
         raise IntakeError("several_cakes", f"{path}: {cake.count} cakes in one photo; a catalog photo must show one cake "
                           "(photograph each alone, or crop)", sha256=photo.sha256)
@@ -119,11 +128,20 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
     local = local_features(image, mask, config.local) if config.local.enabled else None
     t5 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "lbp": (t3 - t2) * 1e3, "prepare": (t4 - t3) * 1e3}
-    if view is not None:
+    if view is not None or cake_found is not None:
         timings["locate"] = (t2 - t1) * 1e3
     if local is not None:
         timings["local"] = (t5 - t4) * 1e3
-    return Prepared(photo.path, photo.sha256, lbp, encoder_input, local, timings, cake)
+    return Prepared(photo.path, photo.sha256, lbp, encoder_input, local, timings, cake, cake_found)
+
+
+def _decision_asks_for_cake(config: Config) -> bool:
+    return config.matcher.decide.texture_needs_bare_photo and config.matcher.verify.enabled
+
+
+def looks_like_a_cake(pixels: np.ndarray, settings: LocateConfig) -> bool:
+    """Whether the locator finds a cake in `pixels` (its outline is not used: the whole photo stays described)."""
+    return not locate(pixels, settings.min_confidence).fallback
 
 
 def locate_view(pixels: np.ndarray, settings: LocateConfig) -> Rectified | None:

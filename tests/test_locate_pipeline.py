@@ -107,6 +107,28 @@ def test_texture_close_up_falls_back_to_the_whole_photo(tmp_path: Path, indexed:
     assert cake["fallback"] is True and cake["shape"] == "none" and cake["outline"] is None and cake["rectification"] is None
 
 
+def test_with_the_locator_off_a_query_is_still_looked_at_for_a_cake_so_texture_alone_is_no_confidence_on_a_cake(
+        tmp_path: Path, tiny_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    catalog = tmp_path / "catalog"
+    for i, seed in enumerate(CATALOG_SEEDS):
+        write_rgb(catalog / f"cake{i}-1.jpg", scene(seed, tilt=5.0).image)
+    base = ["--config", str(tiny_config_file), "--root", str(tmp_path / "root")]
+    assert run(capsys, *base, "index", str(catalog))[0] == 0
+    stranger = write_rgb(tmp_path / "stranger.jpg", scene(99, tilt=20.0).image)
+    gravel = write_rgb(tmp_path / "gravel.png", np.ascontiguousarray(cv2.cvtColor(skimage.data.gravel(), cv2.COLOR_GRAY2RGB)))
+    results = {}
+    for query in (stranger, gravel):
+        code, out, _ = run(capsys, *base, "match", "--json", str(query))
+        results[query.stem] = json.loads(out)
+        jsonschema.validate(results[query.stem], SCHEMA)
+        assert results[query.stem]["cake"] is None  # nothing was rectified: the whole photo was described
+    on_cake, on_texture = results["stranger"]["stages"]["decide"], results["gravel"]["stages"]["decide"]
+    assert on_cake["cake_found"] is True and on_cake["texture_counts"] is False
+    assert results["stranger"]["confidence"] == pytest.approx(max(on_cake["geometric"], on_cake["appearance"]), abs=1e-5)
+    assert on_texture["cake_found"] is False and on_texture["texture_counts"] is True
+    assert "locate" in results["stranger"]["timings_ms"]
+
+
 def test_changing_the_canonical_size_needs_reembed(tmp_path: Path, indexed: list[str], locate_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "size384.yaml"
     other.write_text(locate_config_file.read_text() + "  size: 384\n")  # under its locate: section

@@ -204,6 +204,20 @@ def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_o
     assert scores["cake"].confidence > scores["other"].confidence
 
 
+def test_on_a_photo_with_a_cake_the_texture_expert_ranks_but_gives_no_confidence() -> None:
+    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.matcher.fuse import LabelEvidence, fuse
+
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0))
+    # A stranger's cake: no inliers, a close LBP match to one registered cake that the appearance expert prefers.
+    stranger = [LabelEvidence("near", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("far", 1, 0.88, 0.0, 0, 0.2)]
+    bare, bare_scores = fuse(stranger, ["near", "far"], weights, 0.5, {})
+    caked, caked_scores = fuse(stranger, ["near", "far"], weights, 0.5, {}, texture_counts=False)
+    assert bare.status == "matched" and bare.confidence == bare_scores["near"].texture > 0.5
+    assert caked.status == "no_match" and caked.confidence == max(caked_scores["near"].geometric, caked_scores["near"].appearance) < 0.5
+    assert list(caked.order) == list(bare.order) and caked_scores["near"].rank_score == bare_scores["near"].confidence
+
+
 def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
     from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse

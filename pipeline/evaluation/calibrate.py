@@ -40,6 +40,7 @@ class QueryEvidence:
     geometric: np.ndarray  # (L, len(GEOMETRIC_FEATURES))
     appearance: np.ndarray  # (L, len(APPEARANCE_FEATURES))
     truth: str
+    texture_counts: bool = True  # False: a cake was found in the query, the texture expert only ranks (`fuse.LabelScore`)
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,20 @@ class Calibration:
 
 def query_evidence(result: MatchResult, truth: str) -> QueryEvidence:
     """Per-label features of a full-pipeline result, built as the matcher builds them."""
-    return _evidence_of(result.matches, truth)
+    return _evidence_of(result.matches, truth, _texture_counts(result.stages))
 
 
-def _evidence_of(m: Sequence[MatchEvidence], truth: str) -> QueryEvidence:
+def _texture_counts(stages: dict[str, Any] | None) -> bool:
+    """Whether the texture expert counted toward the saved answer's confidence (answers from before the flag: yes)."""
+    return bool(((stages or {}).get("decide") or {}).get("texture_counts", True))
+
+
+def _evidence_of(m: Sequence[MatchEvidence], truth: str, texture_counts: bool = True) -> QueryEvidence:
     svc = m[0].svc_label if m else None
     evidence = gather([e.label for e in m], np.array([e.similarity for e in m]), np.array([e.lbp_distance for e in m]),
                       [e.inliers or 0 for e in m], svc)
     geometric, appearance = label_features(evidence)
-    return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth)
+    return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth, texture_counts)
 
 
 def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[float, np.ndarray]:
@@ -141,9 +147,11 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     """
     registered = np.array([bool(e.truth) for e in evidence])
     best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion)] for e in evidence])
+    # The texture expert is a confidence only where no cake was found: only there are its impostors its own.
+    counts = np.array([[True, True, e.texture_counts] for e in evidence])
     shifts = []
     for column in range(best.shape[1]):
-        impostors = np.sort(best[~registered, column])
+        impostors = np.sort(best[~registered & counts[:, column], column])
         if not impostors.size:
             shifts.append(0.0)
             continue
@@ -163,9 +171,9 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
             best.append(0.0)
             right.append(False)
         else:
-            scores = combine(*expert_probabilities(e.geometric, e.appearance, fusion))
-            k = int(np.argmax(scores))
-            best.append(float(scores[k]))
+            experts = expert_probabilities(e.geometric, e.appearance, fusion)
+            k = int(np.argmax(combine(*experts)))  # ranked by every expert, as `fuse` ranks
+            best.append(float(combine(*experts, e.texture_counts)[k]))
             right.append(e.labels[k] == e.truth)
         registered.append(bool(e.truth))
     return np.array(best), np.array(right), np.array(registered)
@@ -304,7 +312,7 @@ def results_evidence(path: Path) -> list[QueryEvidence]:
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row.get("variant", full) == full and row["status"] != "rejected":
-            out.append(_evidence_of([MatchEvidence(**m) for m in row["matches"]], row["truth"] or ""))
+            out.append(_evidence_of([MatchEvidence(**m) for m in row["matches"]], row["truth"] or "", _texture_counts(row.get("stages"))))
     if not out:
         raise ValueError(f"{path}: no full-pipeline results (run `teaprint eval --stages embedding+lbp+verify --json`)")
     return out

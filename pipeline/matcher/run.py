@@ -73,11 +73,16 @@ class Query:
     embedding : ndarray, shape (D,), dtype float32, unit norm
     lbp : ndarray, shape (B,), dtype float32
     local : LocalFeatures or None
+    cake_found : bool or None
+        Whether the locator found a cake in the photo (None: not looked).
+        On a cake the texture expert ranks but gives no confidence
+        (`matcher.decide.texture_needs_bare_photo`).
     """
 
     embedding: np.ndarray
     lbp: np.ndarray
     local: LocalFeatures | None
+    cake_found: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ class Decided:
         The confidence `matched` needed.
     best_label : str or None
         The label of the first candidate in decision order.
+    texture_counts : bool
+        Whether the texture expert's probability counted toward the confidence.
+    cake_found : bool or None
+        Whether the locator found a cake in the query (None: not looked).
     """
 
     decision: Decision
@@ -102,10 +111,14 @@ class Decided:
     method: Literal["fusion", "similarity"]
     accept_confidence: float
     best_label: str | None
+    texture_counts: bool = True
+    cake_found: bool | None = None
 
     def report(self) -> dict[str, Any]:
-        """The stage's evidence for `stages.decide`: agreement, rule, and the best label's experts."""
+        """The stage's evidence for `stages.decide`: agreement, rule, the best label's experts, whether texture counted."""
         out: dict[str, Any] = {"agreed": list(self.decision.agreed), "accept_confidence": self.accept_confidence, "method": self.method}
+        if self.method == "fusion":
+            out.update(texture_counts=self.texture_counts, cake_found=self.cake_found)
         best = self.scores.get(self.best_label) if self.best_label is not None else None
         if best is not None:
             out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6), texture=round(best.texture, 6))
@@ -201,12 +214,12 @@ def run(
         rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
         verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio)
         lap("verify")
-    decided = _decide(candidates.widened, refined, labels, verified, settings)
+    decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
     if verified is not None and settings.verify.deepen > 0 and decided.decision.status != "matched" and verified.query_keypoints:
         candidates, verified = _deepen(query, catalog, settings, candidates, reserve, verified)
         refined, labels = _refine(query, catalog, candidates.widened, settings)
         lap("deepen")
-        decided = _decide(candidates.widened, refined, labels, verified, settings)
+        decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
     lap("decide")
     ranked = tuple(_ranked(i, candidates.widened, labels, refined, verified, decided) for i in decided.decision.order)
     return Outcome(candidates, refined, verified, decided, ranked)
@@ -278,7 +291,8 @@ def _deepen(query: Query, catalog: Searchable, settings: MatcherConfig, candidat
     return dataclasses.replace(candidates, widened=widened), verified.extended(more)
 
 
-def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None, settings: MatcherConfig) -> Decided:
+def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verified: Verified | None, settings: MatcherConfig,
+            cake_found: bool | None = None) -> Decided:
     """The fused decision when verification ran; the similarity rule otherwise."""
     cfg = settings.decide
     if verified is None:
@@ -293,8 +307,9 @@ def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verif
         "refine": refined.label if refined.mode == "svc" else None,
         "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
     }
-    decision, scores = fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices)
-    return Decided(decision, scores, "fusion", cfg.accept_confidence, _first_label(decision, labels))
+    texture_counts = not (cfg.texture_needs_bare_photo and cake_found)
+    decision, scores = fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices, texture_counts)
+    return Decided(decision, scores, "fusion", cfg.accept_confidence, _first_label(decision, labels), texture_counts, cake_found)
 
 
 def _first_label(decision: Decision, labels: Sequence[str]) -> str | None:
