@@ -24,7 +24,7 @@ from pipeline.config import Config, LocalConfig, LocateConfig
 from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
 from pipeline.features.local import LocalFeatures, extract_configured
-from pipeline.features.locate import LOCATOR_VERSION, CakeOutline, Rectified, canonical_view, locate
+from pipeline.features.locate import LOCATOR_VERSION, MIN_SIDE, CakeOutline, Rectified, canonical_view, locate
 from pipeline.intake import IntakeError, Photo, read_photo
 from pipeline.results import Cake, Outline, Rectification
 
@@ -140,7 +140,12 @@ def _decision_asks_for_cake(config: Config) -> bool:
 
 
 def looks_like_a_cake(pixels: np.ndarray, settings: LocateConfig) -> bool:
-    """Whether the locator finds a cake in `pixels` (its outline is not used: the whole photo stays described)."""
+    """Whether the locator finds a cake in `pixels` (its outline is not used: the whole photo stays described).
+
+    A photo under `MIN_SIDE` px a side has no room for a cake's rim: no cake (as `canonical_view` treats it).
+    """
+    if min(pixels.shape[:2]) < MIN_SIDE:
+        return False
     return not locate(pixels, settings.min_confidence).fallback
 
 

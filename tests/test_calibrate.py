@@ -63,6 +63,23 @@ def test_fit_keeps_each_weight_on_its_side_when_the_data_confound_it() -> None:
     assert a.similarity > 0 and a.similarity_margin >= 0 and a.lbp_margin >= 0 and a.svc_vote >= 0
 
 
+def test_decisions_count_the_texture_expert_only_where_no_cake_was_found() -> None:
+    """The calibration scores saved answers as the matcher does (`fuse`): on a cake photo the texture expert
+    ranks the labels but its probability is not the confidence, and its own operating point is set on bare photos."""
+    import dataclasses
+
+    fusion = load_config(None).matcher.decide.fusion
+    # No inliers, an unsure embedding, a clear LBP match: only the texture expert is confident.
+    evidence = [LabelEvidence("t1", 0, 0.9, 1.0, 0, 0.002), LabelEvidence("t2", 1, 0.88, 0.0, 0, 0.2)]
+    geometric, appearance = label_features(evidence)
+    bare = QueryEvidence(("t1", "t2"), geometric, appearance, "t1")
+    on_cake = dataclasses.replace(bare, texture_counts=False)
+    (bare_best,), (bare_right,), _ = decisions([bare], fusion)
+    (cake_best,), (cake_right,), _ = decisions([on_cake], fusion)
+    assert bare_right and cake_right  # the same label either way
+    assert bare_best > 0.5 > cake_best
+
+
 def test_write_into_keeps_the_config_loadable_and_its_comments(tmp_path: Path) -> None:
     target = tmp_path / "default.yaml"
     shutil.copy(DEFAULT_CONFIG, target)
