@@ -136,6 +136,48 @@ def test_vote_store_grows_per_commit_and_its_saved_postings_agree_with_a_rebuild
     assert votes_of(broken, after, queries) == votes_of(rebuilt, after, queries)
 
 
+def test_vote_store_saves_runs_that_merge_geometrically_and_a_restart_chains_them(tmp_path: Path) -> None:
+    """Every `merge_every` entries the new postings are saved as a run of their own; a run is merged into the one
+    before it once it holds a quarter of that one's slots, so saving never rewrites the whole store."""
+    from pipeline.search.votes import FANOUT
+
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    store = VoteStore(directory, VOCAB, per_entry=150, merge_every=2)
+    sizes, first_rewrites = [], 0
+    for n in range(34):
+        index.commit([entry(n)])
+        before = {p.name: p.stat().st_mtime_ns for p in directory.glob("votes*.bin")}
+        store.follow(index.snapshot())
+        after = {p.name: p.stat().st_mtime_ns for p in directory.glob("votes*.bin")}
+        rewritten = [name for name in after if before.get(name) != after[name]]
+        sizes.append(len(after))
+        first_rewrites += FILE in rewritten
+        if n % 2 == 0:
+            assert not rewritten  # 1 new entry: kept in memory
+    spans = sorted(((0, 0) if p.name == FILE else tuple(int(x) for x in p.stem.split("-")[1:])) for p in directory.glob("votes*.bin"))
+    assert spans[0] == (0, 0) and len(spans) <= 3 and max(sizes) <= 3  # a handful of runs, not one per save
+    assert first_rewrites <= 9 < 17  # of 17 saves; the run from slot 0 is rewritten once the catalog grew by a quarter
+    runs = [(0, spans[1][0] if len(spans) > 1 else 34)] + [s for s in spans[1:]]
+    for (a, b), (c, d) in zip(runs, runs[1:]):
+        assert b == c and (d - c) * FANOUT < b - a  # contiguous, each under a quarter of the one before
+    snap = index.snapshot()
+    reopened = VoteStore(directory, VOCAB, per_entry=150)
+    reopened.follow(snap)
+    assert reopened.opened_from_file == 34
+    scratch = tmp_path / "scratch"
+    shutil.copytree(directory, scratch)
+    for path in scratch.glob("votes*.bin"):
+        path.unlink()
+    rebuilt = VoteStore(scratch, VOCAB, per_entry=150, merge_every=10**9)
+    rebuilt.follow(CatalogIndex(scratch, model_id="m1").snapshot())
+    queries = list(range(34))
+    assert votes_of(reopened, snap, queries) == votes_of(rebuilt, snap, queries) == votes_of(store, snap, queries)
+    reopened.save()  # `teaprint reindex`: one run of everything
+    assert [p.name for p in directory.glob("votes*.bin")] == [FILE]
+    assert votes_of(reopened, snap, queries) == votes_of(rebuilt, snap, queries)
+
+
 def test_entries_with_zero_keypoints_are_stored_and_vote_for_nothing(tmp_path: Path) -> None:
     """A 1-pixel photo has no keypoint at all: its segment stores an empty keypoint set."""
     empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), 1)

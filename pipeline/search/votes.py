@@ -12,12 +12,19 @@ catalog's size); removing one needs nothing, as votes are masked by the
 snapshot's live rows. The FLANN index it replaces was rebuilt per
 registration: 1.2 s at 1k entries, 15 s and 6.8 GB at 10k (issue 13).
 
-Persistence: the merged postings are saved beside the HDF5 segments
-(`votes.bin`, written to a temporary name and renamed in) with the catalog id,
-the vocabulary and the slots they cover; they are read memory-mapped, so
-opening costs nothing at any size. Slots past the saved ones are read from
-the segments on open. A file that is missing, corrupt, for another catalog or
-another vocabulary is rebuilt from the segments: it is never a source of truth.
+Persistence: postings are saved beside the HDF5 segments in runs, each the
+postings of a contiguous range of slots (written to a temporary name and
+renamed in, with the catalog id, the vocabulary and the range): `votes.bin`
+from slot 0, `votes-<start>-<stop>.bin` after it. Every `merge_every`
+entries the unsaved postings become a new run (O(those entries)); a run is
+merged into the one before it once it holds a quarter of that one's slots,
+so runs shrink geometrically (a handful at 1M entries), each posting is
+rewritten O(log N) times and no registration pays O(catalog): merging every
+2,000 entries into one file rewrote all 1.8 GB of postings at 1M entries
+each time. Runs are read memory-mapped, so opening costs nothing at any size;
+slots past the saved chain are read from the segments on open. A run that is
+missing, corrupt, for another catalog or another vocabulary is rebuilt from
+the segments: they are never a source of truth.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from pipeline.fsutil import fsync_path
 from pipeline.search.vocabulary import Vocabulary
 
 FILE = "votes.bin"
+"""The run from slot 0; later runs are `votes-<start>-<stop>.bin` (`_run_path`)."""
+FANOUT = 4
+"""A run is merged into the one before it once it covers 1/FANOUT of that one's slots."""
 _MAGIC = b"TPVOTES2"
 _ALIGN = 64
 # Entries whose keypoints a rebuild reads at once (all 400 of each, ~51 KB): 4,096 peaked at +375 MB on a 10k
@@ -85,6 +95,10 @@ class Postings:
     def counts(self) -> np.ndarray:
         return np.diff(self.indptr)
 
+    @property
+    def size(self) -> int:
+        return int(self.slots.size)
+
     def merged(self, other: "Postings") -> "Postings":
         """Both postings in one CSR, `self`'s first within each word (O(M), no sort)."""
         a, b = self.counts(), other.counts()
@@ -114,6 +128,15 @@ class Postings:
         return slots, signatures, np.repeat(np.arange(words.size), lengths)
 
 
+@dataclass(frozen=True)
+class Run:
+    """Saved postings of slots [start, stop)."""
+
+    start: int
+    stop: int
+    postings: Postings
+
+
 class VoteStore:
     """The vote source for one catalog directory; shared by every reader of it (thread-safe).
 
@@ -131,8 +154,9 @@ class VoteStore:
     max_gathered : int
         Postings one query reads at most: its rarest words are taken first.
     merge_every : int
-        Merge (and save) the postings added since the last merge once they
-        cover this many entries.
+        Save the postings added since the last save as a new run once they
+        cover this many entries (a restart reads at most that many entries'
+        keypoints from the segments).
     """
 
     def __init__(self, directory: Path, vocabulary: Vocabulary, per_entry: int, merge_every: int = 2000,
@@ -147,7 +171,7 @@ class VoteStore:
         self._lock = threading.Lock()  # guards the swap of postings, held only briefly
         self._follow_lock = threading.Lock()  # one follower at a time
         self._catalog_id: str | None = None
-        self._base = Postings.empty(vocabulary.size)
+        self._runs: tuple[Run, ...] = ()
         self._delta: list[tuple[np.ndarray, np.ndarray]] = []
         self._delta_postings = Postings.empty(vocabulary.size)
         self._covered = 0
@@ -187,14 +211,14 @@ class VoteStore:
                 delta.append(self._words_of(part, snap.keypoints_bulk(part)))
                 entries += int(part.size)
             postings = Postings.of(self.vocabulary.size, *map(np.concatenate, zip(*delta)))
-            base, covered = self._base, int(snap.alive.size)
+            runs, covered = self._runs, int(snap.alive.size)
             if entries >= self.merge_every:
-                # Merged every `merge_every` entries whatever the size (O(base)), so that a restarted process
-                # re-reads at most that many entries' keypoints from the segments.
-                base, postings, delta, entries = base.merged(postings), Postings.empty(self.vocabulary.size), [], 0
-                self._save(base, covered)
+                # Saved every `merge_every` entries, so that a restarted process re-reads at most that many
+                # entries' keypoints from the segments; O(those entries) plus the geometric merges.
+                runs = self._compacted((*runs, self._saved(Run(runs[-1].stop if runs else 0, covered, postings))))
+                postings, delta, entries = Postings.empty(self.vocabulary.size), [], 0
             with self._lock:
-                self._base, self._delta_postings, self._covered = base, postings, covered
+                self._runs, self._delta_postings, self._covered = runs, postings, covered
                 self._delta, self._delta_entries = delta, entries
 
     def vote(self, query: LocalFeatures | None, snap: CatalogSnapshot, top_k: int) -> np.ndarray:
@@ -217,7 +241,7 @@ class VoteStore:
             return np.zeros(0, np.int64)
         words, signatures = self.vocabulary.encode(query.descriptors)
         with self._lock:
-            parts = (self._base, self._delta_postings)
+            parts = (*(r.postings for r in self._runs), self._delta_postings)
         # Stop words: a word held by more than `max_postings` postings is skipped. Its idf is low, and at 1M
         # entries scanning such words made one query gather tens of millions of postings (p50 1.1 s, 13 GB peak).
         held = sum(p.indptr[words + 1] - p.indptr[words] for p in parts)
@@ -248,12 +272,15 @@ class VoteStore:
         return voted[np.lexsort((voted, -scores))][:top_k].astype(np.int64)
 
     def save(self) -> None:
-        """Merge what was added since the last merge and save the postings now (`teaprint reindex`)."""
+        """Merge every run and what was added since the last save into one run and save it now (`teaprint reindex`)."""
         with self._follow_lock:
-            base = self._base.merged(self._delta_postings)
-            self._save(base, self._covered)
+            whole = Postings.empty(self.vocabulary.size)
+            for part in (*(r.postings for r in self._runs), self._delta_postings):
+                whole = whole.merged(part) if whole.size else part
+            runs = (self._saved(Run(0, self._covered, whole)),)
+            self._remove_runs_within(0, self._covered, keep=runs[0])
             with self._lock:
-                self._base, self._delta_postings, self._delta, self._delta_entries = base, Postings.empty(self.vocabulary.size), [], 0
+                self._runs, self._delta_postings, self._delta, self._delta_entries = runs, Postings.empty(self.vocabulary.size), [], 0
 
     # ---------------------------------------------------------------- internals
     def _words_of(self, slots: np.ndarray, feats: list[LocalFeatures | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -267,24 +294,78 @@ class VoteStore:
         return words.astype(np.int32), owners, signatures
 
     def _reset(self, snap: CatalogSnapshot) -> None:
-        """Start from the saved postings when they belong to this catalog and vocabulary, else from nothing."""
-        base, covered = Postings.empty(self.vocabulary.size), 0
-        saved = _load(self.directory / FILE, snap.catalog_id, self.vocabulary.vocab_id, self.per_entry)
-        if saved is not None and saved[1] <= snap.alive.size:
-            base, covered = saved
+        """Start from the saved runs that belong to this catalog and vocabulary, chained from slot 0, else from nothing."""
+        runs = _load_chain(self.directory, snap.catalog_id, self.vocabulary.vocab_id, self.per_entry, int(snap.alive.size))
+        covered = runs[-1].stop if runs else 0
         with self._lock:
-            self._catalog_id, self._base, self._covered, self._opened_from_file = snap.catalog_id, base, covered, covered
+            self._catalog_id, self._runs, self._covered, self._opened_from_file = snap.catalog_id, runs, covered, covered
             self._delta, self._delta_postings, self._delta_entries = [], Postings.empty(self.vocabulary.size), 0
 
-    def _save(self, base: Postings, covered: int) -> None:
+    def _compacted(self, runs: tuple[Run, ...]) -> tuple[Run, ...]:
+        """`runs` with the newest merged into the one before while it covers at least 1/FANOUT of that one's slots."""
+        out = list(runs)
+        while len(out) >= 2 and (out[-1].stop - out[-1].start) * FANOUT >= out[-2].stop - out[-2].start:
+            older, newer = out[-2], out.pop()
+            out[-1] = self._saved(Run(older.start, newer.stop, older.postings.merged(newer.postings)))
+            self._remove_runs_within(older.start, newer.stop, keep=out[-1])
+        return tuple(out)
+
+    def _saved(self, run: Run) -> Run:
+        """`run`, saved (best effort: a reader without write access keeps its postings in memory; files are only a cache)."""
         try:
-            _save(self.directory / FILE, base, covered, self._catalog_id, self.vocabulary.vocab_id, self.per_entry)
+            _save(_run_path(self.directory, run.start, run.stop), run.postings, run.start, run.stop, self._catalog_id,
+                  self.vocabulary.vocab_id, self.per_entry)
         except OSError:
-            pass  # a reader without write access keeps its postings in memory; the file is only a cache
+            pass
+        return run
+
+    def _remove_runs_within(self, start: int, stop: int, keep: Run) -> None:
+        """Delete the run files a merged run [start, stop) replaces."""
+        for path in self.directory.glob("votes-*.bin"):
+            span = _run_span(path)
+            if span is not None and start <= span[0] and span[1] <= stop and span != (keep.start, keep.stop):
+                path.unlink(missing_ok=True)
 
 
-def _save(path: Path, postings: Postings, covered: int, catalog_id: str | None, vocab_id: str, per_entry: int) -> None:
-    header = {"catalog_id": catalog_id, "vocabulary": vocab_id, "per_entry": per_entry, "covered": covered,
+def _run_path(directory: Path, start: int, stop: int) -> Path:
+    return directory / (FILE if start == 0 else f"votes-{start:012d}-{stop:012d}.bin")
+
+
+def _run_span(path: Path) -> tuple[int, int] | None:
+    """(start, stop) from a later run's file name, None for any other name."""
+    parts = path.stem.split("-")
+    if len(parts) != 3 or parts[0] != "votes" or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def _load_chain(directory: Path, catalog_id: str | None, vocab_id: str, per_entry: int, slots: int) -> tuple[Run, ...]:
+    """The saved runs that chain from slot 0 without a gap, up to `slots`, the longest next run first at each step."""
+    later: dict[int, list[Path]] = {}
+    for path in directory.glob("votes-*.bin"):
+        span = _run_span(path)
+        if span is not None and span[0] < span[1] <= slots:
+            later.setdefault(span[0], []).append(path)
+    chain: list[Run] = []
+    first = _load(directory / FILE, catalog_id, vocab_id, per_entry)
+    if first is None or first.start != 0 or not 0 < first.stop <= slots:
+        return ()
+    chain.append(first)
+    while chain[-1].stop in later:
+        found = None
+        for path in sorted(later[chain[-1].stop], key=lambda p: -_run_span(p)[1]):  # type: ignore[index]
+            found = _load(path, catalog_id, vocab_id, per_entry)
+            if found is not None and found.start == chain[-1].stop:
+                break
+            found = None
+        if found is None:
+            break
+        chain.append(found)
+    return tuple(chain)
+
+
+def _save(path: Path, postings: Postings, start: int, stop: int, catalog_id: str | None, vocab_id: str, per_entry: int) -> None:
+    header = {"catalog_id": catalog_id, "vocabulary": vocab_id, "per_entry": per_entry, "start": start, "covered": stop,
               "words": int(postings.indptr.size - 1), "postings": int(postings.slots.size)}
     raw = json.dumps(header).encode()
     start = -(-(16 + len(raw)) // _ALIGN) * _ALIGN
@@ -301,8 +382,8 @@ def _save(path: Path, postings: Postings, covered: int, catalog_id: str | None, 
     fsync_path(path.parent)
 
 
-def _load(path: Path, catalog_id: str | None, vocab_id: str, per_entry: int) -> tuple[Postings, int] | None:
-    """The saved postings and the slots they cover, or None when absent, corrupt or for something else."""
+def _load(path: Path, catalog_id: str | None, vocab_id: str, per_entry: int) -> Run | None:
+    """The saved run, or None when absent, corrupt or for something else (a file from before runs starts at 0)."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -323,6 +404,6 @@ def _load(path: Path, catalog_id: str | None, vocab_id: str, per_entry: int) -> 
         slots = np.memmap(path, dtype="<u4", mode="r", offset=at + 8 * m, shape=(m,)) if m else np.zeros(0, np.uint32)
         if indptr[0] != 0 or indptr[-1] != m:
             return None
-        return Postings(np.asarray(indptr), slots, signatures), int(header["covered"])
+        return Run(int(header.get("start", 0)), int(header["covered"]), Postings(np.asarray(indptr), slots, signatures))
     except (OSError, ValueError, KeyError, TypeError):
         return None
