@@ -49,6 +49,24 @@ def test_fit_learns_sensible_signs_and_meets_the_far_target() -> None:
     assert (accepted & right)[registered].mean() > 0.7
 
 
+def test_the_threshold_keeps_the_false_accept_rate_on_every_calibration_benchmark_not_only_pooled() -> None:
+    big = synthetic_evidence(n=1600)  # 400 strangers: each expert's operating point is then its second-strongest stranger
+    # A small benchmark of 10 strangers, one of them with a cake's worth of inliers and a close embedding.
+    small = []
+    for i in range(10):
+        strong = i == 0
+        evidence = [LabelEvidence(f"X{i}", 0, 0.9 if strong else 0.5, 0.0, 30 if strong else 2, 0.1),
+                    LabelEvidence(f"Y{i}", 1, 0.4, 0.0, 1, 0.2)]
+        geometric, appearance = label_features(evidence)
+        small.append(QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, ""))
+    pooled = fit(big + small, target_far=0.01)
+    each = fit(big + small, target_far=0.01, groups=[big, small])
+    best_small, _, _ = decisions(small, each.fusion)
+    assert pooled.fusion == each.fusion  # the weights do not depend on the grouping
+    assert (best_small >= pooled.accept_confidence).sum() == 1  # 1 of 410 strangers passes a pooled 1 %
+    assert (best_small >= each.accept_confidence).sum() == 0 and each.accept_confidence > pooled.accept_confidence
+
+
 def test_fit_keeps_each_weight_on_its_side_when_the_data_confound_it() -> None:
     """Right labels given LARGER LBP distances (two kinds of photo mixed, as cakes and textures are)
     must not teach the appearance expert that a farther texture counts for a label."""
