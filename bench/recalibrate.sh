@@ -23,6 +23,8 @@ CAL_FACES=cake2_b,cake3_a,cake3_b
 FACES_DIR=${FACES_DIR:-../shared/data/puerh_dev/faces}
 RESULTS=${RESULTS:-$ROOT/results}
 mkdir -p "$RESULTS"
+# make_discs.py --split calibration cuts its discs from Debian packages' photos: install them if missing.
+make --no-print-directory train-photos
 
 build() {  # name, generator command...
   local name=$1; shift
