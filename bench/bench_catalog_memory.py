@@ -51,7 +51,8 @@ def step(index: Path, what: str) -> dict:
     if what == "compact":
         record.compact()
     else:
-        (index / "votes.bin").unlink(missing_ok=True)
+        for run in index.glob("votes*.bin"):  # every saved run: the store starts from nothing
+            run.unlink()
         VoteStore(index, Vocabulary.load(), per_entry=150).follow(record.snapshot())
     seconds = time.perf_counter() - t0
     peak = _vm("VmHWM")
