@@ -322,19 +322,27 @@ class Engine:
             record=record,
         )
 
-    def serving_snapshot(self) -> CatalogSnapshot:
+    def serving_snapshot(self, persist: bool = True) -> CatalogSnapshot:
         """The latest generation with everything the matcher derives from it already built.
 
         A match against it pays nothing for the generation (the keypoint vote
         store reads the keypoints of the entries new since it last caught up);
         the daemon's catalog lane calls this before it publishes a generation
-        to the query lane.
+        to the query lane, with `persist` False, and `persist_search` after:
+        the search structures' saves that fall due (a merge of vote runs, an
+        IVF file) then never delay a publication.
         """
         snap = self.snapshot()
-        self._votes(snap)
-        self._nearest_for(snap)
-        self._texture_for(snap)
+        self._votes(snap, persist)
+        self._nearest_for(snap, persist)
+        self._texture_for(snap, persist)
         return snap
+
+    def persist_search(self) -> None:
+        """Save what the search structures took in since their last save, where a save is due."""
+        for structure in (self._vote_store, self._nearest, self._texture):
+            if structure is not None:
+                structure.persist()
 
     def close(self) -> None:
         """Release what outlives a call: the Milvus connection (milvus-lite lets one process at a time open its file), an ANN index never saved."""
@@ -343,16 +351,19 @@ class Engine:
             self._nearest = None
         self._texture.close()
 
-    def _nearest_for(self, snap: CatalogSnapshot) -> MilvusEmbeddings | AnnIndex | None:
+    def _nearest_for(self, snap: CatalogSnapshot, persist: bool = True) -> MilvusEmbeddings | AnnIndex | None:
         """The embedding search caught up with `snap`; None: the shortlist scans the snapshot exactly (a small embedded catalog)."""
         if self._nearest is None:
             return None
-        self._nearest.follow(snap)
+        if isinstance(self._nearest, AnnIndex):
+            self._nearest.follow(snap, persist)
+        else:
+            self._nearest.follow(snap)
         return self._nearest if self._nearest.ready(snap) else None
 
-    def _texture_for(self, snap: CatalogSnapshot) -> AnnIndex | None:
+    def _texture_for(self, snap: CatalogSnapshot, persist: bool = True) -> AnnIndex | None:
         """The LBP prefilter's index caught up with `snap`; None: a small catalog, scanned."""
-        self._texture.follow(snap)
+        self._texture.follow(snap, persist)
         return self._texture if self._texture.ready(snap) else None
 
     def reindex(self, backend: str | None = None) -> dict[str, Any]:
@@ -377,7 +388,7 @@ class Engine:
                               "rows": int(np.count_nonzero(snap.alive))}
         return done
 
-    def _votes(self, snap: CatalogSnapshot) -> VoteStore | None:
+    def _votes(self, snap: CatalogSnapshot, persist: bool = True) -> VoteStore | None:
         """The catalog-wide keypoint vote, caught up with `snap` (None when the source is off).
 
         Catching up costs O(entries new since the last call): their keypoints
@@ -385,7 +396,7 @@ class Engine:
         """
         if self._vote_store is None:
             return None
-        self._vote_store.follow(snap)
+        self._vote_store.follow(snap, persist)
         return self._vote_store
 
     # ---------------------------------------------------------------- records

@@ -178,6 +178,23 @@ def test_vote_store_saves_runs_that_merge_geometrically_and_a_restart_chains_the
     assert votes_of(reopened, snap, queries) == votes_of(rebuilt, snap, queries)
 
 
+def test_a_follower_that_defers_saving_votes_with_the_new_entries_and_saves_them_when_asked(tmp_path: Path) -> None:
+    """The daemon's catalog lane publishes a generation before the save that falls due (`follow(persist=False)`)."""
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    store = VoteStore(directory, VOCAB, per_entry=150, merge_every=4)
+    index.commit([entry(n) for n in range(6)])
+    snap = index.snapshot()
+    store.follow(snap, persist=False)
+    assert not list(directory.glob("votes*.bin"))  # due (6 >= 4) but deferred
+    assert [v[0] for v in votes_of(store, snap, [0, 5])] == ["cake0", "cake5"]  # the new entries vote already
+    store.persist()
+    assert (directory / FILE).exists()
+    reopened = VoteStore(directory, VOCAB, per_entry=150)
+    reopened.follow(snap)
+    assert reopened.opened_from_file == 6 and votes_of(reopened, snap, list(range(6))) == votes_of(store, snap, list(range(6)))
+
+
 def test_entries_with_zero_keypoints_are_stored_and_vote_for_nothing(tmp_path: Path) -> None:
     """A 1-pixel photo has no keypoint at all: its segment stores an empty keypoint set."""
     empty = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), 1)

@@ -224,14 +224,15 @@ class CatalogSync:
                      timings_ms={**{k: round(v, 1) for k, v in prepared.timings_ms.items()}, **timings})
 
     def publish(self) -> None:
-        """Make the latest generation the one queries read, its derived data built first."""
+        """Make the latest generation the one queries read, its derived data built first and saved after."""
         t0 = self.clock()
-        snapshot = self.engine.serving_snapshot()
+        snapshot = self.engine.serving_snapshot(persist=False)
         self.board.set(snapshot)
         now = self.clock()
         self.published = _Publication(snapshot.generation, now, now - t0)
         self.dirty = False
         log.info("published", generation=snapshot.generation, entries=len(snapshot), cost_ms=round((now - t0) * 1e3, 1))
+        self.engine.persist_search()
 
     def fail(self, ready: FileReady, failure: Failure) -> None:
         path = ready.path

@@ -114,8 +114,9 @@ class AnnIndex:
         return self._index is not None and self._catalog_id == snap.catalog_id and self._model_id == snap.model_id
 
     # ----------------------------------------------------------------- follow
-    def follow(self, snap: CatalogSnapshot) -> None:
-        """Open, build or extend the index to cover every slot of `snap`, then save it when due.
+    def follow(self, snap: CatalogSnapshot, persist: bool = True) -> None:
+        """Open, build or extend the index to cover every slot of `snap`, then save it when due (with `persist`;
+        otherwise a due save waits for `persist()`).
 
         Below `min_rows` slots nothing is built. Extending takes the search
         lock only while one block of `_ADD_AT_ONCE` rows goes in (IVF adds
@@ -135,7 +136,13 @@ class AnnIndex:
                 with self._lock:
                     self._index.add(block)
                     self._covered = stop
-            if self._covered - self._saved >= self.settings.save_every:
+            if persist and self._covered - self._saved >= self.settings.save_every:
+                self.save()
+
+    def persist(self) -> None:
+        """Save the index when `save_every` rows were added since the last save."""
+        with self._follow_lock:
+            if self._index is not None and self._covered - self._saved >= self.settings.save_every:
                 self.save()
 
     def save(self) -> None:

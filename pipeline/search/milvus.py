@@ -86,6 +86,9 @@ class MilvusEmbeddings:
         return True
 
     # ----------------------------------------------------------------- follow
+    def persist(self) -> None:
+        """Nothing to save here: the collection is Milvus's to persist (the same interface as the local indexes)."""
+
     def follow(self, snap: CatalogSnapshot) -> None:
         """Insert the snapshot's slots not yet in the collection and delete those that died since the last call."""
         if self._catalog_id == snap.catalog_id and snap.generation <= self._generation:
