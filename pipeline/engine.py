@@ -355,10 +355,7 @@ class Engine:
         """The embedding search caught up with `snap`; None: the shortlist scans the snapshot exactly (a small embedded catalog)."""
         if self._nearest is None:
             return None
-        if isinstance(self._nearest, AnnIndex):
-            self._nearest.follow(snap, persist)
-        else:
-            self._nearest.follow(snap)
+        self._nearest.follow(snap, persist)
         return self._nearest if self._nearest.ready(snap) else None
 
     def _texture_for(self, snap: CatalogSnapshot, persist: bool = True) -> AnnIndex | None:

@@ -136,14 +136,17 @@ class AnnIndex:
                 with self._lock:
                     self._index.add(block)
                     self._covered = stop
-            if persist and self._covered - self._saved >= self.settings.save_every:
-                self.save()
+            if persist:
+                self._persist_locked()
 
     def persist(self) -> None:
         """Save the index when `save_every` rows were added since the last save."""
         with self._follow_lock:
-            if self._index is not None and self._covered - self._saved >= self.settings.save_every:
-                self.save()
+            self._persist_locked()
+
+    def _persist_locked(self) -> None:
+        if self._index is not None and self._covered - self._saved >= self.settings.save_every:
+            self.save()
 
     def save(self) -> None:
         """Write the index now (a reader without write access keeps it in memory; the file is only a cache)."""

@@ -89,8 +89,11 @@ class MilvusEmbeddings:
     def persist(self) -> None:
         """Nothing to save here: the collection is Milvus's to persist (the same interface as the local indexes)."""
 
-    def follow(self, snap: CatalogSnapshot) -> None:
-        """Insert the snapshot's slots not yet in the collection and delete those that died since the last call."""
+    def follow(self, snap: CatalogSnapshot, persist: bool = True) -> None:
+        """Insert the snapshot's slots not yet in the collection and delete those that died since the last call.
+
+        `persist` is the local indexes' (a save they may defer); Milvus persists the collection itself.
+        """
         if self._catalog_id == snap.catalog_id and snap.generation <= self._generation:
             return  # nothing new (the query lane's case): no wait behind a follower inserting another batch
         with self._lock:
