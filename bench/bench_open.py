@@ -9,8 +9,9 @@ with real-sized descriptors (128-d embedding, 26-bin LBP histogram, paths and
 labels as a scanner export names them) and no keypoints, so that a million
 entries take minutes, not the hour `bench_scale.py` needs. Then, in fresh
 processes, opens it three times (`CatalogIndex(WORK/index)` and its first
-snapshot) and prints the wall time of each, and the top functions of a
-cProfile of one more open. The keypoint-free record times what the open
+snapshot) and prints the wall time of each, the resident memory (VmRSS)
+the open and first snapshot add, per entry (median of the three), and the
+top functions of a cProfile of one more open. The keypoint-free record times what the open
 reads for every entry (ids, names, descriptors); the keypoints stay on disk
 at open either way.
 """
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.catalog import CatalogIndex, NewEntry  # noqa: E402
 
 MODEL = "bench-open-model"
+PAGE = __import__("os").sysconf("SC_PAGE_SIZE")
 
 
 def build(index: Path, entries: int, segment: int, dim: int = 128, bins: int = 26) -> float:
@@ -54,8 +56,10 @@ def build(index: Path, entries: int, segment: int, dim: int = 128, bins: int = 2
 def open_once(index: Path, profile: int) -> dict:
     code = ("import sys, time, json; sys.path.insert(0, %r)\n"
             "from pipeline.catalog import CatalogIndex\n"
-            "t = time.perf_counter(); r = CatalogIndex(%r); s = r.snapshot(); n = len(s)\n"
-            "print(json.dumps({'open_s': time.perf_counter() - t, 'entries': n}))\n") % (str(Path(__file__).resolve().parent.parent), str(index))
+            "def rss(): return int(open('/proc/self/statm').read().split()[1]) * %d\n"
+            "before = rss(); t = time.perf_counter(); r = CatalogIndex(%r); s = r.snapshot(); n = len(s)\n"
+            "print(json.dumps({'open_s': time.perf_counter() - t, 'entries': n, 'rss_added': rss() - before}))\n"
+            ) % (str(Path(__file__).resolve().parent.parent), PAGE, str(index))
     if profile:
         code = ("import cProfile, pstats, io\npr = cProfile.Profile(); pr.enable()\n" + code +
                 "pr.disable(); out = io.StringIO(); pstats.Stats(pr, stream=out).sort_stats('tottime').print_stats(%d); print(out.getvalue(), file=sys.stderr)\n" % profile)
@@ -76,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(CatalogIndex(index)) < args.entries:
         print(f"building {args.entries:,} entries in {index}")
         print(f"built in {build(index, args.entries, args.segment):.1f} s")
-    opens = [open_once(index, 0)["open_s"] for _ in range(3)]
+    runs = [open_once(index, 0) for _ in range(3)]
+    opens = [r["open_s"] for r in runs]
     print(f"entries {args.entries:,}  open s: " + ", ".join(f"{s:.2f}" for s in opens) + f"  (median {sorted(opens)[1]:.2f})")
+    added = sorted(r["rss_added"] for r in runs)[1]
+    print(f"resident memory the open adds: {added / 2**20:,.0f} MB, {added / max(runs[0]['entries'], 1):,.0f} B per entry (median of 3)")
     if args.profile:
         open_once(index, args.profile)
     return 0

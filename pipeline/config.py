@@ -140,10 +140,20 @@ class TextureWeights:
 
 
 @dataclass(frozen=True)
+class EmbeddingWeights:
+    """Logistic weights of the embedding expert (`pipeline.matcher.fuse`): the cosine evidence alone, a photo with a cake's confidence."""
+
+    bias: float
+    similarity: float
+    similarity_margin: float
+
+
+@dataclass(frozen=True)
 class FusionConfig:
     geometric: GeometricWeights
     appearance: AppearanceWeights
     texture: TextureWeights
+    embedding: EmbeddingWeights
 
 
 @dataclass(frozen=True)

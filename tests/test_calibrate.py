@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DEFAULT_CONFIG, load_config
-from pipeline.evaluation.calibrate import QueryEvidence, decisions, fit, write_into
+from pipeline.evaluation.calibrate import QueryEvidence, choose_threshold, decisions, fit, write_into
 from pipeline.matcher.fuse import LabelEvidence, label_features
 
 
@@ -65,6 +65,47 @@ def test_the_threshold_keeps_the_false_accept_rate_on_every_calibration_benchmar
     assert pooled.fusion == each.fusion  # the weights do not depend on the grouping
     assert (best_small >= pooled.accept_confidence).sum() == 1  # 1 of 410 strangers passes a pooled 1 %
     assert (best_small >= each.accept_confidence).sum() == 0 and each.accept_confidence > pooled.accept_confidence
+
+
+def test_a_benchmarks_threshold_lies_just_above_its_strongest_stranger_not_at_its_weakest_right_answer() -> None:
+    """Easy siblings: right answers near 1, strangers below 0.4. The lowest threshold that keeps their FAR is
+    just above the strongest stranger; the weakest right answer (0.99999 there) would set the pooled accept point."""
+    fusion = load_config(None).matcher.decide.fusion
+    group = [q for q in synthetic_evidence(n=200, seed=3) if not q.truth or q.geometric[0, 0] > np.log1p(20)]
+    best, _, registered = decisions(group, fusion)
+    threshold, far, _, _ = choose_threshold(group, fusion, 0.0)
+    strongest = best[~registered].max()
+    assert far == 0.0 and strongest < threshold <= np.nextafter(strongest, 2.0)
+    assert threshold < best[registered].min()  # the case the rule is for: every right answer lies above
+
+
+def test_refit_fits_only_the_named_experts_and_the_embedding_expert_on_photos_with_a_cake() -> None:
+    import dataclasses
+
+    import pytest
+
+    current = load_config(None).matcher.decide.fusion
+    # Cake photos (texture_counts False) whose right label has the best cosine but a misleading LBP margin.
+    evidence = []
+    for q in synthetic_evidence():
+        appearance = q.appearance.copy()
+        right = np.array([label == q.truth for label in q.labels])
+        appearance[right, 4] -= 2.0  # another label's histogram 7x closer (a glare spot)
+        evidence.append(dataclasses.replace(q, appearance=appearance, texture_counts=False))
+    cal = fit(evidence, target_far=0.01, refit=("embedding",), current=current)
+    assert (cal.fusion.geometric, cal.fusion.appearance, cal.fusion.texture) == (current.geometric, current.appearance, current.texture)
+    assert cal.fusion.embedding != current.embedding and cal.fusion.embedding.similarity_margin > 0
+    # The right labels with no inlier are accepted on their cosine; scored with the LBP evidence, most would not be.
+    no_inlier = np.array([bool(q.truth) and q.geometric[0, 0] == 0 for q in evidence])
+    on_cake, right, _ = decisions(evidence, cal.fusion)
+    as_bare, _, _ = decisions([dataclasses.replace(q, texture_counts=True) for q in evidence], cal.fusion)
+    accepted_on_cake = (on_cake >= cal.accept_confidence)[no_inlier & right].mean()
+    accepted_as_bare = (as_bare >= cal.accept_confidence)[no_inlier & right].mean()
+    assert cal.false_accept_rate <= 0.01 and accepted_on_cake > 0.4 and accepted_as_bare < 0.1  # 0.51 and 0.03
+    with pytest.raises(ValueError, match="refit"):
+        fit(evidence, refit=("embedding",))  # the kept experts' weights are needed
+    with pytest.raises(ValueError, match="refit"):
+        fit(evidence, refit=("bogus",), current=current)
 
 
 def test_fit_keeps_each_weight_on_its_side_when_the_data_confound_it() -> None:

@@ -124,8 +124,9 @@ def test_with_the_locator_off_a_query_is_still_looked_at_for_a_cake_so_texture_a
         assert results[query.stem]["cake"] is None  # nothing was rectified: the whole photo was described
     on_cake, on_texture = results["stranger"]["stages"]["decide"], results["gravel"]["stages"]["decide"]
     assert on_cake["cake_found"] is True and on_cake["texture_counts"] is False
-    assert results["stranger"]["confidence"] == pytest.approx(max(on_cake["geometric"], on_cake["appearance"]), abs=1e-5)
+    assert results["stranger"]["confidence"] == pytest.approx(max(on_cake["geometric"], on_cake["embedding"]), abs=1e-5)
     assert on_texture["cake_found"] is False and on_texture["texture_counts"] is True
+    assert results["gravel"]["confidence"] == pytest.approx(max(on_texture[k] for k in ("geometric", "appearance", "texture")), abs=1e-5)
     assert "locate" in results["stranger"]["timings_ms"]
 
 

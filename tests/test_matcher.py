@@ -115,10 +115,11 @@ def test_label_features_compare_each_label_with_the_best_other() -> None:
 
 
 def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
+                           EmbeddingWeights(-8.0, 6.0, 10.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
     decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})
@@ -186,11 +187,12 @@ def test_gather_prefers_more_inliers_then_higher_similarity_for_a_labels_positio
 
 
 def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_of_its_own() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     # The texture expert alone: accepts a label 20x closer in LBP than the next one.
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
+                           EmbeddingWeights(-8.0, 6.0, 10.0))
     # A relit texture: no inliers, the embedding's first choice is right but unsure; its LBP match is clear.
     relit = [LabelEvidence("t1", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("t2", 1, 0.88, 0.0, 0, 0.2)]
     decision, scores = fuse(relit, ["t1", "t2"], weights, 0.5, {})
@@ -205,24 +207,46 @@ def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_o
 
 
 def test_on_a_photo_with_a_cake_the_texture_expert_ranks_but_gives_no_confidence() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0))
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
+                           EmbeddingWeights(-8.0, 6.0, 10.0))
     # A stranger's cake: no inliers, a close LBP match to one registered cake that the appearance expert prefers.
     stranger = [LabelEvidence("near", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("far", 1, 0.88, 0.0, 0, 0.2)]
     bare, bare_scores = fuse(stranger, ["near", "far"], weights, 0.5, {})
     caked, caked_scores = fuse(stranger, ["near", "far"], weights, 0.5, {}, texture_counts=False)
     assert bare.status == "matched" and bare.confidence == bare_scores["near"].texture > 0.5
-    assert caked.status == "no_match" and caked.confidence == max(caked_scores["near"].geometric, caked_scores["near"].appearance) < 0.5
+    assert caked.status == "no_match" and caked.confidence == max(caked_scores["near"].geometric, caked_scores["near"].embedding) < 0.5
     assert list(caked.order) == list(bare.order) and caked_scores["near"].rank_score == bare_scores["near"].confidence
 
 
-def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
-    from pipeline.config import AppearanceWeights, FusionConfig, GeometricWeights, TextureWeights
+def test_on_a_photo_with_a_cake_the_embedding_expert_not_the_lbp_evidence_gives_the_confidence() -> None:
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0))
+    # The appearance expert trusts the LBP margin; the embedding expert reads the same cosine terms without it.
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 1.0),
+                           TextureWeights(-50.0, 0.0, 0.0, 0.0), EmbeddingWeights(-8.0, 6.0, 10.0))
+    # A re-shot under a glare spot: no inlier, a clear cosine lead, but another cake's LBP histogram is 7x closer.
+    glare = [LabelEvidence("cake", 0, 0.9, 0.0, 0, 0.28), LabelEvidence("other", 1, 0.6, 1.0, 0, 0.04)]
+    on_cake, scores = fuse(glare, ["cake", "other"], weights, 0.5, {}, texture_counts=False)
+    assert on_cake.status == "matched" and on_cake.label == "cake"
+    assert on_cake.confidence == scores["cake"].embedding > 0.5 > scores["cake"].appearance
+    # The same evidence from a bare texture: the LBP evidence counts, and it speaks against the label.
+    bare, _ = fuse(glare, ["cake", "other"], weights, 0.5, {})
+    assert bare.status == "no_match" and bare.confidence < 0.5
+    # A stranger's cake with a close histogram and a small cosine lead stays refused on a cake photo.
+    stranger = [LabelEvidence("x", 0, 0.87, 1.0, 0, 0.01), LabelEvidence("y", 1, 0.85, 0.0, 0, 0.3)]
+    assert fuse(stranger, ["x", "y"], weights, 0.5, {}, texture_counts=False)[0].status == "no_match"
+
+
+def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.matcher.fuse import LabelEvidence, fuse
+
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
+                           EmbeddingWeights(-8.0, 6.0, 10.0))
     labels = ["b", "a", "b", "a"]
     evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]
     decision, scores = fuse(evidence, labels, weights, 0.0, {"shortlist": "b", "verify": "a", "refine": "a"})

@@ -101,7 +101,8 @@ class Decided:
     best_label : str or None
         The label of the first candidate in decision order.
     texture_counts : bool
-        Whether the texture expert's probability counted toward the confidence.
+        Whether the LBP evidence (appearance and texture experts) counted toward the
+        confidence; False: the embedding expert's did (a cake was found).
     cake_found : bool or None
         Whether the locator found a cake in the query (None: not looked).
     """
@@ -121,7 +122,8 @@ class Decided:
             out.update(texture_counts=self.texture_counts, cake_found=self.cake_found)
         best = self.scores.get(self.best_label) if self.best_label is not None else None
         if best is not None:
-            out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6), texture=round(best.texture, 6))
+            out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6), texture=round(best.texture, 6),
+                       embedding=round(best.embedding, 6))
         return out
 
 
