@@ -65,7 +65,6 @@ class Columns:
         self._expected = 0
         self.embedding = np.zeros((0, 0), np.float32)
         self.lbp = np.zeros((0, 0), np.float32)
-        self.lbp_sqrt = np.zeros((0, 0), np.float32)
         self.added_at = np.zeros(0, np.float64)
         self.alive = np.zeros(0, bool)
         self.sha256 = np.zeros(0, object)
@@ -88,7 +87,6 @@ class Columns:
         self._reserve(int(slots.max()) + 1, block.embeddings.shape[1], block.lbps.shape[1])
         self.embedding[slots] = block.embeddings
         self.lbp[slots] = block.lbps
-        self.lbp_sqrt[slots] = np.sqrt(np.maximum(block.lbps, 0))
         self.added_at[slots] = block.added_at
         for column, values in ((self.sha256, block.sha256), (self.path, block.paths), (self.label, block.labels),
                                (self.model_id, block.model_ids)):
@@ -143,7 +141,6 @@ class Columns:
 
         self.embedding = grown(self.embedding, (capacity, dim), np.float32)
         self.lbp = grown(self.lbp, (capacity, bins), np.float32)
-        self.lbp_sqrt = grown(self.lbp_sqrt, (capacity, bins), np.float32)
         self.added_at = grown(self.added_at, (capacity,), np.float64)
         self.alive = grown(self.alive, (capacity,), bool)
         for name in ("sha256", "path", "label", "model_id", "keypoint_file"):

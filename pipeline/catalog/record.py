@@ -105,19 +105,20 @@ class CommitResult:
 
 @dataclass(frozen=True)
 class _Segment:
-    """What one segment file adds and removes, loaded once (segments never change)."""
+    """Which slots one segment file holds and which entries it removes (segments never change).
+
+    Its entries' descriptors and names live in the columns only: kept here
+    too, they doubled the record's memory (1M entries: 0.66 KB per entry of
+    the 1.85 KB an open added, `bench/bench_open.py`).
+    """
 
     name: str
-    block: SlotBlock
+    slots: np.ndarray
     removed: frozenset[str]
-
-    @property
-    def slots(self) -> np.ndarray:
-        return self.block.slots
 
     def size(self) -> int:
         """Entries plus tombstones: what rewriting it costs."""
-        return int(self.block.slots.size) + len(self.removed)
+        return int(self.slots.size) + len(self.removed)
 
 
 @dataclass
@@ -348,8 +349,7 @@ class CatalogIndex:
         cols = state.columns
         owned = np.concatenate([s.slots for s in segs[k:]]) if segs[k:] else np.zeros(0, np.int64)
         keep = np.sort(owned[cols.alive[owned]]) if owned.size else owned
-        gone = () if k == 0 else tuple(sorted({sha for s in segs[:k] for sha, slot in zip(s.block.sha256, s.slots.tolist())
-                                               if not cols.alive[slot]}))
+        gone = () if k == 0 else tuple(sorted({cols.sha256[slot] for s in segs[:k] for slot in s.slots.tolist() if not cols.alive[slot]}))
         # Read and written in chunks of entries (bounded RAM whatever the merge's size).
         keypoints = (gather_keypoints(cols, keep[i:i + _COMPACT_CHUNK]) for i in range(0, keep.size, _COMPACT_CHUNK))
         snap = self._current()
@@ -419,17 +419,17 @@ class CatalogIndex:
             columns, dropped, todo = state.columns, state.segments[shared:], names[shared:]
         fresh, next_legacy = [], columns.n
         for n in todo:  # may raise (a compaction removed a segment): nothing is applied before all are read
-            seg = self._cache.get(n) or _read_segment(self.directory / n, next_legacy)
-            fresh.append(seg)
+            seg, block = _read_segment(self.directory / n, next_legacy)
+            fresh.append((seg, block))
             next_legacy = max(next_legacy, int(seg.slots.max()) + 1 if seg.slots.size else next_legacy)
-        for seg in fresh:
+        for seg, _ in fresh:
             self._cache[seg.name] = seg
         old_slots = [self._cache[n].slots for n in dropped if n in self._cache]
-        for seg in fresh:
+        for seg, block in fresh:
             columns.remove(sorted(seg.removed))
-            columns.add(seg.block)
+            columns.add(block)
         if old_slots:
-            still = np.concatenate([s.slots for s in fresh]) if fresh else np.zeros(0, np.int64)
+            still = np.concatenate([s.slots for s, _ in fresh]) if fresh else np.zeros(0, np.int64)
             lost = np.setdiff1d(np.concatenate(old_slots), still)
             columns.remove([columns.sha256[s] for s in lost.tolist() if columns.alive[s] and columns.slot_of.get(columns.sha256[s]) == s])
         live = set(names)
@@ -514,8 +514,8 @@ def _shared(values: list[str]) -> list[str]:
     return values
 
 
-def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
-    """A segment's entries (keypoints stay in the file, which is kept open for them).
+def _read_segment(path: Path, first_legacy_slot: int) -> tuple[_Segment, SlotBlock]:
+    """A segment's slots and tombstones, and its entries for the columns (keypoints stay in the file, which is kept open for them).
 
     Segments written before slots were recorded number their entries from
     `first_legacy_slot` (the slot count of the segments before them).
@@ -543,4 +543,4 @@ def _read_segment(path: Path, first_legacy_slot: int) -> _Segment:
         raise
     if keypoints is None:
         f.close()
-    return _Segment(path.name, block, removed)
+    return _Segment(path.name, slots, removed), block
