@@ -13,8 +13,9 @@ copy of `alive`, and rows below `n` never change once written.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,13 +31,118 @@ SPAN = 4096
 
 
 @dataclass(frozen=True)
+class PackedNames:
+    """Names as one byte string: name `i` is `data[starts[i]:starts[i] + lengths[i]]` (filesystem bytes).
+
+    Attributes
+    ----------
+    data : ndarray, shape (M,), dtype uint8
+    starts, lengths : ndarray, shape (K,), dtype int64
+    """
+
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, names: Sequence[str]) -> "PackedNames":
+        encoded = [os.fsencode(n) for n in names]
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        return cls(np.frombuffer(b"".join(encoded), np.uint8), np.cumsum(lengths) - lengths, lengths)
+
+    @classmethod
+    def separated(cls, data: np.ndarray, separator: int = 0) -> "PackedNames":
+        """Names stored back to back with `separator` between them (`data` is kept, separators included)."""
+        ends = np.concatenate([np.flatnonzero(data == separator), [data.size]]).astype(np.int64)
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        return cls(data, starts, ends - starts)
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+    def tolist(self) -> list[str]:
+        raw = self.data.tobytes()
+        return [os.fsdecode(raw[s:s + n]) for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
+
+
+class NameColumn:
+    """Names by slot, as their bytes in one growing buffer; read back as str (`os.fsdecode`).
+
+    A str object per entry costs ~50 B of header beside its characters (1M
+    entries: paths 112 B and labels 68 B per entry); here a name costs its
+    bytes, a separator and 12 B. Like the numeric columns, rows below a
+    snapshot's count never change and growth copies into new arrays, so
+    readers need no lock.
+    """
+
+    def __init__(self) -> None:
+        self._data = np.zeros(0, np.uint8)
+        self._used = 0
+        self._start = np.zeros(0, np.int64)
+        self._length = np.zeros(0, np.int32)
+
+    def reserve(self, capacity: int, n: int) -> None:
+        """Per-slot room for `capacity` slots, keeping the first `n`."""
+        start, length = np.zeros(capacity, np.int64), np.zeros(capacity, np.int32)
+        start[:n], length[:n] = self._start[:n], self._length[:n]
+        self._start, self._length = start, length
+
+    def write(self, slots: np.ndarray, names: PackedNames) -> None:
+        """Store `names[i]` at `slots[i]` (their bytes appended to the buffer)."""
+        need = self._used + names.data.size
+        if need > self._data.size:
+            data = np.zeros(max(need, 2 * self._data.size, 1 << 16), np.uint8)
+            data[:self._used] = self._data[:self._used]
+            self._data = data
+        self._data[self._used:need] = names.data
+        self._start[slots] = self._used + names.starts
+        self._length[slots] = names.lengths
+        self._used = need
+
+    def __getitem__(self, rows: Any) -> Any:
+        """The name of slot `rows` (an int), or an object array of the names of `rows` (an index array)."""
+        if isinstance(rows, (int, np.integer)):
+            s = int(self._start[rows])
+            return os.fsdecode(self._data[s:s + int(self._length[rows])].tobytes())
+        start, length, raw = self._start[rows], self._length[rows], self._data[:self._used].tobytes()
+        out = np.empty(start.size, object)
+        out[:] = [os.fsdecode(raw[s:s + n]) for s, n in zip(start.tolist(), length.tolist())]
+        return out
+
+    def head(self, n: int) -> "NameView":
+        """The first `n` slots' names as they stand (a snapshot's labels)."""
+        return NameView(self, n)
+
+
+class NameView:
+    """Read-only names of a column's first `n` slots, indexed like an object array of them."""
+
+    def __init__(self, column: NameColumn, n: int) -> None:
+        self._column, self._n = column, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, rows: Any) -> Any:
+        if isinstance(rows, (int, np.integer)):
+            if not -self._n <= rows < self._n:
+                raise IndexError(rows)
+            return self._column[int(rows) % self._n]
+        return self._column[np.arange(self._n)[rows]]
+
+    def tolist(self) -> list[str]:
+        return list(self[np.arange(self._n)])
+
+
+@dataclass(frozen=True)
 class SlotBlock:
     """Entries of one segment, to be written into the columns.
 
     Attributes
     ----------
     slots : ndarray, shape (K,), dtype int64
-    sha256, paths, labels, model_ids : sequence of str, length K
+    sha256, model_ids : sequence of str, length K
+    paths, labels : PackedNames, length K
     embeddings : ndarray, shape (K, D), dtype float32
     lbps : ndarray, shape (K, B), dtype float32
     added_at : ndarray, shape (K,), dtype float64
@@ -46,8 +152,8 @@ class SlotBlock:
 
     slots: np.ndarray
     sha256: Sequence[str]
-    paths: Sequence[str]
-    labels: Sequence[str]
+    paths: PackedNames
+    labels: PackedNames
     model_ids: Sequence[str]
     embeddings: np.ndarray
     lbps: np.ndarray
@@ -68,8 +174,8 @@ class Columns:
         self.added_at = np.zeros(0, np.float64)
         self.alive = np.zeros(0, bool)
         self.sha256 = np.zeros(0, object)
-        self.path = np.zeros(0, object)
-        self.label = np.zeros(0, object)
+        self.path = NameColumn()
+        self.label = NameColumn()
         self.model_id = np.zeros(0, object)
         self.keypoint_file = np.zeros(0, object)
         self.keypoint_index = np.zeros(0, np.int64)
@@ -88,9 +194,10 @@ class Columns:
         self.embedding[slots] = block.embeddings
         self.lbp[slots] = block.lbps
         self.added_at[slots] = block.added_at
-        for column, values in ((self.sha256, block.sha256), (self.path, block.paths), (self.label, block.labels),
-                               (self.model_id, block.model_ids)):
+        for column, values in ((self.sha256, block.sha256), (self.model_id, block.model_ids)):
             column[slots] = np.array(list(values) + [None], dtype=object)[:k]  # the None keeps a 1-D object array
+        self.path.write(slots, block.paths)
+        self.label.write(slots, block.labels)
         self.keypoint_file[slots] = block.keypoints
         self.keypoint_index[slots] = np.arange(k)
         self.alive[slots] = True
@@ -143,8 +250,10 @@ class Columns:
         self.lbp = grown(self.lbp, (capacity, bins), np.float32)
         self.added_at = grown(self.added_at, (capacity,), np.float64)
         self.alive = grown(self.alive, (capacity,), bool)
-        for name in ("sha256", "path", "label", "model_id", "keypoint_file"):
+        for name in ("sha256", "model_id", "keypoint_file"):
             setattr(self, name, grown(getattr(self, name), (capacity,), object))
+        self.path.reserve(capacity, n)
+        self.label.reserve(capacity, n)
         self.keypoint_index = grown(self.keypoint_index, (capacity,), np.int64)
         self._capacity = capacity
 

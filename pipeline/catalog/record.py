@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
-from pipeline.catalog.columns import Columns, SlotBlock, gather_keypoints
+from pipeline.catalog.columns import Columns, PackedNames, SlotBlock, gather_keypoints
 from pipeline.catalog.entries import CatalogEntry, NewEntry
 from pipeline.catalog.keypoints import SegmentKeypoints, write_keypoints
 from pipeline.catalog.snapshot import CatalogSnapshot
@@ -491,17 +491,12 @@ def _write_names(group: h5py.Group, key: str, values: Sequence[bytes]) -> None:
     group.create_dataset(f"{key}_bytes", data=np.frombuffer(b"\0".join(values), dtype=np.uint8))
 
 
-def _read_names(group: h5py.Group, key: str, count: int) -> list[str]:
-    """Names stored by `_write_names` (or, in segments written before it, as variable-length strings),
-    decoded as `os.fsdecode` decodes a name."""
-    encoding = sys.getfilesystemencoding()
+def _read_names(group: h5py.Group, key: str, count: int) -> PackedNames:
+    """Names stored by `_write_names` (or, in segments written before it, as variable-length strings)."""
     if f"{key}_bytes" not in group:  # the layout before 2026-12-06
-        return [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for v in group[key][()].tolist()]
-    if count == 0:
-        return []
-    # NUL is one byte in every filesystem encoding Python uses and never part of a multi-byte sequence,
-    # so decoding the whole string then splitting it gives each name as decoding it alone would.
-    names = group[f"{key}_bytes"][()].tobytes().decode(encoding, "surrogateescape").split("\0")
+        encoding = sys.getfilesystemencoding()
+        return PackedNames.of([v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for v in group[key][()].tolist()])
+    names = PackedNames.separated(group[f"{key}_bytes"][()]) if count else PackedNames.of([])
     if len(names) != count:
         raise CatalogError(f"{group.file.filename}: {len(names)} {key}s stored for {count} entries")
     return names
@@ -531,7 +526,7 @@ def _read_segment(path: Path, first_legacy_slot: int) -> tuple[_Segment, SlotBlo
             sha256=[s.decode() for s in g["sha256"][()].tolist()],
             paths=_read_names(g, "path", n),
             labels=_read_names(g, "label", n),
-            model_ids=_shared(_read_names(g, "model_id", n)),
+            model_ids=_shared(_read_names(g, "model_id", n).tolist()),
             embeddings=g["embedding"][()],
             lbps=g["lbp"][()],
             added_at=g["added_at"][()],

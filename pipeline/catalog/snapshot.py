@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline.catalog.columns import Columns, gather_keypoints
+from pipeline.catalog.columns import Columns, NameView, gather_keypoints
 from pipeline.catalog.entries import CatalogEntry
 from pipeline.features.local import LocalFeatures
 
@@ -86,7 +86,8 @@ class CatalogSnapshot:
     lbps : ndarray, shape (S, B), dtype float32, read-only
     lbps_sqrt : SquareRoots, shape (S, B), float32 rows when indexed
         Element-wise square roots of `lbps` (Hellinger prefilter of the LBP search), computed when read.
-    labels : ndarray, shape (S,), dtype object, read-only
+    labels : NameView, length S
+        Indexed like a read-only object array of str (the names are stored as bytes, `columns.NameColumn`).
     alive : ndarray, shape (S,), dtype bool, read-only
     """
 
@@ -97,7 +98,7 @@ class CatalogSnapshot:
     embeddings: np.ndarray
     lbps: np.ndarray
     lbps_sqrt: SquareRoots
-    labels: np.ndarray
+    labels: NameView
     alive: np.ndarray
     _columns: Columns = field(repr=False)
     _derived: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -109,7 +110,7 @@ class CatalogSnapshot:
         n = columns.n
         lbps = _frozen(columns.lbp[:n])
         return cls(Path(directory), generation, model_id, catalog_id, _frozen(columns.embedding[:n]), lbps,
-                   SquareRoots(lbps), _frozen(columns.label[:n]), _frozen(columns.alive[:n].copy()), columns)
+                   SquareRoots(lbps), columns.label.head(n), _frozen(columns.alive[:n].copy()), columns)
 
     def __len__(self) -> int:
         return int(self.rows.size)
