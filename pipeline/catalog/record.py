@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
-from pipeline.catalog.columns import Columns, PackedNames, SlotBlock, gather_keypoints
+from pipeline.catalog.columns import Columns, PackedNames, SlotBlock, gather_keypoints, sha256_digests
 from pipeline.catalog.entries import CatalogEntry, NewEntry
 from pipeline.catalog.keypoints import SegmentKeypoints, write_keypoints
 from pipeline.catalog.snapshot import CatalogSnapshot
@@ -267,12 +267,14 @@ class CatalogIndex:
             if adds and len(self) and self._state.model_id not in (None, model_id):
                 raise ModelMismatchError(str(self._state.model_id), str(model_id), self.directory)
             features = self.features if self.features is not None else self._state.features
-            current = self._state.columns.slot_of
-            removed = tuple(dict.fromkeys(s for s in removes if s in current))
+            columns = self._state.columns
+            removes = list(dict.fromkeys(removes))
+            removed = tuple(s for s, slot in zip(removes, columns.live_slots(removes).tolist()) if slot >= 0)
+            registered = {e.sha256 for e, slot in zip(adds, columns.live_slots([e.sha256 for e in adds]).tolist()) if slot >= 0}
             fresh: dict[str, NewEntry] = {}
             duplicates = []
             for entry in adds:
-                if (entry.sha256 in current and entry.sha256 not in removed) or entry.sha256 in fresh:
+                if (entry.sha256 in registered and entry.sha256 not in removed) or entry.sha256 in fresh:
                     duplicates.append(entry.sha256)
                 else:
                     fresh[entry.sha256] = entry
@@ -431,7 +433,7 @@ class CatalogIndex:
         if old_slots:
             still = np.concatenate([s.slots for s, _ in fresh]) if fresh else np.zeros(0, np.int64)
             lost = np.setdiff1d(np.concatenate(old_slots), still)
-            columns.remove([columns.sha256[s] for s in lost.tolist() if columns.alive[s] and columns.slot_of.get(columns.sha256[s]) == s])
+            columns.remove([columns.sha256[s] for s in lost.tolist() if columns.live_slots(columns.digest[s:s + 1])[0] == s])
         live = set(names)
         for name in list(self._cache):
             if name not in live:
@@ -491,6 +493,18 @@ def _write_names(group: h5py.Group, key: str, values: Sequence[bytes]) -> None:
     group.create_dataset(f"{key}_bytes", data=np.frombuffer(b"\0".join(values), dtype=np.uint8))
 
 
+def _read_strings(group: h5py.Group, key: str, count: int) -> list[str]:
+    """Names stored by `_write_names` as a list of str (the model ids, which `_shared` then makes one object)."""
+    if f"{key}_bytes" not in group or count == 0:
+        return _read_names(group, key, count).tolist()
+    # NUL is one byte in every filesystem encoding Python uses and never part of a multi-byte sequence,
+    # so decoding the whole string then splitting it gives each name as decoding it alone would.
+    names = group[f"{key}_bytes"][()].tobytes().decode(sys.getfilesystemencoding(), "surrogateescape").split("\0")
+    if len(names) != count:
+        raise CatalogError(f"{group.file.filename}: {len(names)} {key}s stored for {count} entries")
+    return names
+
+
 def _read_names(group: h5py.Group, key: str, count: int) -> PackedNames:
     """Names stored by `_write_names` (or, in segments written before it, as variable-length strings)."""
     if f"{key}_bytes" not in group:  # the layout before 2026-12-06
@@ -500,6 +514,14 @@ def _read_names(group: h5py.Group, key: str, count: int) -> PackedNames:
     if len(names) != count:
         raise CatalogError(f"{group.file.filename}: {len(names)} {key}s stored for {count} entries")
     return names
+
+
+def _digests(ids: np.ndarray, path: Path) -> np.ndarray:
+    """A segment's sha256 ids (an `S64` dataset) as 32-byte digests."""
+    digests, valid = sha256_digests(np.asarray(ids, dtype="S64"))
+    if not valid.all():
+        raise CatalogError(f"{path}: {int((~valid).sum())} sha256 ids are not 64 lowercase hex digits")
+    return digests
 
 
 def _shared(values: list[str]) -> list[str]:
@@ -523,10 +545,10 @@ def _read_segment(path: Path, first_legacy_slot: int) -> tuple[_Segment, SlotBlo
         keypoints = SegmentKeypoints.open(path, f)
         block = SlotBlock(
             slots=slots,
-            sha256=[s.decode() for s in g["sha256"][()].tolist()],
+            sha256=_digests(g["sha256"][()], path),
             paths=_read_names(g, "path", n),
             labels=_read_names(g, "label", n),
-            model_ids=_shared(_read_names(g, "model_id", n).tolist()),
+            model_ids=_shared(_read_strings(g, "model_id", n)),
             embeddings=g["embedding"][()],
             lbps=g["lbp"][()],
             added_at=g["added_at"][()],

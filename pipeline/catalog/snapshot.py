@@ -172,12 +172,8 @@ class CatalogSnapshot:
 
     # ------------------------------------------------------------- look-ups
     def get(self, sha256: str) -> CatalogEntry | None:
-        row = self._columns.slot_of.get(sha256)
-        if row is not None and row < self.alive.size and self.alive[row]:
-            return self.entry(row)
-        # Renamed after this snapshot (the map now names a newer slot): look among this generation's rows.
-        hits = [r for r in self.rows.tolist() if self._columns.sha256[r] == sha256] if row is not None else []
-        return self.entry(hits[0]) if hits else None
+        row = self._columns.slot(sha256, self.alive)
+        return self.entry(row) if row is not None else None
 
     @cached_property
     def _by_path(self) -> dict[str, int]:
