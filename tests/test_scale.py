@@ -265,6 +265,38 @@ def test_ann_index_is_built_at_min_rows_follows_commits_masks_removals_and_is_re
         assert [fresh.nearest(q, snap, 6)[0].tolist() for q in queries] == [exact_nearest(snap, q, 6, column) for q in queries]
 
 
+def test_a_saved_ann_index_is_memory_mapped_and_rows_added_after_it_merge_into_the_next_save(tmp_path: Path) -> None:
+    from pipeline.search.ann import AnnIndex, AnnSettings
+
+    settings = AnnSettings(min_rows=30, lists=4, probes=4, save_every=10)  # every list probed: the search must be exact
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    writer = CatalogWriter(index, "m1", require_local=True)
+    writer.register([entry(n) for n in range(40)])
+    ann = AnnIndex(directory, settings)
+    ann.follow(index.snapshot())
+    path = str((directory / "embeddings.ivf").resolve())
+    assert ann.mapped == ann.covered == 40 and path in Path("/proc/self/maps").read_text()  # saved, then mapped
+    rng = np.random.default_rng(9)
+    queries = [rng.normal(size=8).astype(np.float32) for _ in range(6)]
+
+    def exact_everywhere(ann: AnnIndex, snap) -> bool:  # type: ignore[no-untyped-def]
+        return all(ann.nearest(q, snap, 7)[0].tolist() == exact_nearest(snap, q, 7, "embeddings") for q in queries)
+
+    writer.register([entry(n) for n in range(40, 45)])
+    writer.remove([index.get(entry(n).sha256) for n in (1, 42)])  # one row of each part dies
+    snap = index.snapshot()
+    ann.follow(snap)  # 5 new rows: not yet due for a save, searched in the in-memory part
+    assert ann.mapped == 40 and ann.covered == 45 and exact_everywhere(ann, snap)
+    writer.register([entry(n) for n in range(45, 52)])
+    snap = index.snapshot()
+    ann.follow(snap)  # 12 rows since the save: merged with the mapped ones into the next file, which is mapped
+    assert ann.mapped == ann.covered == 52 and exact_everywhere(ann, snap)
+    reopened = AnnIndex(directory, settings)
+    reopened.follow(snap)
+    assert reopened.opened_from_file == 52 == reopened.mapped and exact_everywhere(reopened, snap)
+
+
 def test_a_compaction_larger_than_one_read_chunk_keeps_every_keypoint(tmp_path: Path) -> None:
     """Compaction streams keypoints in chunks of entries: entries on both sides of a chunk boundary survive intact."""
     index = CatalogIndex(tmp_path / "idx", model_id="m1")
