@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -258,7 +259,10 @@ def test_ann_index_is_built_at_min_rows_follows_commits_masks_removals_and_is_re
     saved = (directory / ANN_FILE).read_bytes()
     for damage in ((other / ANN_FILE).read_bytes(), saved[: len(saved) // 2],
                    saved[:200] + bytes(len(saved) - 500) + saved[-300:]):  # the trailer intact, the rows zeroed
-        (directory / ANN_FILE).write_bytes(damage)
+        # Replaced, not rewritten in place: a file this process has memory-mapped (the indexes above) must never
+        # shrink under the mapping (SIGBUS), and every writer of ours renames a new file in.
+        (directory / "damaged.tmp").write_bytes(damage)
+        os.replace(directory / "damaged.tmp", directory / ANN_FILE)
         fresh = AnnIndex(directory, settings, column)
         fresh.follow(snap)
         assert fresh.opened_from_file == 0 and fresh.ready(snap)

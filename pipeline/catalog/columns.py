@@ -104,9 +104,13 @@ class NameColumn:
         if isinstance(rows, (int, np.integer)):
             s = int(self._start[rows])
             return os.fsdecode(self._data[s:s + int(self._length[rows])].tobytes())
-        start, length, raw = self._start[rows], self._length[rows], self._data[:self._used].tobytes()
+        start, length = self._start[rows], self._length[rows]
         out = np.empty(start.size, object)
-        out[:] = [os.fsdecode(raw[s:s + n]) for s, n in zip(start.tolist(), length.tolist())]
+        if start.size < 4096:  # a few rows: decode each from the buffer (no copy of it)
+            out[:] = [os.fsdecode(self._data[s:s + n].tobytes()) for s, n in zip(start.tolist(), length.tolist())]
+        else:
+            raw = self._data[:self._used].tobytes()
+            out[:] = [os.fsdecode(raw[s:s + n]) for s, n in zip(start.tolist(), length.tolist())]
         return out
 
     def head(self, n: int) -> "NameView":
@@ -174,8 +178,9 @@ class HexView:
     def __getitem__(self, rows: Any) -> Any:
         if isinstance(rows, (int, np.integer)):
             return self._digests[rows].tobytes().hex()
-        out = np.empty(np.asarray(rows).size, object)
-        out[:] = [d.tobytes().hex() for d in self._digests[rows]]
+        picked = self._digests[rows]
+        out = np.empty(len(picked), object)
+        out[:] = [d.tobytes().hex() for d in picked]
         return out
 
 

@@ -26,7 +26,9 @@ pressure, instead of a private copy per process (1M entries: 0.63 KB per
 entry for both columns; bench/README.md). Rows added after it go to a small
 in-memory index on the same clusters (`add_with_ids`, the slot as id); a
 save merges the two (the mapped lists are copied, not re-clustered) and
-maps the new file.
+maps the new file. Like the vote store's runs, a mapped file must be
+replaced (renamed over), never rewritten in place while a process serves
+the catalog: every writer here writes a new file and renames it in.
 
 Persistence: the index is saved beside the HDF5 segments (`embeddings.ivf`,
 `lbps_sqrt.ivf`, every `save_every` new rows:
