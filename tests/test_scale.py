@@ -373,3 +373,27 @@ def test_lbp_square_roots_computed_when_read_rank_as_a_stored_matrix_does() -> N
     np.testing.assert_array_equal(lbp_nearest(query, lbps, 10, alive, roots, exact_up_to=300), stored)
     np.testing.assert_allclose(roots @ np.sqrt(query), np.sqrt(lbps) @ np.sqrt(query), rtol=1e-6)
     assert roots.shape == lbps.shape and len(roots) == 5000
+
+
+def test_sha256_look_up_finds_live_slots_across_its_sorted_part_and_the_newer_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ids are found by a sorted array of their first 8 bytes plus a scan of the slots added since it was merged."""
+    from pipeline.catalog.columns import Columns
+
+    monkeypatch.setattr(Columns, "LOOKUP_TAIL", 70)  # merged once more than 70 slots are newer
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=1000)
+    for first in range(0, 300, 30):
+        index.commit([entry(n) for n in range(first, first + 30)])
+    columns = index.snapshot()._columns
+    assert 200 <= columns._sorted[2] < 300  # part sorted, part newer
+    assert [index.get(entry(n).sha256).path for n in (0, 123, 250, 299)] == ["/x/0.jpg", "/x/123.jpg", "/x/250.jpg", "/x/299.jpg"]
+    assert index.commit([entry(5), entry(290)]).duplicates == (entry(5).sha256, entry(290).sha256)
+    # Removed, then registered again: the new slot is found, the old one stays dead.
+    old = index.snapshot()
+    index.commit(removes=[entry(7).sha256, entry(295).sha256])
+    assert index.get(entry(7).sha256) is None and old.get(entry(7).sha256).path == "/x/7.jpg"  # each snapshot answers for itself
+    moved = [NewEntry(e.sha256, f"/y/{n}.jpg", e.label, e.embedding, e.lbp, e.local) for n, e in ((n, entry(n)) for n in (7, 295))]
+    index.commit(moved)
+    assert [index.get(entry(n).sha256).path for n in (7, 295)] == ["/y/7.jpg", "/y/295.jpg"] and len(index) == 300
+    reopened = CatalogIndex(tmp_path / "idx")
+    assert reopened.get(entry(7).sha256).path == "/y/7.jpg" and len(reopened) == 300
+    assert columns.live_slots(["nothex", "0" * 64]).tolist() == [-1, -1]

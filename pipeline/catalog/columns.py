@@ -308,23 +308,33 @@ class Columns:
         self.keypoint_file[slots] = block.keypoints
         self.keypoint_index[slots] = np.arange(k)
         self.alive[slots] = True
+        self._kill_older_copies(slots, block.sha256, before)
+        self.n = max(self.n, int(slots.max()) + 1)
+        if self.n - self._sorted[2] > self.LOOKUP_TAIL:
+            self._extend_lookup()
+
+    def _kill_older_copies(self, slots: np.ndarray, digests: np.ndarray, before: np.ndarray) -> None:
+        """After writing `slots`: the slots their ids were live at `before` (-1: none) die, and so do the earlier
+        of two slots of the block with one id."""
         renamed = (before >= 0) & (before != slots)
         self.alive[before[renamed]] = False
-        if np.unique(_keys(block.sha256)).size != k:  # maybe an id twice in the block: its earlier slots die
-            _, last = np.unique(block.sha256[::-1], axis=0, return_index=True)
+        k = slots.size
+        if np.unique(_keys(digests)).size != k:  # maybe an id twice in the block (else no two first 8 bytes agree)
+            _, last = np.unique(digests[::-1], axis=0, return_index=True)
             keep = np.zeros(k, bool)
             keep[k - 1 - last] = True
             self.alive[slots[~keep]] = False
-        self.n = max(self.n, int(slots.max()) + 1)
+
+    def _extend_lookup(self) -> None:
+        """Merge the slots past the sorted look-up into it (a new triple: readers keep the one they hold)."""
         keys, order, indexed = self._sorted
-        if self.n - indexed > self.LOOKUP_TAIL:
-            # Merge the newer slots in, sorted first: a stable sort of two sorted runs is a merge (timsort).
-            tail_keys = _keys(self.digest[indexed:self.n])
-            tail_order = np.argsort(tail_keys, kind="stable")
-            merged_keys = np.concatenate([keys, tail_keys[tail_order]])
-            merged = np.concatenate([order, indexed + tail_order])
-            by_key = np.argsort(merged_keys, kind="stable")
-            self._sorted = (merged_keys[by_key], merged[by_key], self.n)
+        # Sorted first: a stable sort of two sorted runs is a merge (timsort), not a sort of the whole catalog.
+        tail_keys = _keys(self.digest[indexed:self.n])
+        tail_order = np.argsort(tail_keys, kind="stable")
+        merged_keys = np.concatenate([keys, tail_keys[tail_order]])
+        merged = np.concatenate([order, indexed + tail_order])
+        by_key = np.argsort(merged_keys, kind="stable")
+        self._sorted = (merged_keys[by_key], merged[by_key], self.n)
 
     def expect(self, slots: int) -> None:
         """Size the columns for `slots` rows when they are first allocated (a whole catalog read at open: no doubling copies)."""
