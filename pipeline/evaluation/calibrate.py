@@ -197,8 +197,8 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
         point = float(impostors[len(impostors) - 1 - int(np.floor(far * len(impostors)))])
         point = min(max(point, 1e-6), 1 - 1e-6)
         shifts.append(-float(np.log(point / (1 - point))))
-    experts = (fusion.geometric, fusion.appearance, fusion.texture, fusion.embedding)
-    return FusionConfig(*(dataclasses.replace(w, bias=round(w.bias + shift, 4)) for w, shift in zip(experts, shifts)))
+    weights = (fusion.geometric, fusion.appearance, fusion.texture, fusion.embedding)
+    return FusionConfig(*(dataclasses.replace(w, bias=round(w.bias + shift, 4)) for w, shift in zip(weights, shifts)))
 
 
 def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
