@@ -44,8 +44,9 @@ speaks in its place:
 * **embedding**: the label's best embedding cosine and its margin over the
   best other label's, nothing else. A thumb, a glare spot or blur change a
   cake's LBP histogram more than another cake does: on hard discs the right
-  cakes with no inlier had LBP margins near -2 (another label's histogram
-  7x closer), while a stranger's cake scored on a close histogram. With the
+  cakes with no inlier had LBP margins down to about -2 (another label's
+  histogram up to ~7x closer), while a stranger's cake scored on a close
+  histogram. With the
   appearance expert as the confidence on cakes, hard discs' recall at 1 %
   false accepts was 0.892; with the embedding expert, 0.902 (easy discs
   0.931 -> 0.971; README "Accuracy").
