@@ -442,7 +442,8 @@ class CatalogIndex:
         if old_slots:
             still = np.concatenate([s.slots for s in fresh]) if fresh else np.zeros(0, np.int64)
             lost = np.setdiff1d(np.concatenate(old_slots), still)
-            columns.remove([columns.sha256[s] for s in lost.tolist() if columns.live_slots(columns.digest[s:s + 1])[0] == s])
+            still_live = lost[columns.live_slots(columns.digest[lost]) == lost]  # one look-up for all of them
+            columns.remove([columns.sha256[s] for s in still_live.tolist()])
         live = set(names)
         for name in list(self._cache):
             if name not in live:
