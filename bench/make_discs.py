@@ -31,7 +31,6 @@ every photo's true cake outline (for `bench/bench_locate.py --bench OUT`).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.training import data as tdata  # noqa: E402
 from pipeline.training import views  # noqa: E402
+from truth_csv import write_truth  # noqa: E402
 
 
 def cakes_of(image: np.ndarray, count: int) -> list[tuple[tuple[float, float], float]]:
@@ -126,10 +126,7 @@ def write_bench(out: Path, cakes: list, rng: np.random.Generator, args: argparse
             # Hard shots already carry their JPEG 40-80; q98 only stores them.
             cv2.imwrite(str(out / "query" / qname), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98 if args.hard else 92])
             rows.append((qname, "" if i in unregistered else label, f"{name}@{centre[0]:.0f},{centre[1]:.0f},r{radius:.0f}"))
-    with open(out / "truth.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["query", "label", "source"])
-        w.writerows(sorted(rows))
+    write_truth(out, rows)
     # The cake's true rim in every photo, for the locator's accuracy (bench/bench_locate.py --bench OUT).
     (out / "outlines.json").write_text(json.dumps({"format": "teaprint-outlines/1", "shape": "disc", "outlines": outlines}))
     print(f"{len(cakes) - n_unreg} catalog {len(rows)} queries ({n_unreg} unregistered cakes) {what}{' (hard)' if args.hard else ''}")

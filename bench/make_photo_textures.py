@@ -23,7 +23,6 @@ Calibration only: evaluation uses `make_textures.py` and KTH-TIPS.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.training import data as tdata  # noqa: E402
 
 from make_discs import source_specs  # noqa: E402
+from truth_csv import write_truth  # noqa: E402
 
 
 MIN_DETAIL = 4.0
@@ -115,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 cv2.imwrite(str(args.out / "query" / name), reshot(bgr, region, rng, args.size),
                             [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
                 rows.append((name, label if registered else "", f"{source.name}@{x},{y},{side}"))
-    with open(args.out / "truth.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["query", "label", "source"])
-        writer.writerows(rows)
+    write_truth(args.out, rows)  # rows come in name order: sorting changes nothing
     print(f"{sum(1 for i in range(k) if i % 4 != 3)} catalog {n} queries ({k} surfaces from {len(photos)} photos)")
     return 0
 

@@ -18,7 +18,6 @@ never copied anywhere but OUT_DIR.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import cv2
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.training import data as tdata  # noqa: E402
 from pipeline.training import views  # noqa: E402
+from truth_csv import write_truth  # noqa: E402
 
 DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "puerh_dev"
 
@@ -66,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             qn += 1
             cv2.imwrite(str(args.out / "query" / name), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98])
             rows.append((name, label if registered else "", path.relative_to(args.dev).as_posix()))
-    with open(args.out / "truth.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["query", "label", "source"])
-        w.writerows(sorted(rows))
+    write_truth(args.out, rows)
     print(f"{sum(1 for r in rows if r[1]) // args.shots} catalog {len(rows)} queries from {len(photos)} real photos")
     return 0
 
