@@ -11,12 +11,17 @@ process does, and reports what limits top1 among many distractors:
 * ``rank_embedding``: the best rank of any entry with the right label in
   an exact cosine scan of the whole catalog (0 = first; None = not among
   the first 5,000);
+* ``rank_search``: its rank in the embedding search the matcher really uses
+  (the IVF index from `search.ann.min_rows` rows, top_k + verify.deepen
+  deep; None = not found there), and ``search_has_nearest``: whether that
+  search returned the exact scan's first row. Both None when the catalog is
+  small enough to be scanned exactly;
 * ``rank_votes``: its rank in the catalog-wide keypoint vote (top `--deep`;
   None = not among them);
 * ``answer`` / ``right``: the product's own answer (`Engine.match_prepared`)
   and whether its label is the truth;
 * ``reach``: whether the right entry lies within what the matcher verifies
-  (embedding rank < top_k + verify.deepen, or vote rank < vote_top_k).
+  (its rank in the search < top_k + verify.deepen, or vote rank < vote_top_k).
 
 Prints one summary JSON line (counts of queries by reach and by answer);
 `--out` keeps every query's line. A diagnostic, not a benchmark of speed.
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     m = config.matcher
     reach_embedding = m.shortlist.top_k + (m.verify.deepen if m.verify.enabled else 0)
     votes = engine._votes(snap)  # the engine's own vote source, caught up with the snapshot
+    search = engine._nearest_for(snap)  # the engine's own embedding search (None: an exact scan)
 
     lines = []
     for query_path, truth in spec["queries"]:
@@ -70,18 +76,29 @@ def main(argv: list[str] | None = None) -> int:
         sims[~alive] = -np.inf
         order = np.argsort(-sims, kind="stable")[: max(5000, reach_embedding)]
         rank_embedding = _best_rank(labels[order], truth)
+        rank_search = has_nearest = None
+        if search is not None:
+            found, _ = search.nearest(vector, snap, reach_embedding)
+            found = np.asarray(found, np.int64)
+            rank_search, has_nearest = _best_rank(labels[found], truth), bool(np.isin(order[0], found))
+        rank_reached = rank_embedding if search is None else rank_search
         voted = votes.vote(prepared.local, snap, args.deep) if votes is not None and prepared.local is not None else np.zeros(0, np.int64)
         rank_votes = _best_rank(labels[np.asarray(voted, np.int64)], truth) if len(voted) else None
         result = engine.match_prepared(prepared, Path(query_path).name, embedding=vector, snapshot=snap)
         right = result.label == truth
-        reach = (rank_embedding is not None and rank_embedding < reach_embedding) or (
+        reach = (rank_reached is not None and rank_reached < reach_embedding) or (
             rank_votes is not None and rank_votes < m.shortlist.vote_top_k)
         lines.append({"query": Path(query_path).name, "truth": truth, "rank_embedding": rank_embedding, "rank_votes": rank_votes,
+                      "rank_search": rank_search, "search_has_nearest": has_nearest,
                       "cosine_right": float(sims[order[rank_embedding]]) if rank_embedding is not None else None,
                       "answer": result.label, "status": result.status, "confidence": result.confidence, "right": right,
                       "reach": reach})
     counts = {"queries": len(lines), "right": sum(q["right"] for q in lines), "in_reach": sum(q["reach"] for q in lines),
-              "wrong_in_reach": sum(q["reach"] and not q["right"] for q in lines), "out_of_reach": sum(not q["reach"] for q in lines)}
+              "wrong_in_reach": sum(q["reach"] and not q["right"] for q in lines), "out_of_reach": sum(not q["reach"] for q in lines),
+              # right cakes the exact scan ranks within reach but the search does not return, and exact first rows it misses
+              "search_lost": sum(q["rank_search"] is None and q["rank_embedding"] is not None and q["rank_embedding"] < reach_embedding
+                                 for q in lines if search is not None),
+              "search_missed_nearest": sum(q["search_has_nearest"] is False for q in lines)}
     if args.out:
         args.out.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     print(json.dumps({"entries": len(snap), "reach_embedding": reach_embedding, "vote_top_k": m.shortlist.vote_top_k, **counts}))
