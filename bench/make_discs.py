@@ -26,6 +26,10 @@ Registered cakes get one catalog photo; every cake gets `--shots` query photos,
 each an independent phone shot (any rotation, tilt <= 30 deg, zoom 0.7-1.4,
 light, colour cast, table, JPEG 50-95). `outlines.json` beside truth.csv holds
 every photo's true cake outline (for `bench/bench_locate.py --bench OUT`).
+Cakes whose face is flat (`MIN_CAKE_DETAIL`: a gradient, a logo, a drawing,
+a tiny photo blown up) are dropped: nothing tells them from a stranger cut
+beside them (`--min-detail 0` keeps them, as folders built before
+2026-12-06's evening did).
 """
 
 from __future__ import annotations
@@ -61,6 +65,29 @@ def cakes_of(image: np.ndarray, count: int) -> list[tuple[tuple[float, float], f
 # opencv-doc's box_in_scene.png shows the very box of box.png, so a cake cut
 # from each would be one object under two labels (a "stranger" with 18 true inliers).
 SAME_OBJECT = {"data:box_in_scene": "data:box"}
+
+
+MIN_CAKE_DETAIL = 1.0
+"""Least fine grain (`detail`, grey levels) a cake's face needs to be one: below it the disc is flat (a gradient, a
+logo's solid shapes, a drawing on white, a smooth cloud texture) or a tiny photo blown up 20-fold, and carries no
+arrangement to fingerprint, so a stranger cut beside it from the same source is its twin (`--min-detail 0` keeps them)."""
+
+
+def detail(patch: np.ndarray) -> float:
+    """Fine grain present nearly everywhere: the 25th percentile, over 8x8 blocks of the patch at 128 px, of the
+    standard deviation of the grey patch minus its 2-px blur."""
+    grey = cv2.resize(cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY), (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+    fine = grey - cv2.GaussianBlur(grey, (0, 0), 2)
+    blocks = fine.reshape(16, 8, 16, 8).std(axis=(1, 3))
+    return float(np.percentile(blocks, 25))
+
+
+
+def cake_detail(image: np.ndarray, centre: tuple[float, float], radius: float) -> float:
+    """`detail` of the square inscribed in the disc (centre, radius) of `image` (H, W, 3), source pixels."""
+    half = radius / np.sqrt(2.0)
+    x0, y0 = int(max(centre[0] - half, 0)), int(max(centre[1] - half, 0))
+    return detail(image[y0:int(centre[1] + half), x0:int(centre[0] + half)])
 
 
 def add_shot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procedural", type=int, default=16, help="held-out procedural textures used as sources")
     parser.add_argument("--size", type=int, default=384, help="side of the rendered photos")
     parser.add_argument("--unregistered", type=float, default=0.25, help="share of cakes never registered")
+    parser.add_argument("--min-detail", type=float, default=MIN_CAKE_DETAIL,
+                        help="drop cakes whose face has less fine grain than this (`cake_detail`, grey levels; 0 keeps all)")
     parser.add_argument(
         "--split",
         choices=("held_out", "calibration"),
@@ -176,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     key = tdata.BENCH_KEY if args.split == "held_out" else tdata.CALIBRATION_KEY
     sources += tdata.procedural_sources((key, args.seed), args.procedural, size=512)
     rng = np.random.default_rng([args.seed, 2024])
-    cakes = [(s.name, s.image, centre, radius) for s in sources for centre, radius in cakes_of(s.image, args.per_source)]
+    cut = [(s.name, s.image, centre, radius) for s in sources for centre, radius in cakes_of(s.image, args.per_source)]
+    flat = [cake_detail(image, centre, radius) < args.min_detail for _, image, centre, radius in cut]
+    cakes = [cake for cake, is_flat in zip(cut, flat) if not is_flat]
+    if any(flat):
+        dropped = sorted({cake[0] for cake, is_flat in zip(cut, flat) if is_flat})
+        print(f"{sum(flat)} flat cakes dropped (detail < {args.min_detail}) from {', '.join(dropped)}")
     write_bench(args.out, cakes, rng, args, f"from {len(sources)} {args.split} sources")
     return 0
 

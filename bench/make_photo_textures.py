@@ -33,22 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.training import data as tdata  # noqa: E402
 
-from make_discs import source_specs  # noqa: E402
+from make_discs import detail, source_specs  # noqa: E402
 from truth_csv import write_truth  # noqa: E402
 
 
 MIN_DETAIL = 4.0
 """Least fine grain (grey levels) a region needs nearly everywhere to be a texture: a wallpaper's smooth
 gradient, or one sharp edge across it, is not."""
-
-
-def detail(patch: np.ndarray) -> float:
-    """Fine grain present nearly everywhere: the 25th percentile, over 8x8 blocks of the patch at 128 px, of the
-    standard deviation of the grey patch minus its 2-px blur."""
-    grey = cv2.resize(cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY), (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
-    fine = grey - cv2.GaussianBlur(grey, (0, 0), 2)
-    blocks = fine.reshape(16, 8, 16, 8).std(axis=(1, 3))
-    return float(np.percentile(blocks, 25))
 
 
 def regions(image: np.ndarray, count: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
