@@ -115,6 +115,7 @@ class GeometricWeights:
     bias: float
     inliers: float
     inlier_margin: float
+    inlier_share: float
 
 
 @dataclass(frozen=True)

@@ -589,6 +589,7 @@ def _evidence(entry: CatalogEntry, ranked: Ranked) -> MatchEvidence:
         source=ranked.source,
         rank=ranked.position,
         inliers=ranked.inliers,
+        ratio_matches=ranked.ratio_matches,
         rotation_deg=round(ranked.rotation_deg, 2) if ranked.rotation_deg is not None else None,
         scale=round(ranked.scale, 4) if ranked.scale is not None else None,
         score=round(ranked.score, 6) if ranked.score is not None else None,

@@ -35,6 +35,7 @@ class MatchEvidence:
     source: str = "embedding"
     rank: int = 0
     inliers: int | None = None
+    ratio_matches: int | None = None
     rotation_deg: float | None = None
     scale: float | None = None
     score: float | None = None

@@ -100,12 +100,26 @@ def test_gather_keeps_each_labels_best_evidence() -> None:
     assert by["b"].svc_vote == 1.0 and by["a"].svc_vote == 0.0
 
 
+def test_gather_takes_ratio_matches_from_the_labels_most_inliers() -> None:
+    from pipeline.matcher.fuse import gather, label_features
+
+    # label a: 4 inliers of 50 matches on one entry, 30 of 33 on another; guided matching gave b more inliers than matches
+    ev = gather(["a", "b", "a"], np.array([0.5, 0.7, 0.9]), np.array([0.2, 0.1, 0.3]), [4, 12, 30], None, [50, 9, 33])
+    by = {e.label: e for e in ev}
+    assert by["a"].ratio_matches == 33 and by["b"].ratio_matches == 12
+    geometric, _ = label_features(ev)
+    assert np.isclose(geometric[0, 2], np.log1p(30) - np.log1p(33)) and geometric[1, 2] == 0.0
+
+
 def test_label_features_compare_each_label_with_the_best_other() -> None:
     from pipeline.matcher.fuse import LabelEvidence, label_features
 
-    ev = [LabelEvidence("a", 0, 0.9, 1.0, 40, 0.1), LabelEvidence("b", 1, 0.6, 0.0, 3, 0.2), LabelEvidence("c", 2, 0.5, 0.0, 0, 0.3)]
+    ev = [LabelEvidence("a", 0, 0.9, 1.0, 40, 0.1, 44), LabelEvidence("b", 1, 0.6, 0.0, 3, 0.2, 30), LabelEvidence("c", 2, 0.5, 0.0, 0, 0.3)]
     geometric, appearance = label_features(ev)
-    assert geometric.shape == (3, 2) and appearance.shape == (3, 5)
+    assert geometric.shape == (3, 3) and appearance.shape == (3, 5)
+    # the share of ratio-test matches explained: 40 of 44 near 0, 3 of 30 far below, none of none 0
+    assert np.isclose(geometric[0, 2], np.log1p(40) - np.log1p(44)) and np.isclose(geometric[1, 2], np.log1p(3) - np.log1p(30))
+    assert geometric[2, 2] == 0.0
     assert np.isclose(appearance[0, 4], np.log(0.2 + 1e-6) - np.log(0.1 + 1e-6))
     assert np.isclose(geometric[0, 1], np.log1p(40) - np.log1p(3))
     assert np.isclose(geometric[1, 1], np.log1p(3) - np.log1p(40))
@@ -118,7 +132,7 @@ def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
     from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
                            EmbeddingWeights(-8.0, 6.0, 10.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
@@ -191,7 +205,7 @@ def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_o
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     # The texture expert alone: accepts a label 20x closer in LBP than the next one.
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
                            EmbeddingWeights(-8.0, 6.0, 10.0))
     # A relit texture: no inliers, the embedding's first choice is right but unsure; its LBP match is clear.
     relit = [LabelEvidence("t1", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("t2", 1, 0.88, 0.0, 0, 0.2)]
@@ -210,7 +224,7 @@ def test_on_a_photo_with_a_cake_the_texture_expert_ranks_but_gives_no_confidence
     from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
                            EmbeddingWeights(-8.0, 6.0, 10.0))
     # A stranger's cake: no inliers, a close LBP match to one registered cake that the appearance expert prefers.
     stranger = [LabelEvidence("near", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("far", 1, 0.88, 0.0, 0, 0.2)]
@@ -226,7 +240,7 @@ def test_on_a_photo_with_a_cake_the_embedding_expert_not_the_lbp_evidence_gives_
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     # The appearance expert trusts the LBP margin; the embedding expert reads the same cosine terms without it.
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 1.0),
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 1.0),
                            TextureWeights(-50.0, 0.0, 0.0, 0.0), EmbeddingWeights(-8.0, 6.0, 10.0))
     # A re-shot under a glare spot: no inlier, a clear cosine lead, but another cake's LBP histogram is 7x closer.
     glare = [LabelEvidence("cake", 0, 0.9, 0.0, 0, 0.28), LabelEvidence("other", 1, 0.6, 1.0, 0, 0.04)]
@@ -245,7 +259,7 @@ def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_t
     from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
-    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
+    weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
                            EmbeddingWeights(-8.0, 6.0, 10.0))
     labels = ["b", "a", "b", "a"]
     evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.config import AppearanceWeights, Config, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
 from pipeline.matcher.fuse import (APPEARANCE_FEATURES, APPEARANCE_SIGNS, EMBEDDING_COLUMNS, EMBEDDING_FEATURES, EMBEDDING_SIGNS,
                                    GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, TEXTURE_COLUMNS, TEXTURE_FEATURES, TEXTURE_SIGNS, combine,
-                                   expert_probabilities, gather, label_features)
+                                   expert_probabilities, gather_answer, label_features)
 from pipeline.results import MatchEvidence, MatchResult
 
 
@@ -66,9 +66,7 @@ def _texture_counts(stages: dict[str, Any] | None) -> bool:
 
 
 def _evidence_of(m: Sequence[MatchEvidence], truth: str, texture_counts: bool = True) -> QueryEvidence:
-    svc = m[0].svc_label if m else None
-    evidence = gather([e.label for e in m], np.array([e.similarity for e in m]), np.array([e.lbp_distance for e in m]),
-                      [e.inliers or 0 for e in m], svc)
+    evidence = gather_answer(m)
     geometric, appearance = label_features(evidence)
     return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth, texture_counts)
 

@@ -4,9 +4,13 @@ Four experts, each a logistic model fitted on held-out data
 (`pipeline.evaluation.calibrate`), score every candidate label (the fourth,
 embedding, is described below the first three):
 
-* **geometric**: the label's RANSAC inliers, and their margin over the best
+* **geometric**: the label's RANSAC inliers, their margin over the best
   other label's (what chance alone reaches against this very query: two cakes
-  of one tea share enough texture for a handful of stray inliers);
+  of one tea share enough texture for a handful of stray inliers), and the
+  share of the ratio-test matches the fit explains (a re-shot's few matches
+  are nearly all inliers; a stranger whose print or grid repeats the
+  registered cake's gets its inliers out of many more matches, e.g. 10 of 32
+  where the hardest right cakes had 8 of 11);
 * **appearance**: the label's best embedding cosine and its margin over the
   best other label's, whether the LBP/SVC stage chose it, and its smallest
   LBP chi-square distance;
@@ -67,13 +71,14 @@ import numpy as np
 
 from pipeline.config import EmbeddingWeights, FusionConfig, TextureWeights
 from pipeline.matcher.decide import Decision
+from pipeline.results import MatchEvidence
 
-GEOMETRIC_FEATURES = ("inliers", "inlier_margin")
+GEOMETRIC_FEATURES = ("inliers", "inlier_margin", "inlier_share")
 APPEARANCE_FEATURES = ("similarity", "similarity_margin", "svc_vote", "lbp_distance", "lbp_margin")
 # Which way each feature may move its expert (+1 for the label, -1 against it),
 # enforced when calibrating: fitted freely on a mix of cakes and bare textures,
 # the LBP distance came out as "farther is better" and lifted KTH's impostors.
-GEOMETRIC_SIGNS = (1, 1)
+GEOMETRIC_SIGNS = (1, 1, 1)
 APPEARANCE_SIGNS = (1, 1, 1, -1, 1)
 # The texture expert reads these columns of the appearance features.
 TEXTURE_FEATURES = ("svc_vote", "lbp_distance", "lbp_margin")
@@ -95,6 +100,7 @@ class LabelEvidence:
     svc_vote: float
     inliers: int
     lbp_distance: float
+    ratio_matches: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,19 +148,36 @@ def gather(
     lbp_distances: np.ndarray,
     inliers: Sequence[int],
     svc_label: str | None,
+    ratio_matches: Sequence[int] | None = None,
 ) -> list[LabelEvidence]:
-    """Per-label evidence from per-candidate evidence (all in candidate order)."""
+    """Per-label evidence from per-candidate evidence (all in candidate order).
+
+    A label's inliers and ratio-test matches are those of its candidate with
+    the most inliers; `ratio_matches` None (answers saved before it was
+    reported) counts every inlier as a match.
+    """
     out: dict[str, LabelEvidence] = {}
     for i, label in enumerate(labels):
         current = out.get(label)
         sim, dist, inl = float(similarities[i]), float(lbp_distances[i]), int(inliers[i])
+        found = max(int(ratio_matches[i]), inl) if ratio_matches is not None else inl
         if current is None:
-            out[label] = LabelEvidence(label, i, sim, float(label == svc_label), inl, dist)
+            out[label] = LabelEvidence(label, i, sim, float(label == svc_label), inl, dist, found)
             continue
-        best_position = i if inl > current.inliers or (inl == current.inliers and sim > current.similarity) else current.position
+        more = inl > current.inliers
+        best_position = i if more or (inl == current.inliers and sim > current.similarity) else current.position
         out[label] = LabelEvidence(label, best_position, max(sim, current.similarity), current.svc_vote,
-                                   max(inl, current.inliers), min(dist, current.lbp_distance))
+                                   max(inl, current.inliers), min(dist, current.lbp_distance),
+                                   found if more else current.ratio_matches)
     return list(out.values())
+
+
+def gather_answer(matches: Sequence[MatchEvidence]) -> list[LabelEvidence]:
+    """Per-label evidence of an answer's offered matches (the result's `matches`, as saved), as `gather` builds it."""
+    ratio = None if any(m.inliers is not None and m.ratio_matches is None for m in matches) else \
+        [m.ratio_matches or 0 for m in matches]  # answers saved before ratio_matches was reported: None
+    return gather([m.label for m in matches], np.array([m.similarity for m in matches]), np.array([m.lbp_distance for m in matches]),
+                  [m.inliers or 0 for m in matches], matches[0].svc_label if matches else None, ratio)
 
 
 def _runner_up(values: np.ndarray, default: float) -> np.ndarray:
@@ -178,14 +201,16 @@ def label_features(evidence: Sequence[LabelEvidence]) -> tuple[np.ndarray, np.nd
 
     Returns
     -------
-    geometric : ndarray, shape (L, 2), dtype float64, in `GEOMETRIC_FEATURES` order
+    geometric : ndarray, shape (L, 3), dtype float64, in `GEOMETRIC_FEATURES` order
     appearance : ndarray, shape (L, 5), dtype float64, in `APPEARANCE_FEATURES` order
     """
     if not evidence:
         return np.zeros((0, len(GEOMETRIC_FEATURES))), np.zeros((0, len(APPEARANCE_FEATURES)))
     inl = np.log1p(np.array([e.inliers for e in evidence], dtype=np.float64))
     sim = np.array([e.similarity for e in evidence], dtype=np.float64)
-    geometric = np.stack([inl, inl - _runner_up(inl, 0.0)], axis=1)
+    # log((1 + inliers) / (1 + ratio-test matches)), <= 0: guided matching can add inliers past the matches.
+    found = np.log1p(np.array([max(e.ratio_matches, e.inliers) for e in evidence], dtype=np.float64))
+    geometric = np.stack([inl, inl - _runner_up(inl, 0.0), inl - found], axis=1)
     sim_margin = sim - _runner_up(sim, 0.0) if len(evidence) > 1 else np.zeros(1)
     svc = np.array([e.svc_vote for e in evidence], dtype=np.float64)
     lbp = np.array([e.lbp_distance for e in evidence], dtype=np.float64)

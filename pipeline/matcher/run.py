@@ -132,7 +132,7 @@ class Ranked:
     """One candidate as offered in the answer, with each stage's evidence.
 
     `row` is its catalog row, `position` its place in the widened shortlist;
-    `inliers`, `rotation_deg` and `scale` are None when it was not verified
+    `inliers`, `ratio_matches` (the verification's ratio-test matches), `rotation_deg` and `scale` are None when it was not verified
     (rotation and scale also when it got no inlier); `score` is its label's
     fused confidence (None without fusion).
     """
@@ -145,6 +145,7 @@ class Ranked:
     svc_label: str | None
     lbp_distance: float
     inliers: int | None
+    ratio_matches: int | None
     rotation_deg: float | None
     scale: float | None
     score: float | None
@@ -301,7 +302,8 @@ def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verif
         decision = decide(candidates, refined, labels, cfg.similarity_accept)
         return Decided(decision, {}, "similarity", cfg.similarity_accept, _first_label(decision, labels))
     inliers = [verified.inliers_at(i) for i in range(len(labels))]
-    evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label)
+    ratio_matches = [verified.matches_at(i) for i in range(len(labels))]
+    evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label, ratio_matches)
     embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
     best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
     first_choices = {
@@ -332,6 +334,7 @@ def _ranked(position: int, candidates: Shortlist, labels: list[str], refined: Re
         svc_label=refined.label,
         lbp_distance=float(refined.lbp_distances[position]),
         inliers=check.inliers if check is not None else None,
+        ratio_matches=check.matches if check is not None else None,
         rotation_deg=check.rotation_deg if moved and check.rotation_deg is not None else None,
         scale=check.scale if moved and check.scale is not None else None,
         score=decided.scores[label].confidence if label in decided.scores else None,
