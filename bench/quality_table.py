@@ -52,7 +52,7 @@ def redecide(bench: Path, out: Path, config: Path | None) -> dict:
     """
     from pipeline.config import load_config
     from pipeline.evaluation.metrics import Outcome, compute_figures
-    from pipeline.matcher.fuse import fuse, gather
+    from pipeline.matcher.fuse import fuse, gather_answer
     from pipeline.results import MatchEvidence
 
     decide = load_config(config).matcher.decide
@@ -67,8 +67,7 @@ def redecide(bench: Path, out: Path, config: Path | None) -> dict:
         if row["status"] == "rejected" or not matches:
             outcomes.append(Outcome(row["truth"] or "", None, row["status"], 0.0, tuple(labels)))
             continue
-        evidence = gather(labels, np.array([m.similarity for m in matches]), np.array([m.lbp_distance for m in matches]),
-                          [m.inliers or 0 for m in matches], matches[0].svc_label)
+        evidence = gather_answer(matches)
         texture_counts = not (decide.texture_needs_bare_photo and row["stages"].get("decide", {}).get("cake_found"))
         decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {}, texture_counts)
         best = labels[int(decision.order[0])]
