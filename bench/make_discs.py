@@ -90,6 +90,48 @@ def cake_detail(image: np.ndarray, centre: tuple[float, float], radius: float) -
     return detail(image[y0:int(centre[1] + half), x0:int(centre[0] + half)])
 
 
+PRINT_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
+               cv2.FONT_HERSHEY_PLAIN)
+
+
+def printed_source(rng: np.random.Generator, name: str, size: int = 512) -> tdata.Source:
+    """A printed sheet (a cake's embedded ticket, a wrapper): dense lines of random words, or a grid of digits.
+
+    Two cakes cut from one sheet share the font, the ink and the grid, not
+    their arrangement: a stranger whose repeated glyphs give a handful of
+    geometrically consistent matches against its registered sibling, the
+    case a raw inlier count mistakes for a re-shot.
+    """
+    paper = rng.uniform(200, 250, 3)
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = paper.astype(np.uint8)
+    ink = tuple(float(v) for v in rng.uniform(0, 90, 3))
+    font = int(rng.choice(PRINT_FONTS))
+    if rng.random() < 0.5:
+        scale = float(rng.uniform(0.5, 0.8))
+        step = int(cv2.getTextSize("Ag", font, scale, 1)[0][1] * 1.9) + 2
+        for y in range(step, size, step):
+            words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"), int(rng.integers(2, 9)))) for _ in range(12)]
+            cv2.putText(image, " ".join(words), (int(rng.integers(-20, 4)), y), font, scale, ink, 1, cv2.LINE_AA)
+    else:
+        cell = int(rng.integers(28, 44))
+        for k in range(0, size, cell):
+            width = 2 if (k // cell) % 3 == 0 else 1
+            cv2.line(image, (k, 0), (k, size), ink, width)
+            cv2.line(image, (0, k), (size, k), ink, width)
+        for y in range(0, size, cell):
+            for x in range(0, size, cell):
+                if rng.random() < 0.6:
+                    cv2.putText(image, str(int(rng.integers(1, 10))), (x + cell // 4, y + 3 * cell // 4), font, cell / 40, ink, 1, cv2.LINE_AA)
+    return tdata.Source(name, image, name)
+
+
+def printed_sources(key: tuple[int, ...], count: int, size: int = 512) -> list[tdata.Source]:
+    """`count` printed sheets; sheet i uses ``default_rng([*key, 77, i])`` (keys as `tdata.procedural_sources`)."""
+    return [printed_source(np.random.default_rng([*key, 77, i]), "printed:" + ":".join(map(str, (*key, i))), size)
+            for i in range(count)]
+
+
 def add_shot_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every cake benchmark generator (this one, make_siblings.py)."""
     parser.add_argument("--hard", action="store_true",
@@ -175,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procedural", type=int, default=16, help="held-out procedural textures used as sources")
     parser.add_argument("--size", type=int, default=384, help="side of the rendered photos")
     parser.add_argument("--unregistered", type=float, default=0.25, help="share of cakes never registered")
+    parser.add_argument("--printed", type=int, default=None,
+                        help="printed sheets (random text, digit grids: `printed_source`) used as sources (default: 8 for "
+                        "--split calibration, 0 for held_out, whose photos hold printed pages already)")
     parser.add_argument("--min-detail", type=float, default=MIN_CAKE_DETAIL,
                         help="drop cakes whose face has less fine grain than this (`cake_detail`, grey levels; 0 keeps all)")
     parser.add_argument(
@@ -204,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = list(by_family.values())
     key = tdata.BENCH_KEY if args.split == "held_out" else tdata.CALIBRATION_KEY
     sources += tdata.procedural_sources((key, args.seed), args.procedural, size=512)
+    printed = args.printed if args.printed is not None else (8 if args.split == "calibration" else 0)
+    sources += printed_sources((key, args.seed), printed)
     rng = np.random.default_rng([args.seed, 2024])
     cut = [(s.name, s.image, centre, radius) for s in sources for centre, radius in cakes_of(s.image, args.per_source)]
     flat = [cake_detail(image, centre, radius) < args.min_detail for _, image, centre, radius in cut]

@@ -314,3 +314,23 @@ def test_run_is_the_stage_sequence_each_stage_reporting_its_own_evidence() -> No
     assert laps == ["shortlist", "refine", "decide"]
     assert plain.stages()["verify"]["enabled"] is False and plain.stages()["decide"]["method"] == "similarity"
     assert plain.decision.label == "a" and all(r.inliers is None and r.score is None for r in plain.ranked)
+
+
+def test_shipped_decision_refuses_inliers_drawn_from_many_matches_and_accepts_a_clean_few() -> None:
+    """Measured on the evaluation discs (README "Accuracy"): a stranger cut beside a registered cake from one printed
+    page got 10 inliers out of 32 ratio-test matches; the hardest right cake accepted, 8 out of 11. The inlier count
+    alone ranks the stranger higher; with the share of matches the fit explains the shipped decision tells them apart."""
+    from pipeline.config import default_config
+    from pipeline.matcher.fuse import gather, fuse
+
+    decide_cfg = default_config().matcher.decide
+
+    def answer(inliers: int, ratio_matches: int) -> tuple[str, float]:
+        labels = ["registered", "other"]
+        evidence = gather(labels, np.array([0.5, 0.45]), np.array([0.1, 0.1]), [inliers, 0], None, [ratio_matches, 3])
+        decision, _ = fuse(evidence, labels, decide_cfg.fusion, decide_cfg.accept_confidence, {}, texture_counts=False)
+        return decision.status, decision.confidence
+
+    stranger, right = answer(10, 32), answer(8, 11)
+    assert stranger[0] == "no_match" and right[0] == "matched", (stranger, right)
+    assert answer(10, 10)[1] > right[1]  # the same inliers with nothing else matched: more confident still
