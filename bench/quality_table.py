@@ -52,7 +52,7 @@ def redecide(bench: Path, out: Path, config: Path | None) -> dict:
     """
     from pipeline.config import load_config
     from pipeline.evaluation.metrics import Outcome, compute_figures
-    from pipeline.matcher.fuse import fuse, gather_answer
+    from pipeline.matcher.fuse import fuse, gather_answer, tested_ratio
     from pipeline.results import MatchEvidence
 
     decide = load_config(config).matcher.decide
@@ -69,7 +69,9 @@ def redecide(bench: Path, out: Path, config: Path | None) -> dict:
             continue
         evidence = gather_answer(matches)
         texture_counts = not (decide.texture_needs_bare_photo and row["stages"].get("decide", {}).get("cake_found"))
-        decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {}, texture_counts)
+        verify = row["stages"].get("verify") or {}
+        tested = tested_ratio(int(verify.get("verified", 0)), int(verify.get("deepened", 0)))
+        decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {}, texture_counts, tested)
         best = labels[int(decision.order[0])]
         outcomes.append(Outcome(row["truth"] or "", best, decision.status, float(decision.confidence), tuple(labels)))
     summary = json.loads(saved.with_suffix(".summary.json").read_text())["variants"][0]

@@ -334,3 +334,20 @@ def test_shipped_decision_refuses_inliers_drawn_from_many_matches_and_accepts_a_
     stranger, right = answer(10, 32), answer(8, 11)
     assert stranger[0] == "no_match" and right[0] == "matched", (stranger, right)
     assert answer(10, 10)[1] > right[1]  # the same inliers with nothing else matched: more confident still
+
+
+def test_a_second_pass_divides_the_geometric_odds_by_the_count_of_tests() -> None:
+    """The same 8 clean inliers after 30 verified candidates instead of 10: three times the chances of a stray match."""
+    from pipeline.config import default_config
+    from pipeline.matcher.fuse import fuse, gather, tested_ratio
+
+    decide_cfg = default_config().matcher.decide
+    labels = ["registered", "other"]
+    evidence = gather(labels, np.array([0.63, 0.84]), np.array([0.1, 0.1]), [8, 0], None, [12, 6])
+    first, _ = fuse(evidence, labels, decide_cfg.fusion, decide_cfg.accept_confidence, {}, texture_counts=False)
+    tested = tested_ratio(30, 20)
+    second, _ = fuse(evidence, labels, decide_cfg.fusion, decide_cfg.accept_confidence, {}, texture_counts=False, tested=tested)
+    assert tested == 3.0 and tested_ratio(10, 0) == 1.0
+    odds = lambda p: p / (1 - p)  # noqa: E731
+    assert np.isclose(odds(second.confidence), odds(first.confidence) / 3.0)
+    assert (first.status, second.status) == ("matched", "no_match")

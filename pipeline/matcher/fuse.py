@@ -55,6 +55,19 @@ speaks in its place:
   false accepts was 0.892; with the embedding expert, 0.902 (easy discs
   0.931 -> 0.971; README "Accuracy").
 
+When a second verification pass (`matcher.verify.deepen`) verified more
+candidates than the first, the geometric expert's odds are divided by how
+many times more were tested (`tested`): each verified candidate is one more
+chance for a stray handful of inliers (the a-contrario count of tests).
+`teaprint calibrate` fits the experts and the accept point without it (the
+saved answers' strangers all went through the second pass, so a count
+fitted there would be learnt as "a stranger", and a stranger accepted in
+the first pass never pays it): the count only lowers a second pass's
+confidence, so the calibrated false-accept rate stays an upper bound. A
+sibling stranger with 8 clean inliers, found among the 30 candidates of a
+second pass, was accepted at 0.58 without it; no right answer of the nine
+evaluation folders moved (README "Accuracy").
+
 So a bare photo's confidence is max(geometric, appearance, texture), a
 cake's is max(geometric, embedding); every label is ranked by
 max(geometric, appearance, texture) on both, which keeps the LBP evidence
@@ -180,6 +193,12 @@ def gather_answer(matches: Sequence[MatchEvidence]) -> list[LabelEvidence]:
                   [m.inliers or 0 for m in matches], matches[0].svc_label if matches else None, ratio)
 
 
+def tested_ratio(verified: int, deepened: int) -> float:
+    """Candidates verified over those of the first pass (1.0 without a second pass), from `stages.verify`'s counts."""
+    first = verified - deepened
+    return verified / first if deepened > 0 and first > 0 else 1.0
+
+
 def _runner_up(values: np.ndarray, default: float) -> np.ndarray:
     """For each position, the largest value at any other position (`default` when alone)."""
     if values.size < 2:
@@ -244,22 +263,25 @@ def texture_speaks(appearance_probability: np.ndarray) -> np.ndarray:
     return out
 
 
-def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray,
-                         weights: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights: FusionConfig,
+                         tested: float | np.ndarray = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(geometric, appearance, texture, embedding) probabilities, shape (L,) each, from ONE query's `label_features` arrays.
 
     The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
+    `tested` (>= 1; a scalar, or one per row): how many times more candidates
+    were verified than in the first pass; the geometric odds are divided by it.
     """
     g, a = weights.geometric, weights.appearance
-    pg = _logistic(geometric, g.bias, np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
+    pg = _logistic(geometric, g.bias - np.log(tested), np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
     pa = _logistic(appearance, a.bias, np.array([getattr(a, n) for n in APPEARANCE_FEATURES]))
     pt = np.where(texture_speaks(pa), texture_probability(appearance, weights.texture), 0.0)
     return pg, pa, pt, embedding_probability(appearance, weights.embedding)
 
 
-def score_labels(evidence: Sequence[LabelEvidence], weights: FusionConfig, texture_counts: bool = True) -> list[LabelScore]:
-    """The experts' probabilities for every label, in `evidence` order."""
-    experts = expert_probabilities(*label_features(evidence), weights)
+def score_labels(evidence: Sequence[LabelEvidence], weights: FusionConfig, texture_counts: bool = True,
+                 tested: float = 1.0) -> list[LabelScore]:
+    """The experts' probabilities for every label, in `evidence` order (`tested`: `expert_probabilities`)."""
+    experts = expert_probabilities(*label_features(evidence), weights, tested)
     return [LabelScore(*map(float, p), texture_counts=texture_counts) for p in zip(*experts)]
 
 
@@ -270,6 +292,7 @@ def fuse(
     accept_confidence: float,
     first_choices: dict[str, str | None],
     texture_counts: bool = True,
+    tested: float = 1.0,
 ) -> tuple[Decision, dict[str, LabelScore]]:
     """Pick the best-scoring label; order candidates by their label's rank score (geometric, appearance, texture).
 
@@ -281,6 +304,8 @@ def fuse(
     texture_counts : bool
         False for a query in which a cake was found: the confidence is then
         the geometric and embedding experts' only (`LabelScore`).
+    tested : float
+        Candidates verified over those of the first pass (`tested_ratio`).
 
     Returns
     -------
@@ -288,7 +313,7 @@ def fuse(
     """
     if not evidence:
         return Decision("no_match", None, 0.0, np.zeros(0, np.int64), ()), {}
-    scores = dict(zip((e.label for e in evidence), score_labels(evidence, weights, texture_counts)))
+    scores = dict(zip((e.label for e in evidence), score_labels(evidence, weights, texture_counts, tested)))
     best = max(evidence, key=lambda e: (scores[e.label].rank_score, e.inliers, e.similarity))
     order = sorted(range(len(labels)), key=lambda i: (-scores[labels[i]].rank_score, i != best.position if labels[i] == best.label else 0, i))
     confidence = scores[best.label].confidence

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.config import MatcherConfig
 from pipeline.features.local import LocalFeatures
 from pipeline.matcher.decide import Decision, decide
-from pipeline.matcher.fuse import LabelScore, fuse, gather
+from pipeline.matcher.fuse import LabelScore, fuse, gather, tested_ratio
 from pipeline.matcher.refine import Refinement, refine
 from pipeline.matcher.shortlist import LBP_PREFILTER, Candidates, Shortlist, lbp_nearest, shortlist, shortlist_of, widen
 from pipeline.matcher.verify import VERIFY_OFF, Verified, verify
@@ -105,6 +105,8 @@ class Decided:
         confidence; False: the embedding expert's did (a cake was found).
     cake_found : bool or None
         Whether the locator found a cake in the query (None: not looked).
+    tested : float
+        Candidates verified over the first pass's: the geometric odds were divided by it (`fuse.tested_ratio`).
     """
 
     decision: Decision
@@ -114,12 +116,13 @@ class Decided:
     best_label: str | None
     texture_counts: bool = True
     cake_found: bool | None = None
+    tested: float = 1.0
 
     def report(self) -> dict[str, Any]:
         """The stage's evidence for `stages.decide`: agreement, rule, the best label's experts, whether texture counted."""
         out: dict[str, Any] = {"agreed": list(self.decision.agreed), "accept_confidence": self.accept_confidence, "method": self.method}
         if self.method == "fusion":
-            out.update(texture_counts=self.texture_counts, cake_found=self.cake_found)
+            out.update(texture_counts=self.texture_counts, cake_found=self.cake_found, tested=round(self.tested, 4))
         best = self.scores.get(self.best_label) if self.best_label is not None else None
         if best is not None:
             out.update(geometric=round(best.geometric, 6), appearance=round(best.appearance, 6), texture=round(best.texture, 6),
@@ -312,8 +315,10 @@ def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verif
         "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
     }
     texture_counts = not (cfg.texture_needs_bare_photo and cake_found)
-    decision, scores = fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices, texture_counts)
-    return Decided(decision, scores, "fusion", cfg.accept_confidence, _first_label(decision, labels), texture_counts, cake_found)
+    tested = tested_ratio(len(verified.positions), verified.deepened)
+    decision, scores = fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices, texture_counts, tested)
+    return Decided(decision, scores, "fusion", cfg.accept_confidence, _first_label(decision, labels), texture_counts, cake_found,
+                   tested)
 
 
 def _first_label(decision: Decision, labels: Sequence[str]) -> str | None:
