@@ -351,3 +351,16 @@ def test_a_second_pass_divides_the_geometric_odds_by_the_count_of_tests() -> Non
     odds = lambda p: p / (1 - p)  # noqa: E731
     assert np.isclose(odds(second.confidence), odds(first.confidence) / 3.0)
     assert (first.status, second.status) == ("matched", "no_match")
+
+
+def test_answers_saved_before_ratio_matches_count_every_inlier_as_a_match() -> None:
+    """`teaprint calibrate` and `quality_table --redecide` read older result files: their share is 0, not a penalty."""
+    from pipeline.matcher.fuse import gather_answer, label_features
+    from pipeline.results import MatchEvidence
+
+    old = [MatchEvidence("/a.jpg", "1", "a", 0.9, None, 0.1, inliers=12), MatchEvidence("/b.jpg", "2", "b", 0.5, None, 0.2, inliers=None)]
+    new = [MatchEvidence("/a.jpg", "1", "a", 0.9, None, 0.1, inliers=12, ratio_matches=40),
+           MatchEvidence("/b.jpg", "2", "b", 0.5, None, 0.2, inliers=None)]
+    old_geometric, _ = label_features(gather_answer(old))
+    new_geometric, _ = label_features(gather_answer(new))
+    assert old_geometric[0, 2] == 0.0 and np.isclose(new_geometric[0, 2], np.log1p(12) - np.log1p(40))

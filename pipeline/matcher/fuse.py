@@ -189,8 +189,10 @@ def gather_answer(matches: Sequence[MatchEvidence]) -> list[LabelEvidence]:
     """Per-label evidence of an answer's offered matches (the result's `matches`, as saved), as `gather` builds it."""
     ratio = None if any(m.inliers is not None and m.ratio_matches is None for m in matches) else \
         [m.ratio_matches or 0 for m in matches]  # answers saved before ratio_matches was reported: None
-    return gather([m.label for m in matches], np.array([m.similarity for m in matches]), np.array([m.lbp_distance for m in matches]),
-                  [m.inliers or 0 for m in matches], matches[0].svc_label if matches else None, ratio)
+    similarities = np.array([m.similarity for m in matches])
+    lbp_distances = np.array([m.lbp_distance for m in matches])
+    return gather([m.label for m in matches], similarities, lbp_distances, [m.inliers or 0 for m in matches],
+                  matches[0].svc_label if matches else None, ratio)
 
 
 def tested_ratio(verified: int, deepened: int) -> float:

@@ -135,7 +135,8 @@ class Ranked:
     """One candidate as offered in the answer, with each stage's evidence.
 
     `row` is its catalog row, `position` its place in the widened shortlist;
-    `inliers`, `ratio_matches` (the verification's ratio-test matches), `rotation_deg` and `scale` are None when it was not verified
+    `inliers`, `ratio_matches` (the verification's ratio-test matches),
+    `rotation_deg` and `scale` are None when it was not verified
     (rotation and scale also when it got no inlier); `score` is its label's
     fused confidence (None without fusion).
     """
