@@ -82,7 +82,6 @@ def detail(patch: np.ndarray) -> float:
     return float(np.percentile(blocks, 25))
 
 
-
 def cake_detail(image: np.ndarray, centre: tuple[float, float], radius: float) -> float:
     """`detail` of the square inscribed in the disc (centre, radius) of `image` (H, W, 3), source pixels."""
     half = radius / np.sqrt(2.0)

@@ -36,6 +36,8 @@ from pipeline.config import default_config  # noqa: E402
 from pipeline.features.local import extract_configured, verify_pair  # noqa: E402
 from pipeline.intake import read_photo  # noqa: E402
 
+from compare_local_features import recall_at_far  # noqa: E402
+
 FIELDS = ("inliers", "matches", "spread_q", "spread_c", "scale", "rotation")
 
 
@@ -93,13 +95,6 @@ SCORES = {
     "+scale": [0, 1, 6],
     "all": [0, 1, 2, 3, 4, 5, 6],
 }
-
-
-def recall_at_far(scores: np.ndarray, correct: np.ndarray, registered: np.ndarray, far: float = 0.01) -> float:
-    neg = np.sort(scores[~registered])[::-1]
-    k = int(np.floor(far * len(neg)))
-    threshold = neg[k] if len(neg) else -np.inf
-    return float(((scores > threshold) & correct & registered).sum() / registered.sum())
 
 
 def score(paths: list[Path], fit_paths: list[Path]) -> None:

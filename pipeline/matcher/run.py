@@ -305,8 +305,9 @@ def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verif
     if verified is None:
         decision = decide(candidates, refined, labels, cfg.similarity_accept)
         return Decided(decision, {}, "similarity", cfg.similarity_accept, _first_label(decision, labels))
-    inliers = [verified.inliers_at(i) for i in range(len(labels))]
-    ratio_matches = [verified.matches_at(i) for i in range(len(labels))]
+    checks = [verified.result_at(i) for i in range(len(labels))]
+    inliers = [c.inliers if c is not None else 0 for c in checks]
+    ratio_matches = [c.matches if c is not None else 0 for c in checks]
     evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label, ratio_matches)
     embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
     best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)

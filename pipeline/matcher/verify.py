@@ -26,15 +26,6 @@ class Verified:
     query_keypoints: int
     deepened: int = 0
 
-    def inliers_at(self, position: int) -> int:
-        result = self.result_at(position)
-        return result.inliers if result is not None else 0
-
-    def matches_at(self, position: int) -> int:
-        """Ratio-test matches of the verification at `position` (0 when it was not verified)."""
-        result = self.result_at(position)
-        return result.matches if result is not None else 0
-
     def result_at(self, position: int) -> Verification | None:
         for p, r in zip(self.positions, self.results):
             if p == position:
