@@ -93,6 +93,20 @@ def test_texture_close_up_falls_back(name: str) -> None:
     assert r.mask.all() or r.mask.mean() > 0.99  # the whole (square) photo is described
 
 
+def test_round_detail_of_a_frame_filling_cake_is_not_taken_for_the_cake() -> None:
+    """A cake photographed close fills the frame: the eye printed on it is not a cake 7 % of the photo's size.
+
+    Before the snapped-rim size check the locator rectified the eye, and the
+    catalog entry described nothing but the eye (bench/README.md, "The locator
+    on the folders without flat cakes": q00067, q00083).
+    """
+    cat = skimage.data.chelsea()  # the disc make_discs.py cuts around her eye: centre (338, 150), radius 107
+    r = int(107 * 0.75)
+    close_up = cv2.resize(np.ascontiguousarray(cat[150 - r:150 + r, 338 - r:338 + r]), (384, 384), interpolation=cv2.INTER_CUBIC)
+    o = locate(close_up)
+    assert o.fallback and o.count == 0
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(TypeError):
         locate(np.zeros((64, 64), np.float32))

@@ -35,8 +35,10 @@ How `locate` works (classical, about 60 ms of one CPU core on a 256 px working i
    snapped rim) follows it. Refused besides: a blob whose rim strays from its
    ellipse (a chunk, a hand) unless the snapped rim follows it; a small
    outline whose inside recurs all around it (a hole in a texture); a small
-   outline cut by the frame, or one centred outside it. A texture close-up has
-   no closed contrast curve, and falls back.
+   outline cut by the frame, or one centred outside it; an outline lying on a
+   larger not-table region that runs out of frame (a detail of a cake that
+   fills the frame). A texture close-up has no closed contrast curve, and
+   falls back.
 
 Coordinates are (x, y) in pixels of the image given, origin at the top-left
 pixel's centre; angles are degrees, counter-clockwise on screen being negative
@@ -58,7 +60,7 @@ Shape = Literal["disc", "brick", "none"]
 # Recorded in the catalog beside the model id: bump it whenever `locate` or
 # `rectify` can give another outline or canonical image for the same photo
 # (descriptors computed on the old ones must then be rebuilt by `teaprint reembed`).
-LOCATOR_VERSION = "locate/2"
+LOCATOR_VERSION = "locate/3"
 
 MIN_SIDE = 16  # px: `locate` refuses smaller photos, `canonical_view` describes them whole
 WORK_SIDE = 256  # px, longer side of the working image: the rim needs no more
@@ -66,7 +68,7 @@ MIN_CONFIDENCE = 0.7  # accept threshold on `CakeOutline.confidence`: the highes
 BRICK_DISCOUNT = 0.15  # a brick's four-sided fit (no RANSAC) follows its rim less closely: true bricks score 0.52-0.8
 MIN_AREA = 0.03  # smallest cake, fraction of the photo's area (a cake photographed to be identified is larger)
 MIN_AXIS_RATIO = 0.5  # b/a: flatter than this is a 60 deg tilt, not a phone shot of a cake
-EDGE_AREA = 0.06  # smallest cake found from edges alone, fraction of the photo's area
+EDGE_AREA = 0.1  # smallest cake found from edges alone, fraction of the photo's area (an eye printed on a cake filling the frame is 7 %)
 EDGE_SUPPORT = 0.6  # least share of an edge ellipse's rays whose strongest step lies on it (`_snap`)
 ROUGHNESS = 0.02  # a blob's rim may stray from its ellipse by this share of the radius (median)
 CUT_AREA = 0.1  # an outline the frame cuts must cover at least this share of the photo
@@ -75,6 +77,7 @@ MIN_IN_FRAME = 0.3  # least share of an outline's perimeter inside the frame (a 
 OTHER_AREA = 0.3  # a further cake is at least this share of the largest one's area
 OTHER_IN_FRAME = 0.6  # ... with at least this share of its rim in the frame
 OTHER_CONFIDENCE = 0.8  # ... and at least this confidence
+SURROUND = 0.8  # an outline whose surround is this share not table, in a region running out of frame, is a detail
 _SECTORS = 72  # perimeter samples used by the verification
 
 
@@ -462,7 +465,8 @@ def _edge_candidate(ell: tuple, feats: np.ndarray, lab: np.ndarray, rng: np.rand
     (cx, cy), (a, b), ang = ell = snapped or ell
     area = float(np.pi * a * b)
     ring, in_frame = _ring_score(feats, _ellipse_points((cx, cy), (a, b), ang, _SECTORS), np.array([cx, cy]), max(2.0, 0.06 * b))
-    if in_frame < MIN_IN_FRAME or support < EDGE_SUPPORT:  # a chunk's ragged edge, a bowl with what lies in it
+    small = area < EDGE_AREA * feats.shape[0] * feats.shape[1]  # the snapped rim, not the chain's first fit
+    if in_frame < MIN_IN_FRAME or support < EDGE_SUPPORT or small:  # a chunk's ragged edge, a bowl with what lies in it
         return _Candidate("disc", ell, None, 0.0, area, in_frame)
     return _Candidate("disc", ell, None, float(np.sqrt(ring * support * min(1.0, in_frame / 0.5))), area, in_frame)
 
@@ -591,6 +595,41 @@ def _texture_blob(c: "_Candidate", feats: np.ndarray) -> bool:
         return False
     z = np.sqrt((((outside - inside.mean(axis=0)) / (inside.std(axis=0) + 3.0)) ** 2).mean(axis=1))
     return float((z < 1.5).mean()) > 0.5
+
+
+def _detail(c: "_Candidate", mask: np.ndarray) -> bool:
+    """An outline lying on something larger that runs out of frame: a detail of a cake filling the frame.
+
+    A cake photographed close fills the frame, so its rim shows only in the
+    corners, and a round detail printed or pressed on it (an eye, a ticket, a
+    dimple) is the best ellipse left. Such an outline's surround, a band just
+    outside it, is not table either, and the not-table region it lies in
+    reaches the frame's edge and is far larger than it. A cake on a table is
+    surrounded by table (a thumb or a wrapper touches part of its rim), and a
+    cake in a bowl is surrounded by a bowl that lies in the frame.
+
+    Parameters
+    ----------
+    c : _Candidate
+    mask : ndarray, shape (H, W), dtype uint8
+        1 where the pixel is not table (the lowest threshold's segmentation).
+    """
+    h, w = mask.shape
+    (cx, cy), (a, b), ang = c.ell
+    band = np.concatenate([_ellipse_points((cx, cy), (a * k, b * k), ang, _SECTORS) for k in (1.12, 1.25)])
+    band = np.round(band).astype(int)
+    ok = (band[:, 0] >= 0) & (band[:, 1] >= 0) & (band[:, 0] < w) & (band[:, 1] < h)
+    if ok.sum() < 0.5 * len(band):
+        return False
+    hit = mask[band[ok, 1], band[ok, 0]].astype(bool)
+    if hit.mean() < SURROUND:
+        return False
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    around = np.unique(labels[band[ok, 1][hit], band[ok, 0][hit]])
+    around = around[around > 0]
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    reaches = np.isin(border, around).mean() >= 0.25  # the region runs out of frame along a good part of it
+    return bool(reaches and stats[around, cv2.CC_STAT_AREA].sum() >= 2.5 * c.area)
 
 
 def _candidates(contour: np.ndarray, feats: np.ndarray, edge_dist: np.ndarray, mask: np.ndarray,
@@ -789,8 +828,10 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     dist = _table_distance(feats)
     rng = np.random.default_rng(0)  # RANSAC: deterministic for one photo
     cands: list[_Candidate] = []
+    not_table = None  # the lowest threshold's mask: what `_detail` calls not table
     for threshold in THRESHOLDS:
         contours, mask = _blobs(dist, threshold)
+        not_table = mask if not_table is None else not_table
         edges = np.full(small.shape[:2], 255, np.uint8)
         for c in contours:
             cv2.polylines(edges, [c.astype(np.int32)], True, 0)
@@ -800,7 +841,7 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     cands += [_edge_candidate(ell, feats, lab, rng) for ell in _edge_candidates(_edges(feats), feats, rng)]
     best_seen = max((c.confidence for c in cands), default=0.0)
     sure = [c for c in cands if c.confidence >= min_confidence - (BRICK_DISCOUNT if c.shape == "brick" else 0.0)
-            and not _cut_small(c, feats.shape[:2]) and not _texture_blob(c, feats)
+            and not _cut_small(c, feats.shape[:2]) and not _texture_blob(c, feats) and not _detail(c, not_table)
             and not (c.rough and not _snap(c.ell, lab, rng)[1] >= EDGE_SUPPORT)]
     kept = _select([_refine(c, lab, rng) for c in sure])
     if not kept:
