@@ -67,7 +67,7 @@ def tiny_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path)
 
 @pytest.fixture(scope="session")
 def locate_config_file(tmp_path_factory: pytest.TempPathFactory, tiny_config_file: Path) -> Path:
-    """`tiny_config_file` with the cake locator on (off in the shipped defaults, by measurement)."""
+    """`tiny_config_file` with the cake locator on (as in the shipped defaults), named where a test needs it."""
     path = tmp_path_factory.mktemp("config") / "tiny-locate.yaml"
     path.write_text(tiny_config_file.read_text() + "locate:\n  enabled: true\n")
     return path

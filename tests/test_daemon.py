@@ -102,11 +102,18 @@ def test_sigkill_mid_burst_then_restart_loses_nothing(root: Path, tmp_path: Path
     restarted = DaemonProcess(root, tiny_config_file).start()
     try:
         wait_until(lambda: len(list((root / "outbox").glob("*.json"))) >= 40, 240, "40 results")
-        wait_until(lambda: len(CatalogIndex(root / "index")) >= 120, 120, "120 catalog entries")
+        # Every catalog photo ends registered, or moved aside with its reason (the cake locator, on by default,
+        # sees two cakes in some of these arbitrary crops): none lost, none registered twice.
+        refused = lambda: {p.name for p in (root / "inbox/failed").glob("c*.jpg")}  # noqa: E731
+        wait_until(lambda: len(CatalogIndex(root / "index")) + len(refused()) >= 120, 120, "120 catalog photos handled")
         time.sleep(1.5)
         assert_all_answered_once(root, query_names)
-        assert sorted(p.name for p in (root / "inbox/catalog").iterdir()) == sorted(catalog_names)
-        assert {Path(e.path).name for e in CatalogIndex(root / "index").entries()} == set(catalog_names)
+        registered = [Path(e.path).name for e in CatalogIndex(root / "index").entries()]
+        assert len(registered) == len(set(registered)) and len(registered) >= 100
+        assert sorted(p.name for p in (root / "inbox/catalog").iterdir()) == sorted(registered)
+        assert set(registered) | refused() == set(catalog_names) and not set(registered) & refused()
+        for name in refused():
+            assert json.loads((root / "inbox/failed" / f"{name}.error.json").read_text())["code"] == "several_cakes"
     finally:
         assert restarted.signal(signal.SIGTERM) == 0
     # The history of checks: exactly one row per answer, the kill and the restart notwithstanding.

@@ -112,7 +112,9 @@ def test_with_the_locator_off_a_query_is_still_looked_at_for_a_cake_so_texture_a
     catalog = tmp_path / "catalog"
     for i, seed in enumerate(CATALOG_SEEDS):
         write_rgb(catalog / f"cake{i}-1.jpg", scene(seed, tilt=5.0).image)
-    base = ["--config", str(tiny_config_file), "--root", str(tmp_path / "root")]
+    off = tmp_path / "locator-off.yaml"
+    off.write_text(tiny_config_file.read_text() + "locate:\n  enabled: false\n")  # on in the shipped defaults
+    base = ["--config", str(off), "--root", str(tmp_path / "root")]
     assert run(capsys, *base, "index", str(catalog))[0] == 0
     stranger = write_rgb(tmp_path / "stranger.jpg", scene(99, tilt=20.0).image)
     gravel = write_rgb(tmp_path / "gravel.png", np.ascontiguousarray(cv2.cvtColor(skimage.data.gravel(), cv2.COLOR_GRAY2RGB)))

@@ -161,7 +161,7 @@ def server_config(tmp_path_factory: pytest.TempPathFactory, tiny_config_file: Pa
         + "http:\n  max_upload_mb: 1.0\n  max_files: 8\n  page_size: 3\n"
         + "daemon:\n  workers: 1\n  catalog_batch_wait_s: 0.2\n  watch:\n    stable_after_s: 0.3\n    reconcile_interval_s: 1.0\n"
         + "matcher:\n  decide:\n    accept_confidence: 0.5\n"  # the tiny model is not calibrated
-        + "locate:\n  enabled: true\n"  # the cake locator on (off by default): the page draws the cake it found
+        + "locate:\n  enabled: true\n"  # the cake locator on (as shipped; named here because the page draws the cake it found)
     )
     return path
 
