@@ -404,7 +404,9 @@ def main() -> int:
         poller.stop.set()
         poller.join()
 
-        decode_after = decode_only_rate([inbox_catalog / p.name for p in staged])
+        # a photo the daemon refused (the locator saw several cakes in it) now lies in inbox/failed
+        moved = [inbox_catalog / p.name if (inbox_catalog / p.name).exists() else root / "inbox" / "failed" / p.name for p in staged]
+        decode_after = decode_only_rate(moved)
         decode_rate = (decode_before + decode_after) / 2
         print(f"decode-only after the daemon stopped: {decode_after:.1f} img/s")
 
