@@ -417,8 +417,8 @@ def main() -> int:
         # detection (inotify -> watchdog -> readiness) plus queueing behind other work.
         waits = {ph: [(log_time(qevents[n]) - walls[n] / 1e3 - CLOSE_WALL[n]) * 1e3 for n in closes
                       if phase_of[n] == ph and walls.get(n) is not None] for ph in ("idle", "ingest")}
-        # A worker's whole work on a photo: decode, LBP, keypoints (`local`, most of it) and the encoder input.
-        worker_ms = [sum(e["timings_ms"].get(k, 0.0) for k in ("decode", "lbp", "local", "prepare")) for e in cat_events if "timings_ms" in e]
+        # A worker's whole work on a photo: decode, the locator (when on), LBP, keypoints (`local`, most of it) and the encoder input.
+        worker_ms = [sum(e["timings_ms"].get(k, 0.0) for k in ("decode", "locate", "lbp", "local", "prepare")) for e in cat_events if "timings_ms" in e]
         worker_local_ms = [e["timings_ms"].get("local", 0.0) for e in cat_events if "timings_ms" in e]
         embed_total_s = sum(e["timings_ms"].get("embed_batch", 0.0) / e.get("batch", 1) for e in cat_events if "timings_ms" in e) / 1e3
         commit_total_s = sum(e["timings_ms"].get("commit_batch", 0.0) / e.get("batch", 1) for e in cat_events if "timings_ms" in e) / 1e3
@@ -438,7 +438,7 @@ def main() -> int:
             start = log_time(qevents[n]) - walls[n] / 1e3
             ready_at = max(CLOSE_WALL[n], log_time(qevents[prev]) if prev else 0.0)
             blocked[phase_of[n]].append(max(0.0, start - ready_at) * 1e3)
-        stage_names = ("decode", "lbp", "prepare", "local", "embed", "shortlist", "refine", "verify", "decide")
+        stage_names = ("decode", "locate", "lbp", "prepare", "local", "embed", "shortlist", "refine", "verify", "decide")
         for ph in ("idle", "ingest"):
             stages = {k: [qevents[n]["timings_ms"][k] for n in closes if phase_of[n] == ph and k in qevents.get(n, {}).get("timings_ms", {})]
                       for k in stage_names}
@@ -499,7 +499,7 @@ def main() -> int:
             ("decode-only cv2.imread, 1 process", f"{decode_rate:.1f} img/s", f"mean of before {decode_before:.1f} / after {decode_after:.1f}"),
             ("ratio ingest / decode-only", f"{ingest_rate / decode_rate:.2f}x", "whole ingest; daemon: 2 workers decode (reduced) + LBP + keypoints, the catalog lane embeds + commits"),
             ("ratio ingest without queries / decode-only", f"{rate_after_queries / decode_rate:.2f}x" if rate_after_queries else "n/a", ""),
-            ("worker prepare p50 (decode+LBP+keypoints+input)", f"{pct(worker_ms, 50):.0f} ms",
+            ("worker prepare p50 (decode+locate+LBP+keypoints+input)", f"{pct(worker_ms, 50):.0f} ms",
              f"per photo, in a worker, wall (from the 'catalog' log events); keypoints alone p50 {pct(worker_local_ms, 50):.0f} ms"),
             ("catalog lane: embed / commit, total", f"{embed_total_s:.1f} / {commit_total_s:.1f} s", "sum over batches (from the 'catalog' log events)"),
             ("CPU during ingest: daemon / workers", f"{daemon_cpu:.0f} / {worker_cpu:.0f} s", f"over {ingest_wall:.0f} s wall (2 cores shared with other jobs)"),
