@@ -828,10 +828,9 @@ def locate(image: np.ndarray, min_confidence: float = MIN_CONFIDENCE, work_side:
     dist = _table_distance(feats)
     rng = np.random.default_rng(0)  # RANSAC: deterministic for one photo
     cands: list[_Candidate] = []
-    not_table = None  # the lowest threshold's mask: what `_detail` calls not table
-    for threshold in THRESHOLDS:
-        contours, mask = _blobs(dist, threshold)
-        not_table = mask if not_table is None else not_table
+    blobs = [_blobs(dist, threshold) for threshold in THRESHOLDS]
+    not_table = blobs[0][1]  # the lowest threshold's mask: what `_detail` calls not table
+    for contours, mask in blobs:
         edges = np.full(small.shape[:2], 255, np.uint8)
         for c in contours:
             cv2.polylines(edges, [c.astype(np.int32)], True, 0)
