@@ -150,6 +150,29 @@ def test_cli_index_match_and_server_service_never_import_tensorflow(tiny_config_
     assert report == {"runtime": "litert", "loaded": []}
 
 
+WARM_SCRIPT = r"""
+import json, sys, time
+from pathlib import Path
+from pipeline.config import load_config
+from pipeline.server.service import TeaprintService
+service = TeaprintService.load(load_config(Path(sys.argv[1])), Path(sys.argv[2]))
+before = "sklearn.svm" in sys.modules
+service.warm_up()
+deadline = time.monotonic() + 120
+while "sklearn.svm" not in sys.modules and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"before": before, "after": "sklearn.svm" in sys.modules}))
+"""
+
+
+def test_the_server_loads_the_classifier_library_before_its_first_request(tiny_config_file: Path, tmp_path: Path) -> None:
+    """Without a request, the server's warm-up loads scikit-learn (in the background): the first /match does not pay it."""
+    proc = subprocess.run([sys.executable, "-c", WARM_SCRIPT, str(tiny_config_file), str(tmp_path / "root")],
+                          capture_output=True, text=True, env={**os.environ, **QUIET}, cwd=str(REPO), timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"before": False, "after": True}
+
+
 def _tensorflow_libraries(pid: int) -> list[str]:
     """TensorFlow's own shared libraries mapped into process `pid` (LiteRT's live under ai_edge_litert/)."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()

@@ -162,8 +162,14 @@ class TeaprintService:
         return cls(config, root, Engine.load(config, Path(root), component="server"))
 
     def warm_up(self) -> None:
-        """Run the model once now, not on the first request."""
+        """Run the model once now, and load the matcher's classifier library in the background, not on the first request.
+
+        The library (scikit-learn, ~0.8-1.5 s to import) loads on a thread,
+        as the daemon does after `ready`: the server starts serving at once,
+        and a request that comes first waits for the same import.
+        """
         self.engine.warm_up()
+        threading.Thread(target=self.engine.warm_up_matcher, name="warm-up", daemon=True).start()
 
     def count(self, key: str, n: int = 1) -> None:
         with self._counts_lock:
