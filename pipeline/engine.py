@@ -48,6 +48,7 @@ from pipeline.prepare import EncoderInput, Prepared, feature_settings, prepare
 from pipeline.records import RecordScan, RecordStore, result_record
 from pipeline.results import CatalogRef, MatchEvidence, MatchResult, ModelInfo, rejected
 from pipeline.state import daemon_state, metrics_path, write_status
+from pipeline.threads import limit_blas_threads
 
 log = structlog.get_logger("teaprint.engine")
 
@@ -124,6 +125,8 @@ class Engine:
 
     @classmethod
     def load(cls, config: Config, root: Path, check_model: bool = True, component: str = "engine") -> "Engine":
+        """The engine of `root` with the configured encoder; BLAS runs on one thread from now on (`pipeline.threads`)."""
+        limit_blas_threads()
         return cls(config, root, Encoder.load(resolve_model_path(config, Path(root))), check_model=check_model, component=component)
 
     @property

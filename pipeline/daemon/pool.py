@@ -24,6 +24,7 @@ from pipeline.config import Config
 from pipeline.daemon.budget import Failure, prepare_within
 from pipeline.daemon.events import FileReady
 from pipeline.prepare import EncoderInput, Prepared
+from pipeline.threads import limit_blas_threads
 
 log = structlog.get_logger("teaprint.daemon")
 
@@ -206,6 +207,7 @@ def _worker_init(daemon_pid: int, nice: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != daemon_pid:
         os._exit(1)
+    limit_blas_threads()  # inherited through the environment already, unless the daemon started the pool first
 
 
 def _worker_ready() -> bool:
