@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -125,25 +124,34 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
     if view is not None:
         timings["locate"] = (t2 - t1) * 1e3
     probe = view is None and not for_catalog and _decision_asks_for_cake(config)
-    # The look for a cake (the locator with nothing rectified) runs beside the keypoints: OpenCV's SIFT releases
-    # the GIL, so most of the locator's ~35 ms is hidden (30 hard-disc queries: 148 -> 121 ms median, load ~3).
-    with ThreadPoolExecutor(max_workers=1) if probe else nullcontext() as pool:
-        looked = pool.submit(_timed, looks_like_a_cake, photo.pixels, config.locate) if pool is not None else None
-        image, mask = described(photo.pixels, view)
-        t2 = time.perf_counter()
-        lbp = lbp_histogram(image, config.lbp.points_radii, config.lbp.size, mask=mask)
-        t3 = time.perf_counter()
-        encoder_input = prepare_input(_grey_outside(image, mask), shape.size, shape.channels, shape.disc_mask)
+    image, mask = described(photo.pixels, view)
+    # The LBP histogram, the encoder input and (locator off) the look for a cake run on a thread beside the
+    # keypoints: OpenCV's SIFT releases the GIL and keeps less than two cores busy (discs-hard, 100 queries:
+    # prepare + match 139-145 -> 125-127 ms median, same answers; bench/README.md "Beside the keypoints").
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        looked = beside.submit(_timed, looks_like_a_cake, photo.pixels, config.locate) if probe else None
+        textured = beside.submit(_texture_and_input, image, mask, config, shape)
         t4 = time.perf_counter()
         local = local_features(image, mask, config.local) if config.local.enabled else None
         t5 = time.perf_counter()
+        lbp, encoder_input, side_ms = textured.result()
         cake_found: bool | None = (not view.outline.fallback) if view is not None else None
         if looked is not None:
             cake_found, timings["locate"] = looked.result()
-    timings.update(lbp=(t3 - t2) * 1e3, prepare=(t4 - t3) * 1e3)
+    timings.update(side_ms)
     if local is not None:
         timings["local"] = (t5 - t4) * 1e3
     return Prepared(photo.path, photo.sha256, lbp, encoder_input, local, timings, cake, cake_found)
+
+
+def _texture_and_input(image: np.ndarray, mask: np.ndarray | None, config: Config,
+                       shape: EncoderInput) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The LBP histogram and the encoder input of the described image, with their `lbp` and `prepare` times (ms)."""
+    t0 = time.perf_counter()
+    lbp = lbp_histogram(image, config.lbp.points_radii, config.lbp.size, mask=mask)
+    t1 = time.perf_counter()
+    encoder_input = prepare_input(_grey_outside(image, mask), shape.size, shape.channels, shape.disc_mask)
+    return lbp, encoder_input, {"lbp": (t1 - t0) * 1e3, "prepare": (time.perf_counter() - t1) * 1e3}
 
 
 def _timed(fn: Callable[..., bool], *args: object) -> tuple[bool, float]:
