@@ -96,7 +96,8 @@ def feature_settings(config: Config) -> dict[str, object]:
     }
 
 
-def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None = None, for_catalog: bool = False) -> Prepared:
+def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None = None, for_catalog: bool = False,
+            beside: bool = True) -> Prepared:
     """Decode `path` and compute everything that needs no model.
 
     Parameters
@@ -105,6 +106,13 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
         A registration photo: one with several cakes is refused
         (`IntakeError` "several_cakes"), since an entry must be one cake. A
         query with several answers for the largest.
+    beside : bool
+        Run the LBP histogram and the encoder input on a thread beside the
+        keypoints (a query answered alone: 15-20 ms sooner on two cores).
+        Not for a catalog photo, nor where other processes already share the
+        cores (the daemon's catalog workers, `teaprint eval`'s): there the
+        thread only slows each photo, and eval's per-query cost, the sum of
+        its steps, would count the overlap twice.
 
     Raises
     ------
@@ -125,16 +133,17 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
         timings["locate"] = (t2 - t1) * 1e3
     probe = view is None and not for_catalog and _decision_asks_for_cake(config)
     image, mask = described(photo.pixels, view)
-    # The LBP histogram, the encoder input and (locator off) the look for a cake run on a thread beside the
-    # keypoints: OpenCV's SIFT releases the GIL and keeps less than two cores busy (discs-hard, 100 queries:
-    # prepare + match 139-145 -> 125-127 ms median, same answers; bench/README.md "Beside the keypoints").
-    with ThreadPoolExecutor(max_workers=1) as beside:
-        looked = beside.submit(_timed, looks_like_a_cake, photo.pixels, config.locate) if probe else None
-        textured = beside.submit(_texture_and_input, image, mask, config, shape)
+    # The look for a cake (locator off) and, for a query answered alone, the LBP histogram and the encoder input
+    # run on a thread beside the keypoints: OpenCV's SIFT releases the GIL and keeps less than two cores busy
+    # (discs-hard, 100 queries: prepare + match 139-145 -> 123-127 ms median, same answers; bench/README.md
+    # "Beside the keypoints").
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        looked = thread.submit(_timed, looks_like_a_cake, photo.pixels, config.locate) if probe else None
+        textured = thread.submit(_texture_and_input, image, mask, config, shape) if beside and not for_catalog else None
         t4 = time.perf_counter()
         local = local_features(image, mask, config.local) if config.local.enabled else None
         t5 = time.perf_counter()
-        lbp, encoder_input, side_ms = textured.result()
+        lbp, encoder_input, side_ms = textured.result() if textured else _texture_and_input(image, mask, config, shape)
         cake_found: bool | None = (not view.outline.fallback) if view is not None else None
         if looked is not None:
             cake_found, timings["locate"] = looked.result()
@@ -243,13 +252,13 @@ def _outline(o: CakeOutline, to_original: np.ndarray) -> Outline:
 
 
 def prepare_or_error(path: Path, config: Config, shape: EncoderInput, root: Path | None = None,
-                     for_catalog: bool = False) -> Prepared | tuple[str, str]:
+                     for_catalog: bool = False, beside: bool = True) -> Prepared | tuple[str, str]:
     """`prepare` for a worker process: an unreadable file comes back as (code, reason).
 
     Returning the error as plain data avoids pickling exception objects across
     the process boundary.
     """
     try:
-        return prepare(path, config, shape, root, for_catalog)
+        return prepare(path, config, shape, root, for_catalog, beside)
     except IntakeError as err:
         return (err.code, str(err))

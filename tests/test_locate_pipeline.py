@@ -162,3 +162,27 @@ def test_rotated_shots_of_registered_cakes_find_their_own(tmp_path: Path, indexe
         jsonschema.validate(result, SCHEMA)
         assert result["cake"]["fallback"] is False, result["query"]
         assert result["matches"][0]["label"] == result["query"].split("_r")[0], result["query"]
+
+
+@pytest.mark.parametrize("locator", ["on", "off"])
+def test_the_thread_beside_the_keypoints_changes_no_descriptor(tmp_path: Path, locate_config_file: Path,
+                                                                tiny_config_file: Path, locator: str) -> None:
+    """A query's LBP histogram and encoder input computed beside its keypoints equal those computed in turn."""
+    from pipeline.config import load_config
+    from pipeline.engine import Engine
+    from pipeline.prepare import prepare
+
+    off = tmp_path / "off.yaml"  # the locator off: the look for a cake shares the thread (a texture-only guard)
+    off.write_text(tiny_config_file.read_text() + "locate:\n  enabled: false\n")
+    config = load_config(locate_config_file if locator == "on" else off)
+    assert config.locate.enabled is (locator == "on")
+    shape = Engine.load(config, tmp_path / "root").encoder_input
+    photo = tmp_path / "query.jpg"
+    write_rgb(photo, scene(31, tilt=20.0).image)
+    alone, beside = prepare(photo, config, shape, beside=False), prepare(photo, config, shape, beside=True)
+    assert alone.cake_found is True and beside.cake_found is True
+    np.testing.assert_array_equal(alone.lbp, beside.lbp)
+    np.testing.assert_array_equal(alone.encoder_input, beside.encoder_input)
+    np.testing.assert_array_equal(alone.local.points, beside.local.points)
+    np.testing.assert_array_equal(alone.local.descriptors, beside.local.descriptors)
+    assert {"lbp", "prepare", "local"} <= set(beside.timings_ms)
