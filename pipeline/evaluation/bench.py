@@ -310,8 +310,8 @@ def prepare_queries(
     size = config.model.batch_size
     with _mapper(workers) as mapper, _bar(len(bench.queries), "prepare", progress) as bar:
         # No thread beside the keypoints (`prepare`'s `beside`): the per-query cost reported is the sum of the steps.
-        done = mapper(prepare_or_error, bench.queries, repeat(config), repeat(engine.encoder_input), repeat(None),
-                      repeat(False), repeat(False))
+        done = mapper(functools.partial(prepare_or_error, beside=False), bench.queries, repeat(config),
+                      repeat(engine.encoder_input))
         pending: list[PreparedQuery] = []
         for path, truth, prepared in zip(bench.queries, bench.truth, done):
             pending.append(_prepared_query(path, truth, prepared))
