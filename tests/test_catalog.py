@@ -94,6 +94,39 @@ def test_compaction_keeps_entries_and_drops_old_segments(tmp_path: Path) -> None
     assert len(CatalogIndex(tmp_path / "idx", model_id="m1")) == 10
 
 
+def test_a_commit_merges_a_bounded_amount_whatever_the_catalog_size() -> None:
+    """A commit's merge never rewrites a finished segment nor writes more than `big`; each entry is rewritten a few
+    times (once per size level), not once per commit (the policy before merged the whole small tail: 11.8 s at 10k)."""
+    from pipeline.catalog.tiers import merge_count
+
+    big, factor = 65_536, 8
+    for batch, most_writes in ((40, 4.0), (1, 11.0)):
+        sizes: list[int] = []
+        written = 0
+        for _ in range(200_000 // batch):
+            sizes.append(batch)
+            while (n := merge_count(sizes, big, factor, max_small=16)) >= 2:
+                assert all(s * factor <= big for s in sizes[-n:])  # only unfinished segments are merged
+                merged = sum(sizes[-n:])
+                assert merged <= big
+                written += merged
+                sizes[-n:] = [merged]
+            assert sum(s * factor <= big for s in sizes) <= 16
+        assert sum(sizes) == 200_000 and written / 200_000 < most_writes, (batch, written / 200_000)
+
+
+def test_commits_merge_the_newest_small_segments_and_never_rewrite_a_finished_one(tmp_path: Path) -> None:
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=4, big_segment=800)  # over 100 entries: finished
+    index.commit([entry(n) for n in range(150)])
+    (base,) = [p.name for p in (tmp_path / "idx").glob("seg-*.h5")]
+    for n in range(150, 190):
+        index.commit([entry(n)])
+        names = sorted(p.name for p in (tmp_path / "idx").glob("seg-*.h5"))
+        assert names[0] == base and len(names) <= 5
+    reopened = CatalogIndex(tmp_path / "idx", model_id="m1")
+    assert sorted(e.sha256 for e in reopened.entries()) == sorted(entry(n).sha256 for n in range(190))
+
+
 def test_other_model_is_refused(tmp_path: Path) -> None:
     CatalogIndex(tmp_path / "idx", model_id="m1").commit([entry(1)])
     with pytest.raises(ModelMismatchError, match="reembed"):

@@ -14,8 +14,8 @@ manifest is replaced the same way last. A kill at any instant therefore leaves
 the previous manifest or the new one, each naming only complete segments, so
 the index always opens and holds every commit made before the kill. Readers
 never lock the files: they read the manifest, then the immutable segments it
-names, and get a `CatalogSnapshot`. Segments are merged into one when there
-are more than `max_segments`.
+names, and get a `CatalogSnapshot`. A commit merges the newest segments as
+`pipeline.catalog.tiers` decides (levels of segment sizes, bounded work).
 
 Entries change only through `pipeline.catalog.writer.CatalogWriter`, which
 checks them and builds on `commit` and `replace_all` here.
@@ -41,6 +41,7 @@ from pipeline.catalog.columns import Columns, PackedNames, SlotBlock, gather_key
 from pipeline.catalog.entries import CatalogEntry, NewEntry
 from pipeline.catalog.keypoints import SegmentKeypoints, write_keypoints
 from pipeline.catalog.snapshot import CatalogSnapshot
+from pipeline.catalog.tiers import merge_count
 from pipeline.features.local import LocalFeatures
 from pipeline.fsutil import atomic_write_bytes, fsync_path
 
@@ -48,6 +49,8 @@ FORMAT = "teaprint-catalog/1"
 MANIFEST = "MANIFEST.json"
 BIG_SEGMENT = 65_536
 """Entries (plus tombstones) from which a segment is never merged by a commit's compaction."""
+MERGE_FACTOR = 8
+"""Segments of one size level merged together by a commit (`pipeline.catalog.tiers`)."""
 _COMPACT_CHUNK = 256  # entries whose keypoints a compaction holds at once (~14 MB at 400 SIFT keypoints; 1,024 peaked +212 MB on 10k, 256 +129 MB, same time)
 
 
@@ -146,9 +149,11 @@ class CatalogIndex:
         The loaded encoder's id. Opening an index built with another model
         raises `ModelMismatchError`; None accepts any (for `status`, `reembed`).
     max_segments : int
-        Merge the newest small segments into one when a commit leaves more than this.
+        Merge the newest small segments when a commit leaves more than this under `big_segment`
+        (see `pipeline.catalog.tiers.merge_count`).
     big_segment : int
-        Segments with at least this many entries (plus tombstones) are never merged by a commit.
+        Segments with at least this many entries (plus tombstones) are never merged by a commit,
+        and no commit's merge writes more than this.
     features : dict or None
         The settings that shaped the descriptors (`pipeline.prepare.feature_settings`),
         recorded in the manifest beside the model id. Opening a non-empty index
@@ -289,8 +294,9 @@ class CatalogIndex:
             segments = [*state.segments, name]
             self._write_manifest(generation, model_id or state.model_id, segments, features, state.next_slot + len(stored))
             self.refresh()
-            if len(segments) > self.max_segments:
-                self._compact_locked()
+            for _ in range(len(segments)):  # a merge may complete a run of the next level
+                if not self._compact_locked():
+                    break
             return CommitResult(tuple(e.sha256 for e in stored), tuple(duplicates), removed, self._state.generation)
 
     def compact(self) -> None:
@@ -329,25 +335,22 @@ class CatalogIndex:
             finally:
                 self.model_id, self.features = saved, saved_features
 
-    def _compact_locked(self, everything: bool = False) -> None:
-        """Merge the newest small segments into one, keeping every entry's slot.
+    def _compact_locked(self, everything: bool = False) -> bool:
+        """Merge the newest segments into one, keeping every entry's slot; True when it merged.
 
-        Segments of `big_segment` entries or more are never merged again: at
-        1M entries a full merge would read and write every keypoint (~36 GB
-        compressed) and need that much free disk again while both copies
-        exist, so a large catalog is a few big segments plus a small tail.
+        Which ones: `pipeline.catalog.tiers.merge_count` (segments of
+        `big_segment` entries or more are never merged again: at 1M entries a
+        full merge would read and write every keypoint (~36 GB compressed) and
+        need that much free disk again while both copies exist).
         `everything` merges all segments (`compact()`).
         """
         state = self._state
         names = state.segments
-        if len(names) <= 1:
-            return
         segs = [self._cache[n] for n in names]
-        k = len(segs)
-        while k > 0 and (everything or segs[k - 1].size() < self.big_segment):
-            k -= 1
-        if len(segs) - k < 2:
-            return  # nothing small enough to merge: the big segments stay as they are
+        n = len(segs) if everything else merge_count([s.size() for s in segs], self.big_segment, MERGE_FACTOR, self.max_segments)
+        if n < 2:
+            return False
+        k = len(segs) - n
         cols = state.columns
         owned = np.concatenate([s.slots for s in segs[k:]]) if segs[k:] else np.zeros(0, np.int64)
         keep = np.sort(owned[cols.alive[owned]]) if owned.size else owned
@@ -362,6 +365,7 @@ class CatalogIndex:
         self._write_manifest(generation, state.model_id, [*names[:k], name], state.features, state.next_slot)
         self.refresh()
         self._remove_files(names[k:])
+        return True
 
     def _remove_files(self, names: Iterable[str]) -> None:
         for old in names:
