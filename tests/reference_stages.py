@@ -30,7 +30,7 @@ def skimage_histogram(image: np.ndarray, points_radii=POINTS_RADII, size: int = 
 
 
 def reference_verify(query: LocalFeatures, candidate: LocalFeatures, ratio: float = 0.8, ransac_px: float = 8.0,
-                     min_matches: int = 8, estimator: str = "ransac", guided_ratio: float = 0.0):
+                     min_matches: int = 8, estimator: str = "lo-ransac", guided_ratio: float = 0.0):
     """`verify_pair` as it was before the distance table: BFMatcher.knnMatch, then BFMatcher.match under the mask."""
     none = Verification(0, 0, None, None, None, np.zeros((0, 4), np.float32))
     if len(query) < 2 or len(candidate) < 2:

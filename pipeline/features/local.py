@@ -23,11 +23,14 @@ from pipeline.config import LocalConfig
 from pipeline.features.lbp import to_grey
 
 Method = Literal["sift", "orb"]
-Estimator = Literal["ransac", "magsac"]
-# MAGSAC++ (OpenCV's USAC) scores a model by marginalising over the noise
-# scale, so chance correspondences between two cakes of one tea rarely line up
-# into a homography; plain RANSAC counts whatever falls inside a fixed radius.
-_ESTIMATORS = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
+Estimator = Literal["lo-ransac", "ransac", "magsac"]
+# LO-RANSAC with SPRT (OpenCV's USAC_FAST) is the default: SPRT drops a bad
+# hypothesis after a few points and local optimisation ends the search once a
+# good one is found, where plain RANSAC on a stranger's chance matches runs all
+# 2,000 iterations (3.6 ms a fit on 10k-catalog strangers, 0.08 ms with it;
+# replayed on 1,461 fits of three folders, right cakes' inliers within 0.1 on
+# average). MAGSAC++ scores a model by marginalising over the noise scale.
+_ESTIMATORS = {"lo-ransac": cv2.USAC_FAST, "ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
 DESCRIPTOR_BYTES = {"sift": 128, "orb": 32}
 
 
@@ -152,7 +155,7 @@ def verify_pair(
     ratio: float = 0.8,
     ransac_px: float = 8.0,
     min_matches: int = 8,
-    estimator: Estimator = "ransac",
+    estimator: Estimator = "lo-ransac",
     guided_ratio: float = 0.0,
 ) -> Verification:
     """Ratio-test matching, then a robust homography from query to candidate.
@@ -167,8 +170,9 @@ def verify_pair(
         RANSAC reprojection threshold, in pixels of the working images.
     min_matches : int
         Fewer ratio-test matches than this are not worth a homography.
-    estimator : {"ransac", "magsac"}
-        Robust estimator of the homography (OpenCV RANSAC or USAC MAGSAC++).
+    estimator : {"lo-ransac", "ransac", "magsac"}
+        Robust estimator of the homography (OpenCV USAC_FAST: LO-RANSAC with
+        SPRT; plain RANSAC; USAC MAGSAC++).
     guided_ratio : float
         0: off. Otherwise, once a plausible homography is found, every query
         keypoint is matched again among the candidate keypoints lying within
