@@ -148,12 +148,13 @@ class Engine:
         shape = self.encoder_input
         self._encoder.embed_prepared(np.zeros((1, shape.size, shape.size, shape.channels), np.float32))
 
-    def warm_up_matcher(self) -> None:
+    @staticmethod
+    def warm_up_matcher() -> None:
         """Load what the matcher loads on first use (the texture classifier's library, seconds on a loaded machine).
 
-        A front-end that answers as soon as it can calls this in the
-        background after it is up: a query that comes first waits for the
-        same import, never does it twice.
+        Needs no loaded engine: the daemon runs it on a thread beside
+        `Engine.load`; the server in the background once it is up (a query
+        that comes first waits for the same import, never does it twice).
         """
         load_classifier()
 
