@@ -45,7 +45,8 @@ def test_stored_entries_hold_no_keypoints_in_memory_and_read_them_from_the_segme
         np.testing.assert_array_equal(a, b)
     assert [k.descriptors.tobytes() for k in snap.keypoints(snap.rows)] == [entry(n).local.descriptors.tobytes() for n in range(5)]
     with h5py.File(next((tmp_path / "idx").glob("seg-*.h5")), "r") as f:
-        assert f["local/descriptors"].compression == "gzip" and f["local/descriptors"].chunks is not None
+        # chunked (appended chunk by chunk); not compressed: gzip kept 79 % of the bytes for 20x slower reads
+        assert f["local/descriptors"].compression is None and f["local/descriptors"].chunks is not None
 
 
 def test_rows_never_move_compaction_merges_only_the_newest_segments_and_keeps_keypoints(tmp_path: Path) -> None:

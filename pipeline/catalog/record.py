@@ -340,7 +340,7 @@ class CatalogIndex:
 
         Which ones: `pipeline.catalog.tiers.merge_count` (segments of
         `big_segment` entries or more are never merged again: at 1M entries a
-        full merge would read and write every keypoint (~36 GB compressed) and
+        full merge would read and write every keypoint (~44 GB) and
         need that much free disk again while both copies exist).
         `everything` merges all segments (`compact()`).
         """
