@@ -610,3 +610,30 @@ def test_reading_stays_fast(tmp_path: Path) -> None:
     for _ in range(20):
         read_photo(path, CONFIG)
     assert time.perf_counter() - start < 2.0
+
+
+def test_photo_files_lists_what_a_walk_of_the_drop_folder_should() -> None:
+    """Every name with a photo extension, sorted by path components, neither it nor a folder above it ignored; a
+    directory named like a photo is entered, never listed; a link to a directory is listed (and refused later), never
+    followed; FIFOs are listed (the safe open refuses them)."""
+    import tempfile
+
+    from pipeline.photos import photo_files
+
+    config = default_config()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in ("a/b.jpg", "a-c.jpg", "A.JPG", ".hidden.jpg", "x.jpg.part", ".dir/y.jpg", "sub/.z/w.jpg", "sub/v.png",
+                     "dirlike.jpg/inner.jpg", "n.txt", "deep/er/q.webp"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(b"x")
+        os.symlink(root / "sub", root / "linkdir.jpg")
+        os.symlink(root / "sub", root / "linkdir")
+        os.mkfifo(root / "fifo.jpg")
+        walked = [p.relative_to(root).as_posix() for p in photo_files(root, config)]
+        top = [p.relative_to(root).as_posix() for p in photo_files(root, config, recursive=False)]
+    # "a/b.jpg" before "a-c.jpg": components compare, as `Path` objects sort (a string sort would swap them)
+    assert walked == ["A.JPG", "a/b.jpg", "a-c.jpg", "deep/er/q.webp", "dirlike.jpg/inner.jpg", "fifo.jpg", "linkdir.jpg",
+                      "sub/v.png"]
+    assert top == ["A.JPG", "a-c.jpg", "fifo.jpg", "linkdir.jpg"]
+    assert list(photo_files(root / "gone", config)) == []

@@ -270,7 +270,7 @@ class CatalogSync:
     def reconcile(self) -> None:
         """Make the index agree with the catalog folder; pick up missed files."""
         catalog = self.folders.catalog
-        indexed = {e.path for e in self.engine.snapshot().entries}
+        indexed = self.engine.snapshot().paths  # a column, not 10k (or 1M) entry objects every rescan
         busy = self.pool.paths() | {r.path for r, _ in self.batch}
         present = set()
         for path in photo_files(catalog, self.config, recursive=True):
