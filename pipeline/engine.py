@@ -545,7 +545,7 @@ class Engine:
         encoder = self._encoder.info
         metrics = summary(self.metrics_text(with_daemon=daemon is None))
         if daemon is None:
-            daemon = daemon_state(self.root, self._config, {e.path for e in snap.entries})
+            daemon = daemon_state(self.root, self._config, snap.paths)
         scan = self.record_scan()
         return {
             "root": str(self.root),
