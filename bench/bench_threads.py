@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,24 +33,16 @@ def child(root: Path, bench: Path, queries: int) -> dict:
     sys.path.insert(0, str(REPO))
     from threadpoolctl import threadpool_info
 
+    from bench_versions import time_queries
     from pipeline.config import load_config
     from pipeline.engine import Engine
 
     engine = Engine.load(load_config(None), root)
     engine.warm_up()
     engine.warm_up_matcher()
-    paths = sorted((bench / "query").iterdir())[: queries + 5]
-    walls, cpus, answers = [], [], []
-    for i, path in enumerate(paths):
-        t, c = time.perf_counter(), time.process_time()
-        result = engine.match_prepared(engine.prepare(path), path.name)
-        if i >= 5:
-            walls.append((time.perf_counter() - t) * 1e3)
-            cpus.append((time.process_time() - c) * 1e3)
-            answers.append([result.status, result.label, round(result.confidence, 6)])
+    timed = time_queries(engine, sorted((bench / "query").iterdir())[: queries + 5])
     blas = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
-    return {"blas_threads": blas, "wall_p50_ms": statistics.median(walls), "wall_mean_ms": statistics.fmean(walls),
-            "cpu_p50_ms": statistics.median(cpus), "answers": answers}
+    return {"blas_threads": blas, **{k: timed[k] for k in ("wall_p50_ms", "wall_mean_ms", "cpu_p50_ms", "answers")}}
 
 
 def main() -> int:

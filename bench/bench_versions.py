@@ -33,6 +33,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def time_queries(engine, paths: list[Path], untimed: int = 5) -> dict:
+    """Prepare and match `paths` one at a time (`Engine.prepare` + `Engine.match_prepared`), the first `untimed` untimed.
+
+    Returns wall and CPU ms per query (p50, mean), each query's [status,
+    label, confidence to 6 places] and the p50 of each stage of the
+    results' `timings_ms`.
+    """
+    walls, cpus, answers, stages = [], [], [], []
+    for i, path in enumerate(paths):
+        t, c = time.perf_counter(), time.process_time()
+        result = engine.match_prepared(engine.prepare(path), path.name)
+        if i >= untimed:
+            walls.append((time.perf_counter() - t) * 1e3)
+            cpus.append((time.process_time() - c) * 1e3)
+            answers.append([result.status, result.label, round(result.confidence, 6)])
+            stages.append(dict(result.timings_ms))
+    names = sorted({k for s in stages for k in s} - {"total", "wall"})
+    return {"wall_p50_ms": statistics.median(walls), "wall_mean_ms": statistics.fmean(walls), "cpu_p50_ms": statistics.median(cpus),
+            "stages_p50_ms": {k: round(statistics.median(s.get(k, 0.0) for s in stages), 1) for k in names}, "answers": answers}
+
+
 def child(code: Path, root: Path, bench: Path, queries: int) -> dict:
     sys.path.insert(0, str(code))
     from pipeline.config import load_config
@@ -43,19 +64,7 @@ def child(code: Path, root: Path, bench: Path, queries: int) -> dict:
     engine.warm_up()
     engine.warm_up_matcher()
     engine.serving_snapshot()
-    paths = sorted((bench / "query").iterdir())[: queries + 5]
-    walls, cpus, answers, stages = [], [], [], []
-    for i, path in enumerate(paths):
-        t, c = time.perf_counter(), time.process_time()
-        result = engine.match_prepared(engine.prepare(path), path.name)
-        if i >= 5:
-            walls.append((time.perf_counter() - t) * 1e3)
-            cpus.append((time.process_time() - c) * 1e3)
-            answers.append([result.status, result.label, round(result.confidence, 3)])
-            stages.append(dict(result.timings_ms))
-    names = sorted({k for s in stages for k in s} - {"total", "wall"})
-    return {"wall_p50_ms": statistics.median(walls), "wall_mean_ms": statistics.fmean(walls), "cpu_p50_ms": statistics.median(cpus),
-            "stages_p50_ms": {k: round(statistics.median(s.get(k, 0.0) for s in stages), 1) for k in names}, "answers": answers}
+    return time_queries(engine, sorted((bench / "query").iterdir())[: queries + 5])
 
 
 def main() -> int:
@@ -96,7 +105,8 @@ def main() -> int:
     for name, rs in runs.items():
         summary[name]["stages_p50_ms"] = {k: round(statistics.median(r["stages_p50_ms"].get(k, 0.0) for r in rs), 1)
                                           for k in rs[0]["stages_p50_ms"]}
-    old, new = runs["old"][0]["answers"], runs["new"][0]["answers"]
+    # confidences compared to 3 places: another estimator or weight moves them in the last digits
+    old, new = ([[*a[:2], round(a[2], 3)] for a in runs[v][0]["answers"]] for v in ("old", "new"))
     print(json.dumps({"bench": str(args.bench), "root": str(args.root) if args.root else None, "queries": len(old),
                       "rounds": args.rounds, "load_avg": round(os.getloadavg()[0], 2), "versions": summary,
                       "wall_p50_ratio": round(summary["new"]["wall_p50_ms"] / summary["old"]["wall_p50_ms"], 3),
