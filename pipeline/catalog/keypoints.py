@@ -21,13 +21,12 @@ import numpy as np
 from pipeline.features.local import LocalFeatures
 
 CHUNK_ROWS = 512
+"""Keypoint rows per HDF5 chunk (64 KB of SIFT descriptors): one entry spans one or two chunks."""
 KEYPOINT_COMPRESSION: str | None = None
 """HDF5 filter of new segments' keypoints. gzip (level 1) kept 79 % of the bytes and cost 0.56 ms per entry read
 against 0.026 ms stored plain (a 10k segment, /work/exp/kpread.py): at 10k entries a query read ~17 candidates'
 keypoints, 14 ms. Plain: 10k-distractor query p50 161 -> 142 ms, a full merge of 10k entries 11.6 -> 3.6 s,
 disk +27 % (44 KB per entry at 400 keypoints). Segments written with gzip are still read."""
-KEYPOINT_COMPRESSION_OPTS: int | None = None
-"""Keypoint rows per HDF5 chunk (64 KB of SIFT descriptors): one entry spans one or two chunks."""
 
 
 def write_keypoints(f: h5py.File, chunks: Iterable[Sequence[LocalFeatures | None]]) -> None:
@@ -55,7 +54,7 @@ def write_keypoints(f: h5py.File, chunks: Iterable[Sequence[LocalFeatures | None
             g = f.create_group("local")
             for name, cols, dtype in (("points", 2, np.float32), ("descriptors", width, np.uint8)):
                 g.create_dataset(name, shape=(0, cols), maxshape=(None, cols), dtype=dtype, chunks=(CHUNK_ROWS, cols),
-                                 compression=KEYPOINT_COMPRESSION, compression_opts=KEYPOINT_COMPRESSION_OPTS)
+                                 compression=KEYPOINT_COMPRESSION)
         points = np.concatenate([x.points for x in present]).astype(np.float32).reshape(-1, 2)
         descriptors = np.concatenate([x.descriptors for x in present]).astype(np.uint8).reshape(len(points), width)
         for name, data in (("points", points), ("descriptors", descriptors)):
