@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -57,6 +55,7 @@ def main() -> int:
         print(json.dumps(child(args.child, args.bench, args.queries)))
         return 0
     sys.path.insert(0, str(REPO))
+    from bench_versions import alternate, medians
     from pipeline.config import load_config
     from pipeline.engine import Engine
 
@@ -65,17 +64,11 @@ def main() -> int:
         Engine.load(load_config(None), root).index_files(sorted((args.bench / "catalog").iterdir()))
         env_one = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
         variants = {"one (shipped)": env_one, f"{args.blas_threads} threads": env_one | {"OPENBLAS_NUM_THREADS": str(args.blas_threads)}}
-        runs: dict[str, list[dict]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, env in variants.items():
-                out = subprocess.run([sys.executable, __file__, str(args.bench), "--queries", str(args.queries),
-                                      "--child", str(root)], env=env, capture_output=True, text=True, check=True)
-                run = json.loads(out.stdout.strip().splitlines()[-1])
-                runs[name].append(run)
-                print(f"{name:>14}: BLAS threads {run['blas_threads']}, wall p50 {run['wall_p50_ms']:.1f} ms, "
-                      f"mean {run['wall_mean_ms']:.1f} ms, CPU p50 {run['cpu_p50_ms']:.1f} ms", flush=True)
-    summary = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in ("wall_p50_ms", "wall_mean_ms", "cpu_p50_ms")}
-               for name, rs in runs.items()}
+        argv = [sys.executable, __file__, str(args.bench), "--queries", str(args.queries), "--child", str(root)]
+        runs = alternate({name: (argv, env) for name, env in variants.items()}, args.rounds, lambda name, run: (
+            f"{name:>14}: BLAS threads {run['blas_threads']}, wall p50 {run['wall_p50_ms']:.1f} ms, "
+            f"mean {run['wall_mean_ms']:.1f} ms, CPU p50 {run['cpu_p50_ms']:.1f} ms"))
+    summary = medians(runs)
     one, many = summary.values()
     answers = [r["answers"] for rs in runs.values() for r in rs]
     print(json.dumps({"bench": str(args.bench), "queries": args.queries, "rounds": args.rounds, "load_avg": os.getloadavg()[0],

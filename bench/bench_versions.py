@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,26 @@ def time_queries(engine, paths: list[Path], untimed: int = 5) -> dict:
     names = sorted({k for s in stages for k in s} - {"total", "wall"})
     return {"wall_p50_ms": statistics.median(walls), "wall_mean_ms": statistics.fmean(walls), "cpu_p50_ms": statistics.median(cpus),
             "stages_p50_ms": {k: round(statistics.median(s.get(k, 0.0) for s in stages), 1) for k in names}, "answers": answers}
+
+
+def alternate(commands: dict[str, tuple[list[str], dict[str, str] | None]], rounds: int,
+              describe: Callable[[str, dict], str]) -> dict[str, list[dict]]:
+    """Run each variant's command (argv, env) in a fresh process, in turn, `rounds` times, so the machine's drift
+    weighs alike on all; each run's result is the JSON on its last stdout line. `describe` prints one line per run."""
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, (argv, env) in commands.items():
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[name].append(run)
+            print(describe(name, run), flush=True)
+    return runs
+
+
+def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Each variant's median over its runs of wall p50, wall mean and CPU p50 (ms)."""
+    return {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in ("wall_p50_ms", "wall_mean_ms", "cpu_p50_ms")}
+            for name, rs in runs.items()}
 
 
 def child(code: Path, root: Path, bench: Path, queries: int) -> dict:
@@ -91,17 +112,12 @@ def main() -> int:
             root = Path(tmp)
             Engine.load(load_config(None), root).index_files(sorted((args.bench / "catalog").iterdir()))
         versions = {"old": args.old.resolve(), "new": args.new.resolve()}
-        runs: dict[str, list[dict]] = {name: [] for name in versions}
-        for _ in range(args.rounds):
-            for name, code in versions.items():
-                out = subprocess.run([sys.executable, __file__, str(args.bench), "--old", str(args.old), "--queries", str(args.queries),
-                                      "--child", str(root), "--code", str(code)], capture_output=True, text=True, check=True)
-                run = json.loads(out.stdout.strip().splitlines()[-1])
-                runs[name].append(run)
-                print(f"{name:>4} ({code}): wall p50 {run['wall_p50_ms']:.1f} ms, mean {run['wall_mean_ms']:.1f} ms, "
-                      f"CPU p50 {run['cpu_p50_ms']:.1f} ms; stages {run['stages_p50_ms']}", flush=True)
-    summary = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in ("wall_p50_ms", "wall_mean_ms", "cpu_p50_ms")}
-               for name, rs in runs.items()}
+        commands = {name: ([sys.executable, __file__, str(args.bench), "--old", str(args.old), "--queries", str(args.queries),
+                            "--child", str(root), "--code", str(code)], None) for name, code in versions.items()}
+        runs = alternate(commands, args.rounds, lambda name, run: (
+            f"{name:>4} ({versions[name]}): wall p50 {run['wall_p50_ms']:.1f} ms, mean {run['wall_mean_ms']:.1f} ms, "
+            f"CPU p50 {run['cpu_p50_ms']:.1f} ms; stages {run['stages_p50_ms']}"))
+    summary: dict[str, dict] = medians(runs)
     for name, rs in runs.items():
         summary[name]["stages_p50_ms"] = {k: round(statistics.median(r["stages_p50_ms"].get(k, 0.0) for r in rs), 1)
                                           for k in rs[0]["stages_p50_ms"]}
