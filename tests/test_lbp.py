@@ -88,3 +88,27 @@ def test_ties_are_decided_by_skimages_float64_arithmetic(monkeypatch: pytest.Mon
     monkeypatch.setattr(lbp, "_TIE_MARGIN", -1.0)
     differ = [int((uniform_lbp(grey, p, r) != local_binary_pattern(grey, p, r, method="uniform")).sum()) for p, r in POINTS_RADII[1:]]
     assert min(differ) > 100, differ
+
+
+def test_codes_within_where_are_skimages_and_ties_outside_it_are_not_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A canonical cake view: near-ties on the disc, flat black around it (every sample there ties
+    with its centre). Codes and the masked histogram stay skimage's where they are counted, and the
+    float64 recomputation of ties is done only there."""
+    grey = near_ties(6)
+    yy, xx = np.mgrid[:256, :256]
+    disc = (yy - 127.5) ** 2 + (xx - 127.5) ** 2 <= 100**2
+    grey[~disc] = 0
+    for points, radius in POINTS_RADII:
+        expected = local_binary_pattern(grey, points, radius, method="uniform").astype(np.uint8)
+        np.testing.assert_array_equal(uniform_lbp(grey, points, radius, where=disc)[disc], expected[disc])
+    np.testing.assert_array_equal(lbp_histogram(grey, mask=disc), skimage_histogram(grey, mask=disc))
+    recomputed: list[int] = []
+    exact = lbp._exact_bits
+    monkeypatch.setattr(lbp, "_exact_bits", lambda *args: recomputed.append(len(args[-1])) or exact(*args))
+    uniform_lbp(grey, 16, 2, where=disc)
+    within = sum(recomputed)
+    recomputed.clear()
+    uniform_lbp(grey, 16, 2)
+    assert 0 < within < 0.8 * sum(recomputed), (within, sum(recomputed))
+    with pytest.raises(ValueError, match="where"):
+        uniform_lbp(grey, 8, 1, where=disc[:10])

@@ -59,7 +59,7 @@ def lbp_histogram(
     keep = _inner(mask, size, max(r for _, r in points_radii)) if mask is not None else None
     blocks = []
     for points, radius in points_radii:
-        codes = uniform_lbp(grey, points, radius)
+        codes = uniform_lbp(grey, points, radius, where=keep)
         codes = codes[keep] if keep is not None else codes.ravel()
         hist = np.bincount(codes.astype(np.int64), minlength=points + 2).astype(np.float32)
         blocks.append(hist / max(hist.sum(), 1.0))
@@ -75,7 +75,7 @@ def lbp_histogram(
 _TIE_MARGIN = 2e-3
 
 
-def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
+def uniform_lbp(grey: np.ndarray, points: int, radius: float, where: np.ndarray | None = None) -> np.ndarray:
     """skimage's `local_binary_pattern(grey, points, radius, method="uniform")`, identical codes, whole-image numpy.
 
     skimage samples each of the `points` neighbours at (r + rp, c + cp), with
@@ -91,6 +91,13 @@ def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
     points : int
         Number of circular neighbours P (at most 254).
     radius : float
+    where : ndarray, shape (H, W), dtype bool, optional
+        The pixels whose codes are used. A sample within rounding of its
+        centre's level is settled by skimage's float64 arithmetic only here;
+        elsewhere its code may differ from skimage's. Outside a located cake
+        the canonical image is flat black, every sample ties there, and that
+        exact arithmetic was half of `lbp_histogram`'s time (25 -> 11 ms a
+        query). None: every pixel.
 
     Returns
     -------
@@ -116,8 +123,10 @@ def uniform_lbp(grey: np.ndarray, points: int, radius: float) -> np.ndarray:
     ones = np.zeros((h, w), np.uint8)
     changes = np.zeros((h, w), np.uint8)
     previous = None
+    if where is not None and where.shape != grey.shape:
+        raise ValueError(f"where has shape {where.shape}, the image {grey.shape}")
     for i in range(points):
-        bits = _sample_bits(img64, img32, grey, centre32, rows, cols, i)
+        bits = _sample_bits(img64, img32, grey, centre32, rows, cols, i, where)
         ones += bits
         if previous is not None:
             changes += bits ^ previous
@@ -142,9 +151,10 @@ class _Axis:
 
 
 def _sample_bits(
-    img64: np.ndarray, img32: np.ndarray, centre8: np.ndarray, centre32: np.ndarray, rows: _Axis, cols: _Axis, i: int
+    img64: np.ndarray, img32: np.ndarray, centre8: np.ndarray, centre32: np.ndarray, rows: _Axis, cols: _Axis, i: int,
+    where: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W) uint8 0/1: skimage's bilinear value of sample `i` at each pixel >= that pixel."""
+    """(H, W) uint8 0/1: skimage's bilinear value of sample `i` at each pixel >= that pixel (exactly so within `where`)."""
     h, w = centre8.shape
     if not (rows.constant[i] and cols.constant[i]):
         return _exact_bits(img64, centre8, rows, cols, i, np.arange(h * w)).reshape(h, w)
@@ -160,7 +170,8 @@ def _sample_bits(
         value = cv2.addWeighted(value, 1.0 - fr, cv2.addWeighted(c_, 1.0 - fc, d_, fc, 0.0), fr, 0.0)
     diff = cv2.subtract(value, centre32)
     bits = (diff >= 0).view(np.uint8)
-    near = np.flatnonzero(np.abs(diff) <= _TIE_MARGIN)
+    tied = np.abs(diff) <= _TIE_MARGIN
+    near = np.flatnonzero(tied if where is None else tied & where)
     if near.size:
         bits.ravel()[near] = _exact_bits(img64, centre8, rows, cols, i, near)
     return bits
