@@ -44,7 +44,7 @@ def test_bench_scale_small(tmp_path: Path, tiny_config_file: Path) -> None:
     assert 0 < figures["query_p50_ms"] <= figures["query_p95_ms"]
     assert figures["query_p50_decode_ms"] <= figures["query_p95_decode_ms"]
     assert figures["query_p50_decode_ms"] >= figures["query_p50_ms"]
-    for key in ("build_s", "open_s", "rss_mb", "add_one_ms", "next_query_ms", "bytes_per_entry"):
+    for key in ("build_s", "open_s", "rss_mb", "add_one_ms", "next_query_ms", "next_query_before_add_ms", "bytes_per_entry"):
         assert figures[key] > 0, key
     assert figures["registered_queries"] == 11 and figures["unregistered_queries"] == 2  # make_bench's truth
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
