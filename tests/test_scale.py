@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -137,6 +138,27 @@ def test_vote_store_grows_per_commit_and_its_saved_postings_agree_with_a_rebuild
     broken.follow(after)
     assert broken.opened_from_file == 0
     assert votes_of(broken, after, queries) == votes_of(rebuilt, after, queries)
+
+
+def test_each_query_descriptor_votes_once_for_its_nearest_posting_and_a_tie_goes_to_the_lowest_row(tmp_path: Path) -> None:
+    """Two entries with the very same keypoints tie on every posting: all votes go to the lower row. An entry
+    with half of them gets one vote per shared descriptor; unshared ones vote for the nearest posting only."""
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    same = keypoints(70)  # no other entry's (entry(n) has keypoints(n))
+    half = LocalFeatures(same.points[::2].copy(), same.descriptors[::2].copy(), same.side)
+    twins = [dataclasses.replace(entry(n), local=local) for n, local in ((0, same), (1, same), (2, half))]
+    index.commit(twins + [entry(n) for n in range(3, 8)])
+    snap = index.snapshot()
+    store = VoteStore(directory, VOCAB, per_entry=150)
+    store.follow(snap)
+    row = {snap.labels[r]: r for r in range(len(snap))}
+    assert store.vote(same, snap, 8).tolist()[:1] == [row["cake0"]]
+    assert row["cake1"] not in store.vote(same, snap, 8).tolist()  # its postings tie with cake0's, at a higher row
+    assert store.vote(half, snap, 1).tolist() == [row["cake0"]]  # cake2's postings tie too: the lowest row wins
+    index.commit(removes=[entry(0).sha256])
+    after = index.snapshot()
+    assert store.vote(same, after, 1).tolist() == [row["cake1"]]  # with cake0 gone its twin's postings are nearest
 
 
 def test_vote_store_saves_runs_that_merge_geometrically_and_a_restart_chains_them(tmp_path: Path) -> None:
