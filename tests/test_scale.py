@@ -141,8 +141,9 @@ def test_vote_store_grows_per_commit_and_its_saved_postings_agree_with_a_rebuild
 
 
 def test_each_query_descriptor_votes_once_for_its_nearest_posting_and_a_tie_goes_to_the_lowest_row(tmp_path: Path) -> None:
-    """Two entries with the very same keypoints tie on every posting: all votes go to the lower row. An entry
-    with half of them gets one vote per shared descriptor; unshared ones vote for the nearest posting only."""
+    """Two entries with the very same keypoints (and a third with half of them) tie on every posting a query of
+    those keypoints meets: each query descriptor votes once, for the lowest row, so the twin and the half get nothing
+    until the first is removed."""
     directory = tmp_path / "idx"
     index = CatalogIndex(directory, model_id="m1")
     same = keypoints(70)  # no other entry's (entry(n) has keypoints(n))
