@@ -158,7 +158,7 @@ def measure(spec: dict) -> dict:
     if spec["scored"]:
         figures = compute_figures([outcome(r, truth) for r, (_, truth) in zip(results, queries)]).to_dict()
 
-    add_one_ms = add_register_ms = next_query_ms = None
+    add_one_ms = add_register_ms = next_query_ms = before_add_ms = None
     if spec.get("add") and first is not None:
         t0 = time.perf_counter()
         new = engine.prepare(Path(spec["add"]), for_catalog=True)
@@ -170,9 +170,9 @@ def measure(spec: dict) -> dict:
         t0 = time.perf_counter()
         engine.match_prepared(first, "after-add")
         next_query_ms = (time.perf_counter() - t0) * 1e3
-    # The same query's own time before the registration: the next query's cost beyond it is what the registration
-    # adds (the first query's answer, and so its work, may differ between catalog sizes: a second verification pass).
-    steady_ms = next((ms for p, ms in zip(prepared, per_query) if p is first), None)
+        # The same query's own time before the registration: the next query's cost beyond it is what the registration
+        # adds (the first query's answer, and so its work, may differ between catalog sizes: a second verification pass).
+        before_add_ms = next(ms for p, ms in zip(prepared, per_query) if p is first)
 
     return {
         "opened_entries": opened_entries,
@@ -188,7 +188,7 @@ def measure(spec: dict) -> dict:
         "add_one_ms": round(add_one_ms, 1) if add_one_ms is not None else None,
         "add_one_register_ms": round(add_register_ms, 1) if add_register_ms is not None else None,
         "next_query_ms": round(next_query_ms, 1) if next_query_ms is not None else None,
-        "next_query_before_add_ms": round(steady_ms, 1) if next_query_ms is not None and steady_ms is not None else None,
+        "next_query_before_add_ms": round(before_add_ms, 1) if before_add_ms is not None else None,
         "peak_rss_mb": round(vm_kb("VmHWM") / 1024.0, 1),
         "load_1m": round(os.getloadavg()[0], 2),
         "figures": figures,
