@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.config import AppearanceWeights, Config, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
 from pipeline.matcher.fuse import (APPEARANCE_FEATURES, APPEARANCE_SIGNS, EMBEDDING_COLUMNS, EMBEDDING_FEATURES, EMBEDDING_SIGNS,
                                    GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, TEXTURE_COLUMNS, TEXTURE_FEATURES, TEXTURE_SIGNS, combine,
-                                   expert_probabilities, gather_answer, label_features)
+                                   expert_probabilities, gather_answer, label_features, rank_scores)
 from pipeline.results import MatchEvidence, MatchResult
 
 
@@ -208,7 +208,7 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
             right.append(False)
         else:
             experts = expert_probabilities(e.geometric, e.appearance, fusion)
-            k = int(np.argmax(combine(*experts)))  # ranked by every expert, as `fuse` ranks
+            k = int(np.argmax(rank_scores(*experts[:3], e.texture_counts)))  # ranked as `fuse` ranks
             best.append(float(combine(*experts, e.texture_counts)[k]))
             right.append(e.labels[k] == e.truth)
         registered.append(bool(e.truth))

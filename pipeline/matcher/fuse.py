@@ -69,9 +69,17 @@ second pass, was accepted at 0.58 without it; no right answer of the nine
 evaluation folders moved (README "Accuracy").
 
 So a bare photo's confidence is max(geometric, appearance, texture), a
-cake's is max(geometric, embedding); every label is ranked by
-max(geometric, appearance, texture) on both, which keeps the LBP evidence
-where it orders labels best (KTH top1 0.78 with it, 0.75 without).
+cake's is max(geometric, embedding). Labels are ranked by max(geometric,
+appearance, texture) on a bare photo, which keeps the LBP evidence where it
+orders labels best (KTH top1 0.78 with it, 0.75 without), and by
+max(geometric, appearance) on a cake (`rank_scores`): the texture expert
+speaks for the label whose histogram is nearest, and among a million cakes
+of one kind some stranger's is always near, so on a cake it outranked the
+right cake's geometric evidence (a hard re-shot among 1M distractors: its
+cake verified with 5 inliers, geometric 0.015, behind a stranger with 0
+inliers and texture 0.12; bench/README.md, issue 13). Without the texture
+expert in a cake's ranking the nine evaluation folders give the same
+answers' figures.
 """
 
 from __future__ import annotations
@@ -133,12 +141,19 @@ class LabelScore:
 
     @property
     def rank_score(self) -> float:
-        """The most confident of the geometric, appearance and texture experts: what orders the labels."""
-        return float(combine(*map(np.float64, (self.geometric, self.appearance, self.texture, self.embedding))))
+        """What orders the labels (`rank_scores`)."""
+        return float(rank_scores(*map(np.float64, (self.geometric, self.appearance, self.texture)), self.texture_counts))
 
     @property
     def confidence(self) -> float:
         return float(combine(*map(np.float64, (self.geometric, self.appearance, self.texture, self.embedding)), self.texture_counts))
+
+
+def rank_scores(geometric: np.ndarray, appearance: np.ndarray, texture: np.ndarray, texture_counts: bool = True) -> np.ndarray:
+    """What orders a query's labels (element-wise): the most confident of the geometric, appearance and texture
+    experts on a bare photo, of the geometric and appearance experts on a cake (`texture_counts` False; module
+    docstring). `fuse` and `teaprint calibrate` both rank with it."""
+    return np.maximum(np.maximum(geometric, appearance), texture if texture_counts else 0.0)
 
 
 def combine(geometric: np.ndarray, appearance: np.ndarray, texture: np.ndarray, embedding: np.ndarray,
