@@ -162,6 +162,31 @@ def test_each_query_descriptor_votes_once_for_its_nearest_posting_and_a_tie_goes
     assert store.vote(same, after, 1).tolist() == [row["cake1"]]  # with cake0 gone its twin's postings are nearest
 
 
+def test_words_over_the_stop_word_bound_are_skipped_and_the_gather_budget_takes_the_rarest_words_first(tmp_path: Path) -> None:
+    """Six entries share one set of keypoints, a seventh has its own; a query holding both sets. With the defaults
+    the shared keypoints vote (for the lowest of the six rows); a word held by more postings than `max_postings` is a
+    stop word, and a budget of `max_gathered` postings reads the rarest words first: either way only the seventh
+    entry's own words vote."""
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    common, rare = keypoints(80), keypoints(81)
+    index.commit([dataclasses.replace(entry(n), local=common) for n in range(6)] + [dataclasses.replace(entry(6), local=rare)])
+    snap = index.snapshot()
+    row = {snap.labels[r]: r for r in range(len(snap))}
+    query = LocalFeatures(np.concatenate([common.points, rare.points]), np.concatenate([common.descriptors, rare.descriptors]), 640)
+    shared_words = set(VOCAB.words(common.descriptors).tolist())
+    own = [w for w in VOCAB.words(rare.descriptors).tolist() if w not in shared_words]
+    assert len(own) > 10
+    voted = {}
+    for name, kwargs in (("defaults", {}), ("stop words", {"max_postings": 5}), ("budget", {"max_gathered": len(own)})):
+        store = VoteStore(directory, VOCAB, per_entry=150, **kwargs)
+        store.follow(snap)
+        voted[name] = store.vote(query, snap, 7).tolist()
+    assert row["cake0"] in voted["defaults"] and row["cake6"] in voted["defaults"]
+    assert voted["stop words"] == [row["cake6"]]
+    assert voted["budget"] == [row["cake6"]]
+
+
 def test_vote_store_saves_runs_that_merge_geometrically_and_a_restart_chains_them(tmp_path: Path) -> None:
     """Every `merge_every` entries the new postings are saved as a run of their own; a run is merged into the one
     before it once it holds a quarter of that one's slots, so saving never rewrites the whole store."""
