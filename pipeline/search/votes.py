@@ -121,7 +121,8 @@ class Postings:
         of `words[i]` whose signature differs from `signatures[i]` in at most `max_hamming` bits (uint64 keys).
         Each word's postings are one contiguous slice, copied as such (fancy indexing of the ~3M postings a
         query gathers at 1M entries cost 5x more), and reduced per word by `reduceat`: no per-posting owner
-        array, no scatter (at 1M entries, 3M postings: 122 -> 63 ms a vote, the same rows).
+        array, no scatter (at 1M entries and the 4M budget: 96 -> 70 ms a vote, the same top-300 rows;
+        bench/README.md, "The keypoint vote's budget at 1M").
         """
         starts, stops = self.indptr[words], self.indptr[words + 1]
         lengths = stops - starts
