@@ -52,6 +52,10 @@ def test_bench_scale_small(tmp_path: Path, tiny_config_file: Path) -> None:
     assert {r["status"] for r in rows if r["query"] == "q999.jpg"} == {"rejected"}
     # The kept work root holds the catalog the fresh process measured (plus the one photo it added).
     assert (tmp_path / "work" / "index").is_dir()
+    # Measuring that root again with the same spec would time the refusal of a duplicate as a registration: refused.
+    again = run_script("--child", str(tmp_path / "work" / "measure.json"))
+    assert again.returncode != 0
+    assert "already in the catalog" in again.stderr
 
 
 def test_distractors_are_deterministic_and_recombine_real_views(tmp_path: Path) -> None:
