@@ -162,6 +162,47 @@ def test_each_query_descriptor_votes_once_for_its_nearest_posting_and_a_tie_goes
     assert store.vote(same, after, 1).tolist() == [row["cake1"]]  # with cake0 gone its twin's postings are nearest
 
 
+def test_a_match_weighs_less_the_more_signature_bits_differ(tmp_path: Path) -> None:
+    """Entry "near" shares 10 of the query's keypoints, each nearly the same descriptor (signatures at most 6 bits
+    apart); entry "far" shares 14 others, each a noisier copy (18-24 bits apart, within the match radius). Counted by
+    idf alone, far outvotes near; weighted by its Hamming distance (the default), near comes first."""
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    query = keypoints(90, count=400)
+    rng = np.random.default_rng(5)
+    q_words, q_sigs = VOCAB.encode(query.descriptors)
+
+    def noisy(scale: float, low: int, high: int, rounds: int = 40) -> tuple[np.ndarray, np.ndarray]:
+        """Per query keypoint, a noisy copy of its descriptor in its word, `low`-`high` signature bits apart (or zeros)."""
+        out, found = np.zeros_like(query.descriptors), np.zeros(len(query), bool)
+        for _ in range(rounds):
+            d = (query.descriptors + rng.normal(0, scale, query.descriptors.shape)).clip(0, 255).astype(np.uint8)
+            words, sigs = VOCAB.encode(d)
+            bits = np.bitwise_count(np.bitwise_xor(sigs, q_sigs))
+            hit = ~found & (words == q_words) & (bits >= low) & (bits <= high)
+            out[hit], found = d[hit], found | hit
+        return out, found
+
+    near_d, near_found = noisy(1.0, 0, 6)
+    far_d, far_found = noisy(10.0, 18, 24)
+    near_at = np.flatnonzero(near_found)[:10]
+    far_at = np.setdiff1d(np.flatnonzero(far_found), near_at)[:14]
+    assert near_at.size == 10 and far_at.size == 14
+    near = LocalFeatures(query.points[near_at], near_d[near_at], 640)
+    far = LocalFeatures(query.points[far_at], far_d[far_at], 640)
+    index.commit([dataclasses.replace(entry(0), local=near), dataclasses.replace(entry(1), local=far)]
+                 + [entry(n) for n in range(2, 8)])
+    snap = index.snapshot()
+    row = {snap.labels[r]: r for r in range(len(snap))}
+    asked = LocalFeatures(query.points[np.concatenate([near_at, far_at])], query.descriptors[np.concatenate([near_at, far_at])], 640)
+    weighted = VoteStore(directory, VOCAB, per_entry=150)
+    unweighted = VoteStore(directory, VOCAB, per_entry=150, hamming_sigma=None)
+    for store in (weighted, unweighted):
+        store.follow(snap)
+    assert weighted.vote(asked, snap, 2).tolist() == [row["cake0"], row["cake1"]]
+    assert unweighted.vote(asked, snap, 2).tolist() == [row["cake1"], row["cake0"]]
+
+
 def test_words_over_the_stop_word_bound_are_skipped_and_the_gather_budget_takes_the_rarest_words_first(tmp_path: Path) -> None:
     """Six entries share one set of keypoints, a seventh has its own; a query holding both sets. With the defaults
     the shared keypoints vote (for the lowest of the six rows); a word held by more postings than `max_postings` is a

@@ -53,6 +53,12 @@ _ALIGN = 64
 _READ_AT_ONCE = 1024
 MAX_HAMMING = 24
 """Signature bits (of 64) two descriptors of one word may differ in and still match (Jegou et al. 2008 use 22-24)."""
+HAMMING_SIGMA = 20.0
+"""A match of signatures `h` bits apart weighs ``exp(-(h / HAMMING_SIGMA) ** 2)`` of its word's idf (Jegou, Douze &
+Schmid 2009 weigh Hamming-embedding matches this way, sigma 16 of 64 bits). At 1M entries a chance match lies near the
+`MAX_HAMMING` radius and a true one well inside it: over 54 hard re-shots, the right cake in the vote's top 10 for
+48 -> 49, in its top 100 for 49 -> 50 (one re-shot whose only true match, 8 bits apart, ranked 34th now ranks 3rd);
+at 1k, 52 -> 53 in the top 10 (bench/README.md, "The vote's Hamming weight")."""
 MAX_POSTINGS = 30_000
 """Postings above which a word is a stop word, skipped by `vote` (a 1M catalog averages ~9k per word).
 20k -> 30k with `MAX_GATHERED` 2M -> 4M (2026-12-07): at 1M entries the right cake of 59 instead of 57 of 66 hard
@@ -167,6 +173,9 @@ class VoteStore:
         Words with more postings than this are skipped when voting (stop words).
     max_gathered : int
         Postings one query reads at most: its rarest words are taken first.
+    hamming_sigma : float or None
+        Matches weigh ``exp(-(bits / hamming_sigma) ** 2)`` of their word's
+        idf (`HAMMING_SIGMA`); None: the idf alone, however many bits differ.
     merge_every : int
         Save the postings added since the last save as a new run once they
         cover this many entries (a restart reads at most that many entries'
@@ -174,9 +183,11 @@ class VoteStore:
     """
 
     def __init__(self, directory: Path, vocabulary: Vocabulary, per_entry: int, merge_every: int = 2000,
-                 max_hamming: int = MAX_HAMMING, max_postings: int = MAX_POSTINGS, max_gathered: int = MAX_GATHERED) -> None:
+                 max_hamming: int = MAX_HAMMING, max_postings: int = MAX_POSTINGS, max_gathered: int = MAX_GATHERED,
+                 hamming_sigma: float | None = HAMMING_SIGMA) -> None:
         self.directory = Path(directory)
         self.max_hamming = max_hamming
+        self.hamming_sigma = hamming_sigma
         self.max_postings = max_postings
         self.max_gathered = max_gathered
         self.vocabulary = vocabulary
@@ -257,7 +268,8 @@ class VoteStore:
         the one live posting of its word whose signature is nearest (fewest
         differing bits, then the lowest row), provided it differs in at most
         `max_hamming` bits; the match votes for that posting's entry with the
-        word's inverse document frequency over the snapshot's live postings.
+        word's inverse document frequency over the snapshot's live postings,
+        times ``exp(-(bits / hamming_sigma) ** 2)`` of the bits that differ.
         Letting a descriptor vote for every entry within the radius instead
         lost the right cake among 10k distractors far more often (in the top
         5 for 0.64-0.73 of hard re-shots, against 0.82-0.87; bench/README.md).
@@ -292,9 +304,13 @@ class VoteStore:
         idf = np.log1p(int(np.count_nonzero(snap.alive)) / (1.0 + counts))
         voters = np.flatnonzero(best != _NO_POSTING)  # ascending, as the sort's order by descriptor was
         nearest = (best[voters] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        weights = idf[voters]
+        if self.hamming_sigma is not None:
+            bits = (best[voters] >> np.uint64(32)).astype(np.float64)
+            weights = weights * np.exp(-np.square(bits / self.hamming_sigma))
         # At most one vote per query descriptor: score the few rows voted for, not an array over the catalog.
         voted, at = np.unique(nearest, return_inverse=True)
-        scores = np.bincount(at, weights=idf[voters], minlength=voted.size)
+        scores = np.bincount(at, weights=weights, minlength=voted.size)
         voted, scores = voted[scores > 0], scores[scores > 0]
         return voted[np.lexsort((voted, -scores))][:top_k].astype(np.int64)
 
