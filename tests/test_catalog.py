@@ -85,6 +85,86 @@ def test_remove_and_rename(tmp_path: Path) -> None:
     assert len(CatalogIndex(tmp_path / "idx", model_id="m1")) == 1
 
 
+def test_a_catalog_read_whole_has_the_entries_its_commits_left_one_by_one(tmp_path: Path) -> None:
+    """Random commits that add, remove, rename (remove and add under another path in one commit) and add again what
+    was removed, with compactions between them: a fresh open, which settles every segment's renames and tombstones
+    at once, gives the same live entries at the same slots as the index that made the commits."""
+    rng = random.Random(7)
+    index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=4)
+    live: dict[str, NewEntry] = {}
+    gone: dict[str, NewEntry] = {}
+    made = 0
+    done = {"removed": 0, "renamed": 0, "added again": 0}
+    for step in range(60):
+        adds, removes = [], []
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.4 or not live:
+                made += 1
+                adds.append(entry(made, label=f"c{made % 7}"))
+            elif kind < 0.6:
+                removes.append(rng.choice(sorted(live)))
+                done["removed"] += 1
+            elif kind < 0.8:
+                sha = rng.choice(sorted(live))
+                removes.append(sha)
+                number = live[sha].path.split("-")[-1]  # "<n>.jpg": entry(n) has this sha
+                adds.append(entry(int(number.split(".")[0]), label="moved", path=f"/moved/{step}-{number}"))
+                done["renamed"] += 1
+            elif gone:
+                sha = rng.choice(sorted(gone))
+                adds.append(gone[sha])
+                done["added again"] += 1
+        adds = list({a.sha256: a for a in adds if a.sha256 not in live or a.sha256 in removes}.values())
+        index.commit(adds, removes=sorted(set(removes)))
+        for sha in set(removes):
+            gone[sha] = live.pop(sha, gone.get(sha))
+        for a in adds:
+            live[a.sha256] = a
+            gone.pop(a.sha256, None)
+    snap = index.snapshot()
+    reopened = CatalogIndex(tmp_path / "idx", model_id="m1").snapshot()
+    assert sorted((e.sha256, e.path) for e in reopened.entries) == sorted((e.sha256, e.path) for e in snap.entries)
+    assert sorted((a.sha256, a.path) for a in live.values()) == sorted((e.sha256, e.path) for e in snap.entries)
+    np.testing.assert_array_equal(reopened.alive, snap.alive[:len(reopened.alive)])
+    assert min(done.values()) >= 10 and made > 60
+
+
+def test_columns_settled_at_once_have_the_liveness_of_columns_filled_block_by_block() -> None:
+    """Blocks holding ids more than once (within a block and across blocks), each after its segment's tombstones:
+    written without look-ups and settled once (how a catalog is read whole), the same slots are live as when each
+    block's renames and tombstones are applied as it comes."""
+    from pipeline.catalog.columns import Columns, PackedNames, SlotBlock, sha256_digests
+
+    rng = np.random.default_rng(3)
+    ids = [hashlib.sha256(f"id{i}".encode()).hexdigest() for i in range(40)]
+    digests = sha256_digests(ids)[0]
+
+    def block(slots: np.ndarray, picks: np.ndarray) -> SlotBlock:
+        k = slots.size
+        names = PackedNames.of([f"/x/{s}.jpg" for s in slots.tolist()])
+        return SlotBlock(slots, digests[picks], names, names, ["m1"] * k, np.ones((k, 8), np.float32),
+                         np.ones((k, 10), np.float32), np.zeros(k), None)
+
+    blocks, slot = [], 0
+    for _ in range(40):
+        k = int(rng.integers(0, 6))
+        picks, removed = rng.integers(0, 40, k), rng.integers(0, 40, int(rng.integers(0, 3)))
+        if k and rng.random() < 0.4:  # a rename: removed and added again in one segment
+            removed = np.append(removed, picks[0])
+        blocks.append((np.arange(slot, slot + k), picks, removed))
+        slot += k
+    one_by_one, at_once = Columns(), Columns()
+    for slots, picks, removed in blocks:
+        one_by_one.remove([ids[i] for i in removed.tolist()])
+        one_by_one.add(block(slots, picks))
+        at_once.add(block(slots, picks), settle=False)
+    at_once.settle([s for s, _, _ in blocks], [digests[r] for _, _, r in blocks])
+    np.testing.assert_array_equal(at_once.alive[:slot], one_by_one.alive[:slot])
+    assert 10 < one_by_one.live < 40 < slot
+    assert [at_once.slot(i) for i in ids] == [one_by_one.slot(i) for i in ids]
+
+
 def test_compaction_keeps_entries_and_drops_old_segments(tmp_path: Path) -> None:
     index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=3)
     for n in range(10):

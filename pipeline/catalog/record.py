@@ -354,7 +354,7 @@ class CatalogIndex:
         cols = state.columns
         owned = np.concatenate([s.slots for s in segs[k:]]) if segs[k:] else np.zeros(0, np.int64)
         keep = np.sort(owned[cols.alive[owned]]) if owned.size else owned
-        gone = () if k == 0 else tuple(sorted({cols.sha256[slot] for s in segs[:k] for slot in s.slots.tolist() if not cols.alive[slot]}))
+        gone = _carried_tombstones(cols, segs[:k])
         # Read and written in chunks of entries (bounded RAM whatever the merge's size).
         keypoints = (gather_keypoints(cols, keep[i:i + _COMPACT_CHUNK]) for i in range(0, keep.size, _COMPACT_CHUNK))
         snap = self._current()
@@ -435,9 +435,12 @@ class CatalogIndex:
             next_legacy = max(next_legacy, int(seg.slots.max()) + 1 if seg.slots.size else next_legacy)
             fresh.append(seg)
             if own:
-                _apply(columns, seg, block)
+                columns.add(block, settle=False)  # renames and tombstones: settled once, below
             else:
                 pending.append((seg, block))
+        if own:
+            columns.settle([block_slots.astype(np.int64) for block_slots in (s.slots for s in fresh)],
+                           [_removed_digests(s) for s in fresh])
         for seg in fresh:
             self._cache[seg.name] = seg
         old_slots = [self._cache[n].slots for n in dropped if n in self._cache]
@@ -455,6 +458,27 @@ class CatalogIndex:
         next_slot = int(manifest.get("next_slot", columns.n))
         return _State(manifest["generation"], manifest.get("model_id"), manifest.get("features"), manifest.get("catalog_id"),
                       max(next_slot, columns.n), names, columns)
+
+
+def _carried_tombstones(columns: Columns, older: Sequence[_Segment]) -> tuple[str, ...]:
+    """The ids a merged segment must remove: those dead in the `older` segments it follows and live in none of them.
+
+    The merged segments' own tombstones are not copied, so their removals of
+    older entries are written again. An id dead in an older segment but
+    live in a later older one was renamed there (a rename is a new slot):
+    that later copy kills the dead one on load, and a tombstone after it
+    would kill the live copy instead (a renamed entry lost at the next
+    compaction that did not merge its segment, until 2026-12-07).
+    """
+    if not older:
+        return ()
+    slots = np.concatenate([s.slots for s in older])
+    dead = np.unique(slots[~columns.alive[slots]])
+    if not dead.size:
+        return ()
+    live_at = columns.live_slots(columns.digest[dead])
+    live_older = np.isin(live_at, slots)
+    return tuple(sorted({columns.sha256[int(slot)] for slot in dead[~live_older].tolist()}))
 
 
 def _apply(columns: Columns, segment: _Segment, block: SlotBlock) -> None:
@@ -534,6 +558,12 @@ def _read_names(group: h5py.Group, key: str, count: int) -> PackedNames:
     if len(names) != count:
         raise CatalogError(f"{group.file.filename}: {len(names)} {key}s stored for {count} entries")
     return names
+
+
+def _removed_digests(segment: _Segment) -> np.ndarray:
+    """The digests of the ids `segment` removes, shape (R, 32), uint8 (an id that is no sha256 matches nothing)."""
+    digests, valid = sha256_digests(sorted(segment.removed))
+    return digests[valid]
 
 
 def _digests(ids: np.ndarray, path: Path) -> np.ndarray:
