@@ -131,6 +131,41 @@ def test_a_catalog_read_whole_has_the_entries_its_commits_left_one_by_one(tmp_pa
     assert min(done.values()) >= 10 and made > 60
 
 
+def test_columns_settled_at_once_have_the_liveness_of_columns_filled_block_by_block() -> None:
+    """Blocks holding ids more than once (within a block and across blocks), each after its segment's tombstones:
+    written without look-ups and settled once (how a catalog is read whole), the same slots are live as when each
+    block's renames and tombstones are applied as it comes."""
+    from pipeline.catalog.columns import Columns, PackedNames, SlotBlock, sha256_digests
+
+    rng = np.random.default_rng(3)
+    ids = [hashlib.sha256(f"id{i}".encode()).hexdigest() for i in range(40)]
+    digests = sha256_digests(ids)[0]
+
+    def block(slots: np.ndarray, picks: np.ndarray) -> SlotBlock:
+        k = slots.size
+        names = PackedNames.of([f"/x/{s}.jpg" for s in slots.tolist()])
+        return SlotBlock(slots, digests[picks], names, names, ["m1"] * k, np.ones((k, 8), np.float32),
+                         np.ones((k, 10), np.float32), np.zeros(k), None)
+
+    blocks, slot = [], 0
+    for _ in range(40):
+        k = int(rng.integers(0, 6))
+        picks, removed = rng.integers(0, 40, k), rng.integers(0, 40, int(rng.integers(0, 3)))
+        if k and rng.random() < 0.4:  # a rename: removed and added again in one segment
+            removed = np.append(removed, picks[0])
+        blocks.append((np.arange(slot, slot + k), picks, removed))
+        slot += k
+    one_by_one, at_once = Columns(), Columns()
+    for slots, picks, removed in blocks:
+        one_by_one.remove([ids[i] for i in removed.tolist()])
+        one_by_one.add(block(slots, picks))
+        at_once.add(block(slots, picks), settle=False)
+    at_once.settle([s for s, _, _ in blocks], [digests[r] for _, _, r in blocks])
+    np.testing.assert_array_equal(at_once.alive[:slot], one_by_one.alive[:slot])
+    assert 10 < one_by_one.live < 40 < slot
+    assert [at_once.slot(i) for i in ids] == [one_by_one.slot(i) for i in ids]
+
+
 def test_compaction_keeps_entries_and_drops_old_segments(tmp_path: Path) -> None:
     index = CatalogIndex(tmp_path / "idx", model_id="m1", max_segments=3)
     for n in range(10):

@@ -435,9 +435,11 @@ class CatalogIndex:
             next_legacy = max(next_legacy, int(seg.slots.max()) + 1 if seg.slots.size else next_legacy)
             fresh.append(seg)
             if own:
-                _apply(columns, seg, block)
+                columns.add(block, settle=False)  # renames and tombstones: settled once, below
             else:
                 pending.append((seg, block))
+        if own:
+            columns.settle([s.slots.astype(np.int64) for s in fresh], [_removed_digests(s) for s in fresh])
         for seg in fresh:
             self._cache[seg.name] = seg
         old_slots = [self._cache[n].slots for n in dropped if n in self._cache]
@@ -555,6 +557,12 @@ def _read_names(group: h5py.Group, key: str, count: int) -> PackedNames:
     if len(names) != count:
         raise CatalogError(f"{group.file.filename}: {len(names)} {key}s stored for {count} entries")
     return names
+
+
+def _removed_digests(segment: _Segment) -> np.ndarray:
+    """The digests of the ids `segment` removes, shape (R, 32), uint8 (an id that is no sha256 matches nothing)."""
+    digests, valid = sha256_digests(sorted(segment.removed))
+    return digests[valid]
 
 
 def _digests(ids: np.ndarray, path: Path) -> np.ndarray:
