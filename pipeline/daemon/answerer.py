@@ -31,7 +31,7 @@ from pipeline.config import Config
 from pipeline.daemon.budget import Failure, prepare_within
 from pipeline.daemon.events import FileReady
 from pipeline.daemon.folders import DropFolders, FailedFolder, now
-from pipeline.daemon.journal import MAX_CRASHES, Intent, Journal, move_aside, unique_path
+from pipeline.daemon.journal import MAX_CRASHES, Intent, Journal, move_aside, remove_stale_temps, unique_path
 from pipeline.daemon.status import Tally
 from pipeline.engine import Engine
 from pipeline.prepare import Prepared
@@ -101,8 +101,13 @@ class QueryAnswerer:
     # ------------------------------------------------------------- start
     def recover(self) -> list[Intent]:
         """Finish what a crash left: temp files go, answered photos leave the inbox, each answer is noted once."""
-        for stale in self.journal.clean_temp_files():
-            log.info("removed_stale_temp", file=stale.name)
+        stale = self.journal.clean_temp_files()
+        # Answers (outbox) and reasons (failed folder) are written to a temp name and renamed in too; another process
+        # may be writing there, so only the temp files of writers no longer running go.
+        for folder in (self.folders.outbox, self.folders.failed):
+            stale += remove_stale_temps(folder, only_dead_writers=True)
+        for path in stale:
+            log.info("removed_stale_temp", file=path.name)
         done = self.journal.recover(answered=lambda intent: self.engine.replayed(Path(intent.result)))
         for intent in done:
             log.info("recovered", file=intent.photo, result=intent.result)

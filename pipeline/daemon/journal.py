@@ -35,7 +35,37 @@ from pipeline.fsutil import fit_name, move_noreplace
 from pipeline.results import write_json_atomic
 
 MAX_CRASHES = 2  # a file that crashed the daemon this many times is not tried again
-_STALE_TEMP = re.compile(r"^\..*\.[0-9]+\.tmp$")  # atomic_write_bytes's `.<name>.<pid>.tmp`
+_STALE_TEMP = re.compile(r"^\..*\.([0-9]+)\.tmp$")  # atomic_write_bytes's `.<name>.<pid>.tmp`
+
+
+def remove_stale_temps(folder: Path, only_dead_writers: bool = False) -> list[Path]:
+    """Remove the temp files (`.<name>.<pid>.tmp`) that writes cut short by a kill left in `folder`; the removed.
+
+    With `only_dead_writers` a temp file whose writer's pid still runs is
+    kept: for folders another process may be writing to (a pid reused since
+    keeps a stale file, which is harmless).
+    """
+    removed = []
+    for path in folder.iterdir():
+        match = _STALE_TEMP.match(path.name)
+        if match is None or not path.is_file() or (only_dead_writers and _running(int(match.group(1)))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` exists (another user's too)."""
+    if pid <= 0:  # 0 and negative pids name process groups
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -127,13 +157,7 @@ class Journal:
 
     def clean_temp_files(self) -> list[Path]:
         """Remove temp files of writes cut short by a kill; call at start, under the daemon lock."""
-        removed = []
-        for folder in (self.directory, self.attempts_dir):
-            for path in folder.iterdir():
-                if _STALE_TEMP.match(path.name) and path.is_file():
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
-        return removed
+        return remove_stale_temps(self.directory) + remove_stale_temps(self.attempts_dir)
 
     def begin(self, intent: Intent) -> Path:
         # The record's name comes from the result path's hash: any query name fits.
