@@ -91,7 +91,8 @@ def test_fuzz_corpus_cannot_stop_the_daemon(root: Path, tmp_path: Path, tiny_con
     stale_answer = root / "outbox" / f".q-stale.jpg.json.{gone_pid}.tmp"
     stale_reason = root / "inbox/failed" / f".x-stale.jpg.error.json.{gone_pid}.tmp"
     being_written = root / "outbox" / f".q-writing.jpg.json.{os.getpid()}.tmp"
-    for path in (stale_answer, stale_reason, being_written):
+    not_ours = root / "outbox" / f".notes.txt.{gone_pid}.tmp"  # named like a temp file, but of no answer
+    for path in (stale_answer, stale_reason, being_written, not_ours):
         path.write_text("{")
     poison = root / "inbox/query/poison.jpg"
     poison.write_bytes(_jpeg(photo(43)))
@@ -155,7 +156,7 @@ def test_fuzz_corpus_cannot_stop_the_daemon(root: Path, tmp_path: Path, tiny_con
             text = os.fsdecode(name)
             assert os.path.lexists(failed / error_name(text)), text
         assert not stale.exists() and not stale_answer.exists() and not stale_reason.exists()
-        assert being_written.exists()  # its writer (this test) still runs
+        assert being_written.exists() and not_ours.exists()  # its writer (this test) still runs; not an answer's
         status = json.loads((root / ".teaprint/status.json").read_text())  # Engine.status with the daemon's live section
         assert status["daemon"]["ignored"]["query_directories"] == ["folder.jpg"]
         assert [e for e in restarted.events() if e.get("event") == "ignored_directory"][0]["file"] == "folder.jpg"

@@ -104,8 +104,8 @@ class QueryAnswerer:
         stale = self.journal.clean_temp_files()
         # Answers (outbox) and reasons (failed folder) are written to a temp name and renamed in too; another process
         # may be writing there, so only the temp files of writers no longer running go.
-        for folder in (self.folders.outbox, self.folders.failed):
-            stale += remove_stale_temps(folder, only_dead_writers=True)
+        for folder, written in ((self.folders.outbox, ".json"), (self.folders.failed, ".error.json")):
+            stale += remove_stale_temps(folder, only_dead_writers=True, of_names_ending=written)
         for path in stale:
             log.info("removed_stale_temp", file=path.name)
         done = self.journal.recover(answered=lambda intent: self.engine.replayed(Path(intent.result)))
