@@ -25,6 +25,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 from contextlib import contextmanager
@@ -248,6 +249,44 @@ def temp_name(path: Path) -> Path:
     """The temp file beside `path` that `atomic_write_bytes` uses: `.<name>.<pid>.tmp`, fitted."""
     path = Path(path)
     return path.with_name(fit_name("." + path.name, f".{os.getpid()}{TEMP_SUFFIX}"))
+
+
+_TEMP_NAME = re.compile(rf"^\.(.*)\.([0-9]+){re.escape(TEMP_SUFFIX)}$")
+"""`temp_name`'s pattern: the target's name (possibly fitted) and the writer's pid."""
+
+
+def remove_stale_temps(folder: Path, only_dead_writers: bool = False, of_names_ending: str = "") -> list[Path]:
+    """Remove the temp files (`temp_name`) that writes cut short by a kill left in `folder`; the removed.
+
+    With `only_dead_writers` a temp file whose writer's pid still runs is
+    kept: for folders another process may be writing to (a pid reused since
+    keeps a stale file, which is harmless). `of_names_ending`: only temp
+    files of names ending so (the failed folder also holds users' files,
+    whatever their names).
+    """
+    removed = []
+    for path in folder.iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match is None or not match.group(1).endswith(of_names_ending) or not path.is_file():
+            continue
+        if only_dead_writers and _running(int(match.group(2))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` exists (another user's too)."""
+    if pid <= 0:  # 0 and negative pids name process groups
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes, replace: bool = True) -> None:

@@ -31,9 +31,10 @@ from pipeline.config import Config
 from pipeline.daemon.budget import Failure, prepare_within
 from pipeline.daemon.events import FileReady
 from pipeline.daemon.folders import DropFolders, FailedFolder, now
-from pipeline.daemon.journal import MAX_CRASHES, Intent, Journal, move_aside, remove_stale_temps, unique_path
+from pipeline.daemon.journal import MAX_CRASHES, Intent, Journal, move_aside, unique_path
 from pipeline.daemon.status import Tally
 from pipeline.engine import Engine
+from pipeline.fsutil import remove_stale_temps
 from pipeline.prepare import Prepared
 from pipeline.results import MatchResult, dumps, rejected, write_json_atomic
 

@@ -26,50 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.fsutil import fit_name, move_noreplace
+from pipeline.fsutil import fit_name, move_noreplace, remove_stale_temps
 from pipeline.results import write_json_atomic
 
 MAX_CRASHES = 2  # a file that crashed the daemon this many times is not tried again
-_STALE_TEMP = re.compile(r"^\.(.*)\.([0-9]+)\.tmp$")  # atomic_write_bytes's `.<name>.<pid>.tmp`
-
-
-def remove_stale_temps(folder: Path, only_dead_writers: bool = False, of_names_ending: str = "") -> list[Path]:
-    """Remove the temp files (`.<name>.<pid>.tmp`) that writes cut short by a kill left in `folder`; the removed.
-
-    With `only_dead_writers` a temp file whose writer's pid still runs is
-    kept: for folders another process may be writing to (a pid reused since
-    keeps a stale file, which is harmless). `of_names_ending`: only temp
-    files of names ending so (the failed folder also holds users' files,
-    whatever their names).
-    """
-    removed = []
-    for path in folder.iterdir():
-        match = _STALE_TEMP.match(path.name)
-        if match is None or not match.group(1).endswith(of_names_ending) or not path.is_file():
-            continue
-        if only_dead_writers and _running(int(match.group(2))):
-            continue
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether a process `pid` exists (another user's too)."""
-    if pid <= 0:  # 0 and negative pids name process groups
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
