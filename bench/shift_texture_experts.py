@@ -7,8 +7,9 @@ RESULTS are `teaprint eval --stages embedding+lbp+verify --json` files (or
 `quality_table.py`'s OUT/<bench>.jsonl). On a photo in which the locator
 finds no cake (a bare texture) the confidence is the largest of the
 geometric, appearance and texture experts' probabilities
-(`pipeline.matcher.fuse.combine`); `teaprint calibrate` puts each expert's
-own false-accept point at 0.5 (`align_experts`). This adds one shift to the
+(`pipeline.matcher.fuse.combine`); `teaprint calibrate` shifts the appearance
+and texture experts together so that the calibration textures' 1 % point of
+that confidence lies at 0.5 (`align_experts`). This adds one shift to the
 appearance and texture experts' biases together (a uniform shift keeps the
 order of every bare photo's confidence, so recall at 1% FAR does not move)
 and re-decides the saved answers at the configured accept point, per file:

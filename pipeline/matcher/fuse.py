@@ -28,9 +28,12 @@ embedding, is described below the first three):
 On a bare photo a label's confidence is the largest of the three probabilities, so a stage
 that carries nothing on some kind of photo cannot sink another: a blurred,
 tilted re-shot whose embedding is lost keeps its inliers, and a relit texture
-with no inliers keeps its LBP match. Each expert's own false-accept point is
-put at 0.5 on the calibration data, and the accept threshold is fitted on the
-same held-out data for a stated false-accept rate.
+with no inliers keeps its LBP match. The geometric expert's own false-accept
+point is put at 0.5 on the calibration data; the appearance and texture
+experts are shifted together until the bare photos' combined confidence has
+its false-accept point there (`pipeline.evaluation.calibrate.align_experts`);
+the accept threshold is fitted on the same held-out data for a stated
+false-accept rate.
 
 The texture expert was fitted and aligned on bare textures, and only there is
 its probability a confidence: on a photo in which the locator finds a cake
