@@ -45,21 +45,16 @@ from pipeline.evaluation.variants import VARIANTS  # noqa: E402
 from pipeline.features.embedding import Encoder  # noqa: E402
 from pipeline.features.lbp import chi2_distance  # noqa: E402
 from pipeline.features.local import verify_pair  # noqa: E402
-from pipeline.matcher.votes import build_vote_index  # noqa: E402
+from pipeline.search.vocabulary import Vocabulary  # noqa: E402
+from pipeline.search.votes import VoteStore  # noqa: E402
 
 
-def vote_counts(index, query, ratio: float, rows: int) -> np.ndarray:
-    """Ratio-test votes per catalog row (the vote source's score, before its top-k cut)."""
-    from pipeline.features.local import root_sift
-
-    counts = np.zeros(rows, np.int64)
-    if index.matcher is None or query is None or len(query) < 2:
-        return counts
-    pairs = index.matcher.knnMatch(root_sift(query.descriptors), k=2)
-    hits = [p[0].trainIdx for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-    if hits:
-        counts[: rows] += np.bincount(index.owners[hits], minlength=rows)[:rows]
-    return counts
+def vote_rank(store: VoteStore, query, snap, rows: np.ndarray) -> int | None:
+    """Rank (0 = best) of the best of `rows` in the catalog-wide keypoint vote (`VoteStore.vote` over the whole
+    catalog, before the shortlist's top-k cut); None when none of them got a vote."""
+    ranked = store.vote(query, snap, top_k=len(snap))
+    where = np.flatnonzero(np.isin(ranked, rows))
+    return int(where[0]) if where.size else None
 
 
 def rank_of(scores: np.ndarray, rows: np.ndarray) -> int:
@@ -80,12 +75,13 @@ def diagnose(bench_dir: Path, config_file: Path | None) -> list[dict]:
         engine = Engine(config, Path(tmp), encoder)
         engine.warm_up()
         index_catalog(engine, bench, progress=False)
-        queries, _ = prepare_queries(engine, bench, progress=False)
+        queries, _ = prepare_queries(engine, config, bench, progress=False)
         snap = engine.snapshot()
         labels = np.array(snap.labels)
         keypoints = snap.keypoints(range(len(snap)))
         v = config.matcher.verify
-        votes_index = build_vote_index(keypoints, config.matcher.shortlist.vote_keypoints, -1)
+        votes = VoteStore(Path(tmp) / "diagnose-votes", Vocabulary.load(), config.matcher.shortlist.vote_keypoints)
+        votes.follow(snap, persist=False)
         for q in queries:
             if q.prepared is None:
                 continue
@@ -105,7 +101,7 @@ def diagnose(bench_dir: Path, config_file: Path | None) -> list[dict]:
                 lbp = -chi2_distance(q.prepared.lbp, snap.lbps)
                 row.update({
                     "rank_cosine": rank_of(cos, right), "rank_lbp": rank_of(lbp, right),
-                    "rank_votes": rank_of(vote_counts(votes_index, local, v.ratio, len(snap)).astype(float), right),
+                    "rank_votes": vote_rank(votes, local, snap, right),
                     "shortlisted": any(m.label == q.truth for m in result.matches),
                     "verified_right": any(m.label == q.truth and m.inliers is not None for m in result.matches),
                     "right_inliers": int(inliers[right].max()), "right_matches": int(max(checks[i].matches for i in right)),
