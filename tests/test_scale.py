@@ -203,6 +203,45 @@ def test_a_match_weighs_less_the_more_signature_bits_differ(tmp_path: Path) -> N
     assert unweighted.vote(asked, snap, 2).tolist() == [row["cake1"], row["cake0"]]
 
 
+def test_a_query_descriptor_looked_up_in_its_nearest_words_finds_a_match_filed_under_a_neighbouring_word(tmp_path: Path) -> None:
+    """Entry "beside" holds 12 slightly different copies of the query's keypoints, each filed (greedily) under another
+    word than the query descriptor's own, but one of its `QUERY_WORDS` nearest; entry "same" holds 4 copies in the
+    query's own words. Looked up in its greedy word alone (as the catalog files it), the query finds only "same";
+    looked up in its nearest words (the default), "beside" and its 12 matches come first. Relit textures and hard
+    re-shots: only a quarter of the true matches share the query descriptor's single word (bench/README.md, stop 36)."""
+    directory = tmp_path / "idx"
+    index = CatalogIndex(directory, model_id="m1")
+    query = keypoints(91, count=400)
+    rng = np.random.default_rng(6)
+    q_words, _ = VOCAB.encode(query.descriptors)
+    owners, near_words, _ = VOCAB.encode_nearest(query.descriptors, 4)
+    beside_d, same_d = np.zeros_like(query.descriptors), np.zeros_like(query.descriptors)
+    beside, same = np.zeros(len(query), bool), np.zeros(len(query), bool)
+    for _ in range(60):
+        d = (query.descriptors + rng.normal(0, 6.0, query.descriptors.shape)).clip(0, 255).astype(np.uint8)
+        words, _ = VOCAB.encode(d)
+        neighbour = (words != q_words) & (words[:, None] == near_words.reshape(-1, 4)).any(axis=1)
+        hit = ~beside & ~same & neighbour
+        beside_d[hit], beside = d[hit], beside | hit
+        own = ~beside & ~same & (words == q_words)
+        same_d[own], same = d[own], same | own
+    beside_at, same_at = np.flatnonzero(beside)[:12], np.flatnonzero(same)[:4]
+    assert beside_at.size == 12 and same_at.size == 4
+    index.commit([dataclasses.replace(entry(0), local=LocalFeatures(query.points[same_at], same_d[same_at], 640)),
+                  dataclasses.replace(entry(1), local=LocalFeatures(query.points[beside_at], beside_d[beside_at], 640))]
+                 + [entry(n) for n in range(2, 8)])
+    snap = index.snapshot()
+    row = {snap.labels[r]: r for r in range(len(snap))}
+    at = np.concatenate([same_at, beside_at])
+    asked = LocalFeatures(query.points[at], query.descriptors[at], 640)
+    nearest_words, greedy_word = VoteStore(directory, VOCAB, per_entry=150), VoteStore(directory, VOCAB, per_entry=150, query_words=1)
+    for store in (nearest_words, greedy_word):
+        store.follow(snap)
+    assert nearest_words.vote(asked, snap, 2).tolist() == [row["cake1"], row["cake0"]]
+    by_greedy_word = greedy_word.vote(asked, snap, 8).tolist()
+    assert by_greedy_word[0] == row["cake0"] and row["cake1"] not in by_greedy_word
+
+
 def test_words_over_the_stop_word_bound_are_skipped_and_the_gather_budget_takes_the_rarest_words_first(tmp_path: Path) -> None:
     """Six entries share one set of keypoints, a seventh has its own; a query holding both sets. With the defaults
     the shared keypoints vote (for the lowest of the six rows); a word held by more postings than `max_postings` is a

@@ -6,8 +6,9 @@ proposes the entries sharing the most distinctive local features with the
 query, whatever the embedding thinks, as Pastec does. Each entry's strongest
 `per_entry` keypoints become visual words (`pipeline.search.vocabulary`);
 the store keeps, per word, the slots of the entries holding it. A query's
-words vote for those slots, each word weighted by its inverse document
-frequency. Adding a cake appends its words (O(its keypoints), whatever the
+descriptors are looked up in their `QUERY_WORDS` nearest words (the catalog
+files each of its descriptors under one) and vote for those slots, each
+match weighted by its word's inverse document frequency. Adding a cake appends its words (O(its keypoints), whatever the
 catalog's size); removing one needs nothing, as votes are masked by the
 snapshot's live rows. The FLANN index it replaces was rebuilt per
 registration: 1.2 s at 1k entries, 15 s and 6.8 GB at 10k (issue 13).
@@ -59,6 +60,13 @@ Schmid 2009 weigh Hamming-embedding matches this way, sigma 16 of 64 bits). At 1
 `MAX_HAMMING` radius and a true one well inside it: over 54 hard re-shots, the right cake in the vote's top 10 for
 48 -> 49, in its top 100 for 49 -> 50 (one re-shot whose only true match, 8 bits apart, ranked 34th now ranks 3rd);
 at 1k, 52 -> 53 in the top 10 (bench/README.md, "The vote's Hamming weight")."""
+QUERY_WORDS = 4
+"""Words each query descriptor is looked up in (multiple assignment: Jegou, Douze & Schmid 2010 assign the query to
+several words, the database to one). A true ratio-test match shares the query descriptor's one greedy word for 27 %
+of hard cake re-shots' matches and 16 % of relit textures'; its 4 nearest words hold 54 % and 38 %. Right cake first /
+in the top 10 of the vote at 1M (54 hard re-shots, two folders): 1 word 47 / 49 and 44 / 45, 2 words 49 / 51 and 46 /
+48, 3 words 49 / 49 and 44 / 47, 4 words 49 / 50 and 45 / 49; at 1k 51 / 53 -> 52 / 53; +20-25 ms a vote at 1M
+(bench/README.md, stop 36)."""
 MAX_POSTINGS = 30_000
 """Postings above which a word is a stop word, skipped by `vote` (a 1M catalog averages ~9k per word).
 20k -> 30k with `MAX_GATHERED` 2M -> 4M (2026-12-07): at 1M entries the right cake of 59 instead of 57 of 66 hard
@@ -173,6 +181,9 @@ class VoteStore:
         Words with more postings than this are skipped when voting (stop words).
     max_gathered : int
         Postings one query reads at most: its rarest words are taken first.
+    query_words : int
+        Words each query descriptor is looked up in (`Vocabulary.encode_nearest`); the catalog files each
+        descriptor under one.
     hamming_sigma : float or None
         Matches weigh ``exp(-(bits / hamming_sigma) ** 2)`` of their word's
         idf (`HAMMING_SIGMA`); None: the idf alone, however many bits differ.
@@ -184,8 +195,9 @@ class VoteStore:
 
     def __init__(self, directory: Path, vocabulary: Vocabulary, per_entry: int, merge_every: int = 2000,
                  max_hamming: int = MAX_HAMMING, max_postings: int = MAX_POSTINGS, max_gathered: int = MAX_GATHERED,
-                 hamming_sigma: float | None = HAMMING_SIGMA) -> None:
+                 hamming_sigma: float | None = HAMMING_SIGMA, query_words: int = QUERY_WORDS) -> None:
         self.directory = Path(directory)
+        self.query_words = query_words
         self.max_hamming = max_hamming
         self.hamming_sigma = hamming_sigma
         self.max_postings = max_postings
@@ -265,10 +277,11 @@ class VoteStore:
         """Live rows of `snap` with the most (idf-weighted) keypoint matches to the query, best first.
 
         Each query descriptor is matched, like a nearest-neighbour search, to
-        the one live posting of its word whose signature is nearest (fewest
-        differing bits, then the lowest row), provided it differs in at most
-        `max_hamming` bits; the match votes for that posting's entry with the
-        word's inverse document frequency over the snapshot's live postings,
+        the one live posting of its `query_words` nearest words whose
+        signature is nearest (fewest differing bits, then the lowest row),
+        provided it differs in at most `max_hamming` bits; the match votes for
+        that posting's entry with the word's inverse document frequency over
+        the snapshot's live postings,
         times ``exp(-(bits / hamming_sigma) ** 2)`` of the bits that differ.
         Letting a descriptor vote for every entry within the radius instead
         lost the right cake among 10k distractors far more often (in the top
@@ -280,7 +293,7 @@ class VoteStore:
         """
         if query is None or len(query) == 0 or top_k <= 0 or not snap.alive.any():
             return np.zeros(0, np.int64)
-        words, signatures = self.vocabulary.encode(query.descriptors)
+        owners, words, signatures = self.vocabulary.encode_nearest(query.descriptors, self.query_words)
         with self._lock:
             parts = (*(r.postings for r in self._runs), self._delta_postings)
         # Stop words: a word held by more than `max_postings` postings is skipped. Its idf is low, and at 1M
@@ -292,7 +305,7 @@ class VoteStore:
         within = np.zeros(words.size, bool)
         within[order[np.cumsum(held[order]) <= self.max_gathered]] = True
         keep = within & (held <= self.max_postings)
-        words, signatures = words[keep], signatures[keep]
+        owners, words, signatures = owners[keep], words[keep], signatures[keep]
         # Document frequency over this snapshot's live postings only (`counts`): the same whatever dead slots
         # the postings still hold, so a rebuilt store votes exactly as the one that grew commit by commit.
         # Each descriptor's nearest posting is its smallest (distance, slot), packed into one key per posting
@@ -302,7 +315,10 @@ class VoteStore:
         for part in parts:
             part.nearest_in(words, signatures, snap.alive, self.max_hamming, counts, best)
         idf = np.log1p(int(np.count_nonzero(snap.alive)) / (1.0 + counts))
-        voters = np.flatnonzero(best != _NO_POSTING)  # ascending, as the sort's order by descriptor was
+        # One vote per query descriptor: its nearest posting over all the words it was looked up in.
+        found = np.flatnonzero(best != _NO_POSTING)
+        ranked = found[np.lexsort((best[found], owners[found]))]
+        voters = np.sort(ranked[np.unique(owners[ranked], return_index=True)[1]])
         nearest = (best[voters] & np.uint64(0xFFFFFFFF)).astype(np.int64)
         weights = idf[voters]
         if self.hamming_sigma is not None:
