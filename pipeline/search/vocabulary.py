@@ -85,9 +85,9 @@ class Vocabulary:
     def encode_nearest(self, descriptors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each SIFT descriptor's `count` nearest words (multiple assignment) and its signature in each.
 
-        The nearest words are sought among the leaves of the descriptor's two
-        nearest first-level centres. With `count` 1 this is `encode`: the
-        greedy descent's word. A true match falls in the same single word as
+        The first is the greedy descent's word (`encode`'s, under which the
+        catalog files its descriptors), the others the nearest leaves under
+        the descriptor's two nearest first-level centres. A true match falls in the same single word as
         its catalog descriptor only about a quarter of the time on hard
         re-shots of cakes (bench/README.md, stop 36): a query assigned to
         several words finds more of its matches, while the catalog keeps one
@@ -100,11 +100,13 @@ class Vocabulary:
         words : ndarray, shape (K * count,), dtype int64
         signatures : ndarray, shape (K * count,), dtype uint64
         """
-        if len(descriptors) == 0 or count <= 1:
+        branch = self.leaves.shape[1]
+        if not 1 <= count <= 2 * branch:
+            raise ValueError(f"count {count}: between 1 and {2 * branch} words (the leaves of two first-level centres)")
+        if len(descriptors) == 0 or count == 1:
             words, signatures = self.encode(descriptors)
             return np.arange(len(words), dtype=np.int64), words, signatures
         d = root_sift(descriptors)
-        branch = self.leaves.shape[1]
         cells = np.argsort(-(d @ self.top.T), axis=1)[:, :2]
         scores = np.empty((len(d), 2 * branch), np.float32)  # each descriptor's similarity to the leaves of its 2 cells
         for j in range(2):
