@@ -39,7 +39,7 @@ build cal-discs-hard bench/make_discs.py --split calibration --seed 5 --per-sour
 build cal-discs bench/make_discs.py --split calibration --seed 5 --per-source 2 --shots 2
 # 400 relit surfaces (100 never registered, 400 stranger shots): the bare-photo side's accept point is the 1 % point
 # of their confidences (`align_experts`); 24 stranger shots of 6 surfaces (cal-tex1, until 2026-12-07) could only put
-# it above the strongest one, half as many of KTH-TIPS's right answers accepted as at its own 1 % point.
+# it above the strongest one (KTH-TIPS's recall at the accept point then 0.29 and 0.31, now 0.35 and 0.38).
 build cal-tex bench/make_textures.py --seed 1 --objects 400
 
 results=()
@@ -51,6 +51,6 @@ for name in cal-sib-hard cal-sib-many cal-sib-easy cal-discs-hard cal-discs cal-
 done
 # REFIT (default: all four) names the experts to refit; the others keep CONFIG's weights. The shipped
 # fit refitted the embedding expert alone (README "Accuracy", "Calibration": REFIT=embedding), then the
-# geometric expert alone when it gained the inlier share (REFIT=geometric); the appearance and texture
-# experts are still the fit of 2026-12-04.
+# geometric expert alone when it gained the inlier share (REFIT=geometric), then (stop 36) the texture
+# expert alone on cal-tex (REFIT=texture); the appearance expert is still the fit of 2026-12-04.
 "$PY" -m pipeline --config "$CONFIG" calibrate "${results[@]}" --refit "${REFIT:-geometric,appearance,texture,embedding}" --write "$CONFIG"
