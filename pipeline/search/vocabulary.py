@@ -77,21 +77,18 @@ class Vocabulary:
             return np.concatenate([w for w, _ in parts]), np.concatenate([g for _, g in parts])
         d = root_sift(descriptors)
         words = self._words(d)
-        branch = self.leaves.shape[1]
-        residual = d - self.leaves[words // branch, words % branch]
-        bits = (residual @ _PROJECTION.T) > 0
-        return words, np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(-1)
+        return words, self._signatures(d, words)
 
     def encode_nearest(self, descriptors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each SIFT descriptor's `count` nearest words (multiple assignment) and its signature in each.
 
         The first is the greedy descent's word (`encode`'s, under which the
         catalog files its descriptors), the others the nearest leaves under
-        the descriptor's two nearest first-level centres. A true match falls in the same single word as
-        its catalog descriptor only about a quarter of the time on hard
-        re-shots of cakes (bench/README.md, stop 36): a query assigned to
-        several words finds more of its matches, while the catalog keeps one
-        word per descriptor.
+        the descriptor's two nearest first-level centres. A true match falls
+        in the same single word as its catalog descriptor only about a quarter
+        of the time on hard re-shots of cakes (bench/README.md, stop 36): a
+        query assigned to several words finds more of its matches, while the
+        catalog keeps one word per descriptor.
 
         Returns
         -------
@@ -107,23 +104,17 @@ class Vocabulary:
             words, signatures = self.encode(descriptors)
             return np.arange(len(words), dtype=np.int64), words, signatures
         d = root_sift(descriptors)
-        cells = np.argsort(-(d @ self.top.T), axis=1)[:, :2]
-        scores = np.empty((len(d), 2 * branch), np.float32)  # each descriptor's similarity to the leaves of its 2 cells
-        for j in range(2):
-            order = np.argsort(cells[:, j], kind="stable")
-            found, starts = np.unique(cells[order, j], return_index=True)
-            for cell, lo, hi in zip(found.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
-                rows = order[lo:hi]
-                scores[rows, j * branch:(j + 1) * branch] = d[rows] @ self.leaves[cell].T
-        # The greedy descent's word first (the catalog's descriptors were filed under theirs), then the nearest others.
-        greedy = np.argmax(scores[:, :branch], axis=1)
-        scores[np.arange(len(d)), greedy] = np.inf
+        to_top = d @ self.top.T
+        first = np.argmax(to_top, axis=1)  # as `_words` descends
+        to_top[np.arange(len(d)), first] = -np.inf
+        cells = np.stack([first, np.argmax(to_top, axis=1)], axis=1)
+        # Each descriptor's similarity to the leaves of its two cells; its greedy word first, then the nearest others.
+        scores = np.concatenate([self._leaf_similarities(d, cells[:, 0]), self._leaf_similarities(d, cells[:, 1])], axis=1)
+        scores[np.arange(len(d)), np.argmax(scores[:, :branch], axis=1)] = np.inf
         pick = np.argsort(-scores, axis=1)[:, :count]
-        words = (cells[np.arange(len(d))[:, None], pick // branch] * branch + pick % branch).reshape(-1)
+        words = (cells[np.arange(len(d))[:, None], pick // branch] * branch + pick % branch).reshape(-1).astype(np.int64)
         owners = np.repeat(np.arange(len(d), dtype=np.int64), count)
-        residual = d[owners] - self.leaves[words // branch, words % branch]
-        bits = (residual @ _PROJECTION.T) > 0
-        return owners, words.astype(np.int64), np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(-1)
+        return owners, words, self._signatures(d[owners], words)
 
     def words(self, descriptors: np.ndarray) -> np.ndarray:
         """The word of each SIFT descriptor.
@@ -142,15 +133,26 @@ class Vocabulary:
 
     def _words(self, d: np.ndarray) -> np.ndarray:
         first = np.argmax(d @ self.top.T, axis=1)
-        second = np.empty(len(d), np.int64)
-        # Nearest leaf under each descriptor's first-level centre (unit rows: max dot = min distance), one
-        # matrix product per first-level centre present.
-        order = np.argsort(first, kind="stable")
-        cells, starts = np.unique(first[order], return_index=True)
-        for cell, lo, hi in zip(cells.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
+        return first.astype(np.int64) * self.leaves.shape[1] + np.argmax(self._leaf_similarities(d, first), axis=1)
+
+    def _leaf_similarities(self, d: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """Each RootSIFT row's dot product with the leaves under its first-level centre `cells[i]`, shape (K, B2).
+
+        Unit rows: the largest is the nearest leaf. One matrix product per first-level centre present.
+        """
+        out = np.empty((len(d), self.leaves.shape[1]), np.float32)
+        order = np.argsort(cells, kind="stable")
+        found, starts = np.unique(cells[order], return_index=True)
+        for cell, lo, hi in zip(found.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
             rows = order[lo:hi]
-            second[rows] = np.argmax(d[rows] @ self.leaves[cell].T, axis=1)
-        return first.astype(np.int64) * self.leaves.shape[1] + second
+            out[rows] = d[rows] @ self.leaves[cell].T
+        return out
+
+    def _signatures(self, d: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """The 64-bit signature of each RootSIFT row's residual to the centre of `words[i]`, shape (K,), uint64."""
+        branch = self.leaves.shape[1]
+        bits = ((d - self.leaves[words // branch, words % branch]) @ _PROJECTION.T) > 0
+        return np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(-1)
 
 
 _PROJECTION = np.linalg.qr(np.random.default_rng(20261205).standard_normal((128, 64)))[0].T.astype(np.float32)
