@@ -41,12 +41,6 @@ build cal-discs bench/make_discs.py --split calibration --seed 5 --per-source 2 
 # of their confidences (`align_experts`); 24 stranger shots of 6 surfaces (cal-tex1, until 2026-12-07) could only put
 # it above the strongest one (KTH-TIPS's recall at the accept point then 0.29 and 0.31, now 0.35 and 0.38).
 build cal-tex bench/make_textures.py --seed 1 --objects 400
-# The same relit surfaces in small catalogs: 24 of 10 surfaces and 6 of 40, each its own seed (8 and 40 stranger
-# shots a folder). Among few surfaces a stranger's LBP margin over the best other label is wider: the texture side
-# aligned on cal-tex alone let 16 % of the 10-surface catalogs' strangers through. Pooled per size (cal-tex10,
-# cal-tex40), each is one calibration group whose bare strangers the texture side's shift keeps within the target.
-for seed in $(seq 101 124); do build cal-tex-sizes/n10-$seed bench/make_textures.py --seed "$seed" --objects 10; done
-for seed in $(seq 201 206); do build cal-tex-sizes/n40-$seed bench/make_textures.py --seed "$seed" --objects 40; done
 
 results=()
 for name in cal-sib-hard cal-sib-many cal-sib-easy cal-discs-hard cal-discs cal-tex; do
@@ -55,16 +49,13 @@ for name in cal-sib-hard cal-sib-many cal-sib-easy cal-discs-hard cal-discs cal-
   nice "$PY" -m pipeline --config "$CONFIG" eval "$ROOT/$name" --stages embedding+lbp+verify --json "$out" >/dev/null
   results+=("$out")
 done
-mkdir -p "$RESULTS/cal-tex-sizes"
-for size in 10 40; do
-  for folder in "$ROOT"/cal-tex-sizes/n$size-*; do
-    out="$RESULTS/cal-tex-sizes/$(basename "$folder").jsonl"
-    [ -n "${REUSE:-}" ] && [ -f "${out%.jsonl}.summary.json" ] && continue
-    nice "$PY" -m pipeline --config "$CONFIG" eval "$folder" --stages embedding+lbp+verify --json "$out" >/dev/null
-  done
-  cat "$RESULTS"/cal-tex-sizes/n$size-*.jsonl > "$RESULTS/cal-tex$size.jsonl"
-  results+=("$RESULTS/cal-tex$size.jsonl")
-done
+# The same relit surfaces in small catalogs: 24 of 10 surfaces and 6 of 40, each its own seed (8 and 40 stranger
+# shots a folder; bench/texture_catalog_sizes.sh builds and evaluates them). Among few surfaces a stranger's LBP
+# margin over the best other label is wider: the texture side aligned on cal-tex alone let 16 % of the 10-surface
+# catalogs' strangers through. Pooled per size (cal-tex10, cal-tex40), each is one calibration group whose bare
+# strangers the texture side's shift keeps within the target.
+RESULTS="$RESULTS/cal-tex-sizes" bench/texture_catalog_sizes.sh "$ROOT/cal-tex-sizes" "$CONFIG" >/dev/null
+results+=("$RESULTS/cal-tex-sizes/cal-tex10.jsonl" "$RESULTS/cal-tex-sizes/cal-tex40.jsonl")
 # REFIT (default: all four) names the experts to refit; the others keep CONFIG's weights. The shipped
 # fit refitted the embedding expert alone (README "Accuracy", "Calibration": REFIT=embedding), then the
 # geometric expert alone when it gained the inlier share (REFIT=geometric), then (stop 36) the texture
