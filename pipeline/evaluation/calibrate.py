@@ -210,12 +210,16 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
         shifts[name] = -float(np.log(point / (1 - point)))
     fusion = _shifted(fusion, shifts)
     side = tuple(name for name in ("appearance", "texture") if name in experts)
-    bare_impostors = [e for e, r, c in zip(evidence, registered, counts[:, 1]) if c and not r]
-    if side and bare_impostors:
-        sets = [bare_impostors] + [[e for e in g if e.texture_counts and not e.truth and len(e.labels)] for g in groups]
-        shift = min(_texture_side_shift(s, fusion, far, side) for s in sets if s)
+    sets = [s for s in map(_bare_strangers, [evidence, *groups]) if s]
+    if side and sets:
+        shift = min(_texture_side_shift(s, fusion, far, side) for s in sets)
         fusion = _shifted(fusion, dict.fromkeys(side, shift))
     return fusion
+
+
+def _bare_strangers(queries: Sequence[QueryEvidence]) -> list[QueryEvidence]:
+    """The unregistered queries with candidates whose confidence the texture side counts toward (bare photos)."""
+    return [e for e in queries if e.texture_counts and not e.truth and len(e.labels)]
 
 
 def _shifted(fusion: FusionConfig, shifts: dict[str, float]) -> FusionConfig:
