@@ -70,7 +70,8 @@ def redecide(bench: Path, out: Path, config: Path | None) -> dict:
         evidence = gather_answer(matches)
         texture_counts = not (decide.texture_needs_bare_photo and row["stages"].get("decide", {}).get("cake_found"))
         verify = row["stages"].get("verify") or {}
-        tested = tested_ratio(int(verify.get("verified", 0)), int(verify.get("deepened", 0)))
+        tested = tested_ratio(int(verify.get("verified", 0)), int(verify.get("deepened", 0)),
+                              int(verify.get("tries_per_candidate", 1)))
         decision, _ = fuse(evidence, labels, decide.fusion, decide.accept_confidence, {}, texture_counts, tested)
         best = labels[int(decision.order[0])]
         outcomes.append(Outcome(row["truth"] or "", best, decision.status, float(decision.confidence), tuple(labels)))

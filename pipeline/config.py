@@ -106,6 +106,7 @@ class VerifyConfig:
     min_matches: int
     guided_ratio: float
     deepen: int
+    invert_light: bool
 
 
 @dataclass(frozen=True)

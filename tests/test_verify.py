@@ -13,7 +13,8 @@ import pytest
 from conftest import source_photos, write_rgb
 from reference_stages import reference_verify
 from pipeline.cli import main
-from pipeline.features.local import LocalFeatures, extract_local, verify_pair
+from pipeline.features.local import LocalFeatures, extract_local, light_inverted, verify_pair
+from pipeline.matcher.verify import verify
 from pipeline.results import load_schema
 
 
@@ -366,3 +367,35 @@ def test_deepened_verification_finds_the_cake_the_embedding_ranked_past_the_shor
     easy = run(Query(np.array([1, 0, 0, 0], np.float32), query.lbp, extract_local(rephotograph(cakes[0], 20, 0.05), "sift", 400, 400)),
                snap, dataclasses.replace(shallow, verify=dataclasses.replace(shallow.verify, deepen=2)), threshold=0.99)
     assert (easy.decision.status, easy.decision.label, easy.stages()["verify"]["deepened"]) == ("matched", "cake0", 0)
+
+
+def test_light_inverted_keypoints_are_those_of_the_negative_photo() -> None:
+    """SIFT on the photo's negative finds the same keypoints turned 180 degrees: their descriptors are the
+    original's with the spatial cells turned (`light_inverted`), not recomputed."""
+    grey = lit(relief(4, 2.0), azimuth=30, elevation=45)
+    found = extract_local(grey, max_keypoints=400, side=384, contrast_threshold=0.01)
+    negative = extract_local(255 - grey, max_keypoints=400, side=384, contrast_threshold=0.01)
+    inverted = light_inverted(found)
+    assert inverted is not None and np.array_equal(inverted.points, found.points) and inverted.side == found.side
+    near = np.linalg.norm(negative.points[:, None] - found.points[None], axis=2)
+    same = 0
+    for i, j in zip(*np.nonzero(near < 1e-3)):
+        same += int(np.array_equal(negative.descriptors[i], inverted.descriptors[j]))
+    assert same >= 0.6 * len(found), f"{same} of {len(found)} keypoints have the negative photo's descriptor"
+    assert not np.array_equal(inverted.descriptors, found.descriptors)
+    assert light_inverted(extract_local(grey, method="orb")) is None
+
+
+def test_a_bare_relief_lit_from_the_other_side_is_verified_through_its_negative() -> None:
+    """Grazing light (35 degrees up) from the opposite side, the photo turned: no descriptor survives as it is,
+    the negative's do; another surface under the same light gains nothing from it."""
+    height = relief(5, 4.0)
+    registered = extract_local(lit(height, azimuth=0, elevation=35), side=384, contrast_threshold=0.01)
+    reshot = extract_local(rephotograph(lit(height, azimuth=180, elevation=35), angle=35, tilt=0.0),
+                           side=384, contrast_threshold=0.01)
+    stranger = extract_local(lit(relief(6, 4.0), azimuth=180, elevation=35), side=384, contrast_threshold=0.01)
+    assert verify_pair(reshot, registered).inliers < 10, "precondition: the light moved every shadow"
+    both = verify(reshot, [registered, stranger], max_candidates=2, inverted=light_inverted(reshot))
+    assert both.results[0].inliers >= 50 and both.inverted == 1
+    assert both.results[1].inliers < 10
+    assert both.report()["light_inverted"] == both.inverted

@@ -133,6 +133,37 @@ def extract_configured(image: np.ndarray, config: LocalConfig) -> LocalFeatures:
     return extract_local(image, config.method, config.max_keypoints, config.side, config.contrast_threshold)
 
 
+SIFT_CELLS_TURNED = np.arange(128).reshape(4, 4, 8)[::-1, ::-1, :].reshape(-1)
+"""Column order that turns a SIFT descriptor's 4 x 4 spatial cells by 180 degrees, orientation bins kept."""
+
+
+def light_inverted(features: LocalFeatures) -> LocalFeatures | None:
+    """The keypoints of the photo's negative (255 - grey), computed without detecting again; None for ORB.
+
+    A bare relief lit from the opposite side shades nearly as the negative of
+    the first photo (Lambert, gentle slopes: n.l -> 2 n_z l_z - n.l). SIFT on
+    the negative finds the same keypoints (difference-of-Gaussian extrema
+    swap sign, both are kept), each oriented 180 degrees the other way; in
+    that turned frame the negated gradients keep their relative angle and
+    every sample sits at the mirrored cell, so the descriptor is the
+    original's with its spatial cells turned 180 degrees (checked against
+    OpenCV's SIFT on the negative photo: identical descriptors).
+
+    Parameters
+    ----------
+    features : LocalFeatures
+        SIFT keypoints, shape (K, 128) descriptors.
+
+    Returns
+    -------
+    LocalFeatures or None
+        The same points and side, descriptors reordered by `SIFT_CELLS_TURNED`.
+    """
+    if features.descriptors.shape[1] != SIFT_CELLS_TURNED.size:
+        return None
+    return LocalFeatures(features.points, np.ascontiguousarray(features.descriptors[:, SIFT_CELLS_TURNED]), features.side)
+
+
 def root_sift(descriptors: np.ndarray) -> np.ndarray:
     """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, then square root.
 

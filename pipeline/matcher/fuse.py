@@ -213,10 +213,16 @@ def gather_answer(matches: Sequence[MatchEvidence]) -> list[LabelEvidence]:
                   matches[0].svc_label if matches else None, ratio)
 
 
-def tested_ratio(verified: int, deepened: int) -> float:
-    """Candidates verified over those of the first pass (1.0 without a second pass), from `stages.verify`'s counts."""
+def tested_ratio(verified: int, deepened: int, tries: int = 1) -> float:
+    """How many times more homographies were tried than one per first-pass candidate, from `stages.verify`'s counts.
+
+    Candidates verified over those of the first pass (1.0 without a second
+    pass), times the `tries` per candidate (2 when the light-inverted
+    keypoints were verified too: a stranger's best of two fits reaches a
+    given inlier count about twice as often).
+    """
     first = verified - deepened
-    return verified / first if deepened > 0 and first > 0 else 1.0
+    return (verified / first if deepened > 0 and first > 0 else 1.0) * max(tries, 1)
 
 
 def _runner_up(values: np.ndarray, default: float) -> np.ndarray:

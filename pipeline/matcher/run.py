@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import numpy as np
 
 from pipeline.config import MatcherConfig
-from pipeline.features.local import LocalFeatures
+from pipeline.features.local import LocalFeatures, light_inverted
 from pipeline.matcher.decide import Decision, decide
 from pipeline.matcher.fuse import LabelScore, fuse, gather, tested_ratio
 from pipeline.matcher.refine import Refinement, refine
@@ -211,7 +211,8 @@ def run(
         Where the LBP source finds the rows nearest in Hellinger distance
         (a search of `catalog.lbps_sqrt`); None: a product over every row.
     """
-    candidates, reserve = _shortlist(query, catalog, settings, threshold, votes, nearest, texture)
+    inverted = _light_inverted(query, settings)
+    candidates, reserve = _shortlist(query, catalog, settings, threshold, votes, nearest, texture, inverted)
     lap("shortlist")
     refined, labels = _refine(query, catalog, candidates.widened, settings)
     lap("refine")
@@ -219,11 +220,12 @@ def run(
     if settings.verify.enabled:
         v = settings.verify
         rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
-        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio)
+        verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio,
+                          inverted=inverted)
         lap("verify")
     decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
     if verified is not None and settings.verify.deepen > 0 and decided.decision.status != "matched" and verified.query_keypoints:
-        candidates, verified = _deepen(query, catalog, settings, candidates, reserve, verified)
+        candidates, verified = _deepen(query, catalog, settings, candidates, reserve, verified, inverted)
         refined, labels = _refine(query, catalog, candidates.widened, settings)
         lap("deepen")
         decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
@@ -232,13 +234,28 @@ def run(
     return Outcome(candidates, refined, verified, decided, ranked)
 
 
+def _light_inverted(query: Query, settings: MatcherConfig) -> LocalFeatures | None:
+    """The query's keypoints as if lit from the opposite side, for a photo with no cake found (`verify.invert_light`).
+
+    On a bare relief the light's side decides the shading, and a re-shot lit
+    from the other side shares few descriptors with its registration photo;
+    on a found cake the leaves' own colours carry the keypoints and the
+    negative would only add chances for a stranger.
+    """
+    if not (settings.verify.enabled and settings.verify.invert_light) or query.cake_found or query.local is None:
+        return None
+    return light_inverted(query.local)
+
+
 def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, threshold: float, votes: VoteSource | None,
-               nearest: NearestSource | None, texture: NearestSource | None) -> tuple[Candidates, np.ndarray]:
+               nearest: NearestSource | None, texture: NearestSource | None,
+               inverted: LocalFeatures | None = None) -> tuple[Candidates, np.ndarray]:
     """The embedding shortlist, widened in turn by the LBP and keypoint-vote sources; and the embedding's reserve.
 
     The reserve is the rows ranked just past `top_k` by the embedding (up to
     `verify.deepen` of them, at or above the floor), which `_deepen` verifies
-    when the first pass does not accept.
+    when the first pass does not accept. With `inverted` (`_light_inverted`)
+    the vote also asks with those keypoints; its two rankings take turns.
     """
     sl = settings.shortlist
     depth = sl.top_k + (settings.verify.deepen if settings.verify.enabled else 0)
@@ -258,9 +275,21 @@ def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, thres
     if sl.vote_top_k > 0:
         if votes is None:
             raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote source")
-        extras.append(("votes", votes.vote(query.local, catalog, sl.vote_top_k)))
+        voted = votes.vote(query.local, catalog, sl.vote_top_k)
+        if inverted is not None:
+            voted = _in_turn(voted, votes.vote(inverted, catalog, sl.vote_top_k))
+        extras.append(("votes", voted))
     widened = widen(short, extras, query.embedding, embeddings)
     return Candidates(int(np.count_nonzero(catalog.alive)), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k), reserve
+
+
+def _in_turn(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The rows of two rankings taking turns, each row once, at its better place."""
+    both = np.stack([np.pad(first, (0, max(0, second.size - first.size)), constant_values=-1),
+                     np.pad(second, (0, max(0, first.size - second.size)), constant_values=-1)], axis=1).ravel()
+    both = both[both >= 0]
+    _, at = np.unique(both, return_index=True)
+    return both[np.sort(at)].astype(np.int64)
 
 
 def _refine(query: Query, catalog: Searchable, candidates: Shortlist, settings: MatcherConfig) -> tuple[Refinement, list[str]]:
@@ -272,7 +301,7 @@ def _refine(query: Query, catalog: Searchable, candidates: Shortlist, settings: 
 
 
 def _deepen(query: Query, catalog: Searchable, settings: MatcherConfig, candidates: Candidates, reserve: np.ndarray,
-            verified: Verified) -> tuple[Candidates, Verified]:
+            verified: Verified, inverted: LocalFeatures | None = None) -> tuple[Candidates, Verified]:
     """A second verification pass when the first did not accept: up to `verify.deepen` more candidates.
 
     First the shortlist's candidates past `max_candidates` (the sources take
@@ -294,7 +323,7 @@ def _deepen(query: Query, catalog: Searchable, settings: MatcherConfig, candidat
     start = min(v.max_candidates, len(widened))
     stop = min(start + v.deepen, len(widened))
     more = verify(query.local, catalog.keypoints(widened.indices[start:stop]), stop - start, v.ratio, v.ransac_px, v.min_matches,
-                  v.guided_ratio, first_position=start)
+                  v.guided_ratio, first_position=start, inverted=inverted)
     return dataclasses.replace(candidates, widened=widened), verified.extended(more)
 
 
@@ -317,7 +346,7 @@ def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verif
         "verify": labels[best_verified] if best_verified is not None and inliers[best_verified] > 0 else None,
     }
     texture_counts = not (cfg.texture_needs_bare_photo and cake_found)
-    tested = tested_ratio(len(verified.positions), verified.deepened)
+    tested = tested_ratio(len(verified.positions), verified.deepened, verified.tries)
     decision, scores = fuse(evidence, labels, cfg.fusion, cfg.accept_confidence, first_choices, texture_counts, tested)
     return Decided(decision, scores, "fusion", cfg.accept_confidence, _first_label(decision, labels), texture_counts, cake_found,
                    tested)

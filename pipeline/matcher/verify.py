@@ -19,12 +19,20 @@ class Verified:
     results : tuple of Verification
         One per position; an entry without stored keypoints gets 0 inliers.
     query_keypoints : int
+    deepened : int
+        How many of the positions a second pass verified.
+    inverted : int
+        How many results are the light-inverted query's (`verify`'s `inverted`).
+    tries : int
+        Homographies fitted per candidate: 2 when the light-inverted keypoints were verified too.
     """
 
     positions: tuple[int, ...]
     results: tuple[Verification, ...]
     query_keypoints: int
     deepened: int = 0
+    inverted: int = 0
+    tries: int = 1
 
     def result_at(self, position: int) -> Verification | None:
         for p, r in zip(self.positions, self.results):
@@ -35,15 +43,17 @@ class Verified:
     def report(self) -> dict[str, Any]:
         """The stage's evidence for `stages.verify` of the result."""
         return {"enabled": True, "query_keypoints": self.query_keypoints, "verified": len(self.positions),
-                "deepened": self.deepened, "max_inliers": max((r.inliers for r in self.results), default=0)}
+                "deepened": self.deepened, "light_inverted": self.inverted, "tries_per_candidate": self.tries,
+                "max_inliers": max((r.inliers for r in self.results), default=0)}
 
     def extended(self, more: "Verified") -> "Verified":
         """These results and `more`'s (verified in a second pass, positions already past these)."""
         return Verified(self.positions + more.positions, self.results + more.results, self.query_keypoints,
-                        self.deepened + len(more.positions))
+                        self.deepened + len(more.positions), self.inverted + more.inverted, max(self.tries, more.tries))
 
 
-VERIFY_OFF = {"enabled": False, "query_keypoints": 0, "verified": 0, "deepened": 0, "max_inliers": 0}
+VERIFY_OFF = {"enabled": False, "query_keypoints": 0, "verified": 0, "deepened": 0, "light_inverted": 0, "tries_per_candidate": 0,
+              "max_inliers": 0}
 """`stages.verify` when verification is switched off."""
 
 
@@ -56,6 +66,7 @@ def verify(
     min_matches: int = 8,
     guided_ratio: float = 0.0,
     first_position: int = 0,
+    inverted: LocalFeatures | None = None,
 ) -> Verified:
     """Verify the first `max_candidates` candidates against the query.
 
@@ -63,14 +74,22 @@ def verify(
     one RANSAC fit (a few ms each); `guided_ratio` > 0 adds guided matching
     under the first fit (`pipeline.features.local.verify_pair`).
     `first_position` is the position of `candidates[0]` in the caller's
-    candidate order (a second pass over later candidates).
+    candidate order (a second pass over later candidates). `inverted`: the
+    query's light-inverted keypoints (`pipeline.features.local.light_inverted`),
+    verified against each candidate too; the candidate keeps the result with
+    more inliers.
     """
     if query is None or len(query) == 0:
         return Verified((), (), 0 if query is None else len(query))
-    positions, results = [], []
+    positions, results, flipped = [], [], 0
     for position, candidate in enumerate(candidates[:max_candidates]):
         if candidate is None:
             continue
         positions.append(first_position + position)
-        results.append(verify_pair(query, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches, guided_ratio=guided_ratio))
-    return Verified(tuple(positions), tuple(results), len(query))
+        found = verify_pair(query, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches, guided_ratio=guided_ratio)
+        if inverted is not None:
+            other = verify_pair(inverted, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches, guided_ratio=guided_ratio)
+            if other.inliers > found.inliers:
+                found, flipped = other, flipped + 1
+        results.append(found)
+    return Verified(tuple(positions), tuple(results), len(query), inverted=flipped, tries=1 if inverted is None else 2)
