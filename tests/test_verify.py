@@ -399,3 +399,26 @@ def test_a_bare_relief_lit_from_the_other_side_is_verified_through_its_negative(
     assert both.results[0].inliers >= 50 and both.inverted == 1
     assert both.results[1].inliers < 10
     assert both.report()["light_inverted"] == both.inverted
+
+
+def test_shipped_pipeline_matches_a_bare_relief_relit_from_the_other_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole pipeline, shipped config: a bare surface registered under grazing light and photographed again
+    with the light opposite is matched through the negative's keypoints (stages.verify says so, with two fits a
+    candidate); another surface under that light is refused."""
+    catalog = tmp_path / "catalog"
+    for k in range(3):
+        write_rgb(catalog / f"surface{k}-1.png", lit(relief(20 + k, 4.0), azimuth=0, elevation=35))
+    base = ["--root", str(tmp_path / "root")]
+    assert main([*base, "index", str(catalog)]) == 0
+    capsys.readouterr()
+    answers = {}
+    for name, height in (("surface1", relief(21, 4.0)), ("stranger", relief(30, 4.0))):
+        # Turned a quarter (no border: a rotated frame with corners filled in reads as a located cake).
+        query = write_rgb(tmp_path / f"{name}_q.jpg", np.ascontiguousarray(np.rot90(lit(height, azimuth=180, elevation=35))))
+        assert main([*base, "match", "--json", str(query)]) == 0
+        answers[name] = json.loads(capsys.readouterr().out)
+    relit, stranger = answers["surface1"], answers["stranger"]
+    assert (relit["status"], relit["label"]) == ("matched", "surface1")
+    assert relit["stages"]["verify"]["light_inverted"] >= 1 and relit["stages"]["verify"]["tries_per_candidate"] == 2
+    assert relit["matches"][0]["inliers"] >= 50
+    assert stranger["status"] == "no_match"
