@@ -56,7 +56,9 @@ done
 # strangers the texture side's shift keeps within the target.
 RESULTS="$RESULTS/cal-tex-sizes" bench/texture_catalog_sizes.sh "$ROOT/cal-tex-sizes" "$CONFIG" >/dev/null
 results+=("$RESULTS/cal-tex-sizes/cal-tex10.jsonl" "$RESULTS/cal-tex-sizes/cal-tex40.jsonl")
-# REFIT (default: all four) names the experts to refit; the others keep CONFIG's weights. The shipped
+# REFIT (default: all four) names the experts to refit; the others keep CONFIG's weights (REFIT=" ": none, only
+# the accept point and the bare-photo side's shift are fitted; stop 38 checked the light-inverted verification so,
+# and got the same values). The shipped
 # fit refitted the embedding expert alone (README "Accuracy", "Calibration": REFIT=embedding), then the
 # geometric expert alone when it gained the inlier share (REFIT=geometric), then (stop 36) the texture
 # expert alone on cal-tex (REFIT=texture); the appearance expert is still the fit of 2026-12-04.
