@@ -18,7 +18,7 @@ at the photo's mean magnitude, each rotation-invariant uniform, concatenated)
 at the first set's radii.
 
 This measures a descriptor before it is tried in the pipeline: a gain here
-need not survive the fused decision (bench/README.md, "More LBP radii").
+need not survive the fused decision (bench/README.md, "The photo's negative", its paragraph "More LBP radii").
 """
 
 from __future__ import annotations
