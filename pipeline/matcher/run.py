@@ -255,7 +255,10 @@ def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, thres
     The reserve is the rows ranked just past `top_k` by the embedding (up to
     `verify.deepen` of them, at or above the floor), which `_deepen` verifies
     when the first pass does not accept. With `inverted` (`_light_inverted`)
-    the vote also asks with those keypoints; its two rankings take turns.
+    the vote also asks with those keypoints, and their rows follow the
+    photo's own ranking: taking turns with it pushed a photo-vote candidate
+    out of the first pass (a bare hard disc refused; bench/README.md, "The
+    photo's negative").
     """
     sl = settings.shortlist
     depth = sl.top_k + (settings.verify.deepen if settings.verify.enabled else 0)
@@ -277,19 +280,11 @@ def _shortlist(query: Query, catalog: Searchable, settings: MatcherConfig, thres
             raise ValueError("matcher.shortlist.vote_top_k > 0 needs the catalog's vote source")
         voted = votes.vote(query.local, catalog, sl.vote_top_k)
         if inverted is not None:
-            voted = _in_turn(voted, votes.vote(inverted, catalog, sl.vote_top_k))
+            more = votes.vote(inverted, catalog, sl.vote_top_k)
+            voted = np.concatenate([voted, more[~np.isin(more, voted)]]).astype(np.int64)
         extras.append(("votes", voted))
     widened = widen(short, extras, query.embedding, embeddings)
     return Candidates(int(np.count_nonzero(catalog.alive)), short, widened, sl.top_k, sl.lbp_top_k, sl.vote_top_k), reserve
-
-
-def _in_turn(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """The rows of two rankings taking turns, each row once, at its better place."""
-    both = np.stack([np.pad(first, (0, max(0, second.size - first.size)), constant_values=-1),
-                     np.pad(second, (0, max(0, first.size - second.size)), constant_values=-1)], axis=1).ravel()
-    both = both[both >= 0]
-    _, at = np.unique(both, return_index=True)
-    return both[np.sort(at)].astype(np.int64)
 
 
 def _refine(query: Query, catalog: Searchable, candidates: Shortlist, settings: MatcherConfig) -> tuple[Refinement, list[str]]:
