@@ -9,8 +9,8 @@ own catalog, BENCHMARK.md layout), so that many small catalogs
 (`bench/texture_catalog_sizes.sh`) read as one figure. A query's score is its
 nearest label's chi-square distance (negated) or the log ratio of the second
 nearest label's distance to the nearest's (the LBP margin the texture expert
-weighs); recall at 1% FAR is swept on each score as `baselines.py` sweeps
-its own. Descriptors: `pipeline.features.lbp.lbp_histogram` (the catalog's
+weighs); top1 and recall at 1% FAR on each score are `teaprint eval`'s
+(`pipeline.evaluation.metrics`). Descriptors: `pipeline.features.lbp.lbp_histogram` (the catalog's
 LBP) at each (P, R) set of `--sets`, on the grey photo resized to 256 px as
 the pipeline describes a bare photo; with `--clbp`, also completed LBP
 (Guo, Zhang & Zhang 2010: the sign code beside a magnitude code thresholded
@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.evaluation.metrics import Outcome, recall_at_far, top1  # noqa: E402
 from pipeline.features.lbp import chi2_distance, lbp_histogram  # noqa: E402
 
 SIZE = 256
@@ -72,8 +73,8 @@ def clbp_histogram(grey: np.ndarray, points_radii: tuple[tuple[int, int], ...]) 
     return np.concatenate(blocks)
 
 
-def folder_scores(root: Path, describe) -> list[tuple[float, float, bool, bool]]:
-    """(-nearest distance, margin, nearest label right, registered) per query of one folder."""
+def folder_scores(root: Path, describe) -> list[tuple[str, str, float, float]]:
+    """(truth, nearest label, -nearest distance, margin) per query of one folder."""
     catalog = sorted(p for p in (root / "catalog").iterdir() if p.is_file())
     labels = np.array([p.name.split("-")[0] for p in catalog])
     described = np.stack([describe(p) for p in catalog])
@@ -85,20 +86,16 @@ def folder_scores(root: Path, describe) -> list[tuple[float, float, bool, bool]]
             per_label = np.array([d[labels == n].min() for n in names])
             order = np.argsort(per_label)
             second = per_label[order[1]] if names.size > 1 else per_label[order[0]]
-            out.append((-float(per_label[order[0]]), float(np.log(second + 1e-9) - np.log(per_label[order[0]] + 1e-9)),
-                        bool(names[order[0]] == row["label"]), row["label"] != ""))
+            out.append((row["label"], str(names[order[0]]), -float(per_label[order[0]]),
+                        float(np.log(second + 1e-9) - np.log(per_label[order[0]] + 1e-9))))
     return out
 
 
-def figures(rows: list[tuple[float, float, bool, bool]]) -> tuple[float, float, float]:
-    """(top1, recall at 1% FAR on the distance, on the margin) over registered queries."""
-    nearest, margin, right, registered = (np.array(c) for c in zip(*rows))
-    out = [float(right[registered].mean())]
-    for score in (nearest, margin):
-        strangers = np.sort(score[~registered])
-        threshold = strangers[strangers.size - 1 - int(np.floor(0.01 * strangers.size))] if strangers.size else -np.inf
-        out.append(float((right & (score > threshold))[registered].mean()))
-    return out[0], out[1], out[2]
+def figures(rows: list[tuple[str, str, float, float]]) -> tuple[float, float, float]:
+    """(top1, recall at 1% FAR on the distance, on the margin), as `teaprint eval` computes them."""
+    by_distance = [Outcome(truth, label, "no_match", nearest) for truth, label, nearest, _ in rows]
+    by_margin = [Outcome(truth, label, "no_match", margin) for truth, label, _, margin in rows]
+    return top1(by_distance) or 0.0, recall_at_far(by_distance)[0] or 0.0, recall_at_far(by_margin)[0] or 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         roots = [Path(f) for f in folders.split(",")]
         for label, describe in describers:
             rows = [r for root in roots for r in folder_scores(root, describe)]
-            top1, by_distance, by_margin = figures(rows)
+            right_first, by_distance, by_margin = figures(rows)
             bins = describe(next((roots[0] / "catalog").iterdir())).size
-            print(f"| {name} | {label} | {bins} | {top1:.3f} | {by_distance:.3f} | {by_margin:.3f} |", flush=True)
+            print(f"| {name} | {label} | {bins} | {right_first:.3f} | {by_distance:.3f} | {by_margin:.3f} |", flush=True)
     return 0
 
 
