@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipeline.config import DEFAULT_CONFIG, load_config
 from pipeline.evaluation.calibrate import QueryEvidence, choose_threshold, decisions, fit, write_into
@@ -215,3 +216,33 @@ def test_write_into_states_per_benchmark_rates_once(tmp_path: Path) -> None:
     assert text.count("per calibration benchmark at that accept point:") == 1
     assert "cal1: FAR 0.0050" in text and "cal1: FAR 0.0100" not in text
     assert load_config(target).matcher.decide.fusion == cal.fusion
+
+
+def test_calibration_decides_saved_answers_with_the_odds_division_the_matcher_applied(tmp_path: Path) -> None:
+    """A bare stranger verified twice (the photo and its negative) and in a second pass: its geometric odds were
+    divided by the tests taken (`stages.decide.tested`); calibration must place the accept point on that confidence,
+    not on the undivided one."""
+    import json
+
+    from pipeline.evaluation.calibrate import results_evidence
+    from pipeline.matcher.fuse import fuse, gather_answer
+    from pipeline.results import MatchEvidence
+
+    matches = [MatchEvidence(f"/c/{label}-1.png", f"id{label}", label, sim, label, dist, "both", rank, inl, ratio)
+               for rank, (label, sim, dist, inl, ratio) in enumerate([("a", 0.71, 0.2, 11, 14), ("b", 0.70, 0.25, 0, 2)])]
+    tested = 4.0
+    row = {"query": "q.jpg", "status": "no_match", "truth": None, "variant": "embedding+lbp+verify",
+           "matches": [dataclasses.asdict(m) for m in matches],
+           "stages": {"decide": {"texture_counts": True, "cake_found": False, "tested": tested}}}
+    saved = tmp_path / "answers.jsonl"
+    saved.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    fusion = load_config(DEFAULT_CONFIG).matcher.decide.fusion
+
+    best, _, registered = decisions(results_evidence(saved), fusion)
+
+    labels = [m.label for m in matches]
+    as_answered = fuse(gather_answer(matches), labels, fusion, 0.5, {}, True, tested)[0].confidence
+    undivided = fuse(gather_answer(matches), labels, fusion, 0.5, {}, True, 1.0)[0].confidence
+    assert not registered[0]
+    assert best[0] == pytest.approx(as_answered, abs=1e-9)
+    assert undivided > as_answered + 0.05  # the division matters for this stranger

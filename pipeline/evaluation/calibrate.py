@@ -43,6 +43,7 @@ class QueryEvidence:
     appearance: np.ndarray  # (L, len(APPEARANCE_FEATURES))
     truth: str
     texture_counts: bool = True  # False: a cake was found in the query, the LBP evidence only ranks (`fuse.LabelScore`)
+    tested: float = 1.0  # the answer's geometric odds were divided by this (`fuse.tested_ratio`: a second pass, the negative)
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,21 @@ class Calibration:
 
 def query_evidence(result: MatchResult, truth: str) -> QueryEvidence:
     """Per-label features of a full-pipeline result, built as the matcher builds them."""
-    return _evidence_of(result.matches, truth, _texture_counts(result.stages))
+    return _evidence_of(result.matches, truth, result.stages)
 
 
-def _texture_counts(stages: dict[str, Any] | None) -> bool:
-    """Whether the texture expert counted toward the saved answer's confidence (answers from before the flag: yes)."""
-    return bool(((stages or {}).get("decide") or {}).get("texture_counts", True))
+def _decided(stages: dict[str, Any] | None) -> dict[str, Any]:
+    return (stages or {}).get("decide") or {}
 
 
-def _evidence_of(m: Sequence[MatchEvidence], truth: str, texture_counts: bool = True) -> QueryEvidence:
+def _evidence_of(m: Sequence[MatchEvidence], truth: str, stages: dict[str, Any] | None) -> QueryEvidence:
+    """The answer's evidence, with how it was decided: whether the texture expert counted (answers from before the
+    flag: yes) and by how much the geometric odds were divided (`stages.decide.tested`; before it was reported: 1)."""
     evidence = gather_answer(m)
     geometric, appearance = label_features(evidence)
-    return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth, texture_counts)
+    decided = _decided(stages)
+    return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth,
+                         bool(decided.get("texture_counts", True)), float(decided.get("tested", 1.0)))
 
 
 def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[float, np.ndarray]:
@@ -131,6 +135,9 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     # that verification gave no inlier at all (a relit texture) is the other
     # expert's to find, and would only teach this one that inliers mean little.
     speaks = ~y | (geometric[:, 0] > 0)
+    # The weights are fitted on each pair's own evidence; the division of the odds by the tests a query took
+    # (`QueryEvidence.tested`) is no evidence but the matcher's correction for them, applied where the
+    # accept point and the alignment are chosen (`decisions`, `align_experts`), as `fuse` applies it.
     gb, gw = _fit_expert(geometric[speaks], y[speaks], GEOMETRIC_SIGNS)
     geo = kept("geometric", GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}))
     appearance = np.concatenate([e.appearance for e in used])
@@ -198,7 +205,7 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     bare-photo false-accept rate against catalog size").
     """
     registered = np.array([bool(e.truth) for e in evidence])
-    best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion)] for e in evidence])
+    best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion, e.tested)] for e in evidence])
     counts = np.array([[True, e.texture_counts, e.texture_counts, not e.texture_counts] for e in evidence])
     shifts = {}
     for column, name in ((0, "geometric"), (3, "embedding")):
@@ -259,7 +266,7 @@ def decisions(evidence: Sequence[QueryEvidence], fusion: FusionConfig) -> tuple[
             best.append(0.0)
             right.append(False)
         else:
-            experts = expert_probabilities(e.geometric, e.appearance, fusion)
+            experts = expert_probabilities(e.geometric, e.appearance, fusion, e.tested)  # as `fuse` decided
             k = int(np.argmax(rank_scores(*experts[:3], e.texture_counts)))  # ranked as `fuse` ranks
             best.append(float(combine(*experts, e.texture_counts)[k]))
             right.append(e.labels[k] == e.truth)
@@ -409,7 +416,7 @@ def results_evidence(path: Path) -> list[QueryEvidence]:
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row.get("variant", full) == full and row["status"] != "rejected":
-            out.append(_evidence_of([MatchEvidence(**m) for m in row["matches"]], row["truth"] or "", _texture_counts(row.get("stages"))))
+            out.append(_evidence_of([MatchEvidence(**m) for m in row["matches"]], row["truth"] or "", row.get("stages")))
     if not out:
         raise ValueError(f"{path}: no full-pipeline results (run `teaprint eval --stages embedding+lbp+verify --json`)")
     return out
