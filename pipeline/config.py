@@ -228,6 +228,11 @@ class MilvusConfig:
     uri: str
     collection: str
     token: str
+    index: Literal["FLAT", "IVF_FLAT", "HNSW"]
+    lists: int
+    probes: int
+    hnsw_m: int
+    hnsw_ef: int
 
 
 @dataclass(frozen=True)
@@ -308,6 +313,10 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("search.ann.lists", lambda v: v >= 1, ">= 1"),
     ("search.ann.probes", lambda v: v >= 1, ">= 1"),
     ("search.ann.save_every", lambda v: v >= 1, ">= 1"),
+    ("search.milvus.lists", lambda v: 1 <= v <= 65536, "1-65536"),
+    ("search.milvus.probes", lambda v: 1 <= v <= 65536, "1-65536"),
+    ("search.milvus.hnsw_m", lambda v: 2 <= v <= 2048, "2-2048"),
+    ("search.milvus.hnsw_ef", lambda v: 1 <= v <= 32768, "1-32768"),
     ("matcher.refine.svc_c", lambda v: v > 0, "> 0"),
     ("matcher.verify.max_candidates", lambda v: v >= 1, ">= 1"),
     ("matcher.verify.ratio", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),

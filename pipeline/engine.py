@@ -40,7 +40,7 @@ from pipeline.matcher import Query, Ranked, run
 from pipeline.matcher.refine import load_classifier
 from pipeline.search.vocabulary import Vocabulary
 from pipeline.search.ann import AnnIndex, AnnSettings
-from pipeline.search.milvus import MilvusEmbeddings, resolve_uri
+from pipeline.search.milvus import IndexSpec, MilvusEmbeddings, resolve_uri
 from pipeline.search.votes import FILE as VOTES_FILE
 from pipeline.search.votes import VoteStore
 from pipeline.ops.metrics import Metrics, merge_expositions, summary
@@ -386,7 +386,7 @@ class Engine:
             target = self._nearest if isinstance(self._nearest, MilvusEmbeddings) else _milvus(self._config, self.index_dir)
             target.rebuild(snap)
             done["milvus"] = {"uri": resolve_uri(self._config.search.milvus, self.index_dir), "collection": target.collection,
-                              "rows": int(np.count_nonzero(snap.alive))}
+                              "index": target.index.kind, "rows": int(np.count_nonzero(snap.alive))}
         return done
 
     def _votes(self, snap: CatalogSnapshot, persist: bool = True) -> VoteStore | None:
@@ -568,7 +568,7 @@ class Engine:
 
 def _milvus(config: Config, index_dir: Path) -> MilvusEmbeddings:
     m = config.search.milvus
-    return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, m.token)
+    return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, m.token, IndexSpec.of(m))
 
 
 def _ann(config: Config, index_dir: Path, column: str = "embeddings") -> AnnIndex:

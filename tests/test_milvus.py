@@ -100,3 +100,42 @@ def test_milvus_follows_removals_and_reindex_rebuilds_it(bench: dict[str, Path])
     assert rows.stdout.split()[-1:] == [str(len(NAMES) - 1)], rows.stderr[-2000:]  # the collection itself, read back
     assert {q: brief(r) for q, r in answers(bench, milvus=True).items()} == \
         {q: brief(r) for q, r in answers(bench, milvus=False).items()}
+
+
+def collection_index(db: Path) -> tuple[str, str]:
+    """The index Milvus reports for the collection's vectors, and its row count, read back by another process."""
+    script = ("from pymilvus import MilvusClient; import sys; c = MilvusClient(sys.argv[1]); n = 'teaprint_embeddings'; "
+              "d = c.describe_index(n, c.list_indexes(n, field_name='embedding')[0]); c.load_collection(n); "
+              "print(d['index_type'], len(c.query(n, filter='slot >= 0', output_fields=['slot']))); c.close()")
+    done = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kind, rows = done.stdout.split()[-2:]
+    return kind, rows
+
+
+@pytest.mark.parametrize("index", ["IVF_FLAT", "HNSW", "FLAT"])
+def test_the_collection_takes_the_configured_vector_index_and_answers_as_the_exact_scan(
+        bench: dict[str, Path], index: str, tmp_path: Path) -> None:
+    """Each kind of index, switched on the same collection: Milvus rebuilds it from the stored rows, answers agree."""
+    config = tmp_path / f"{index}.yaml"
+    config.write_text(bench["config"].read_text(encoding="utf-8") +
+                      f"    index: {index}\n    lists: 2\n    probes: 2\n    hnsw_m: 8\n    hnsw_ef: 16\n", encoding="utf-8")
+    rows_before = collection_index(bench["db"])[1] if bench["db"].exists() else None
+    done = cli("--config", str(config), "--root", str(bench["root"]), "match", "--json", *sorted(map(str, bench["queries"].iterdir())))
+    lite = {Path(r["query"]).name: r for r in map(json.loads, (x for x in done.stdout.splitlines() if x.startswith("{")))}
+    kind, rows = collection_index(bench["db"])
+    assert kind == index
+    assert rows_before in (None, rows)  # the index changed, not the rows
+    assert {q: brief(r) for q, r in lite.items()} == {q: brief(r) for q, r in answers(bench, milvus=False).items()}
+
+
+def test_index_settings_reach_milvus_as_its_parameters() -> None:
+    from pipeline.search.milvus import IndexSpec
+
+    ivf, hnsw, flat = IndexSpec("IVF_FLAT", lists=64, probes=300), IndexSpec("HNSW", hnsw_m=8, hnsw_ef=32), IndexSpec()
+    assert ivf.build_params() == {"nlist": 64} and ivf.search_params(10) == {"params": {"nprobe": 64}}  # no more probes than lists
+    assert hnsw.build_params() == {"M": 8, "efConstruction": 32}
+    assert hnsw.search_params(10) == {"params": {"ef": 32}} and hnsw.search_params(100) == {"params": {"ef": 100}}
+    assert flat.build_params() == {} and flat.search_params(10) == {}
+    assert ivf.matches({"index_type": "IVF_FLAT", "nlist": "64"}) and ivf.matches({"index_type": "IVF_FLAT"})
+    assert not ivf.matches({"index_type": "IVF_FLAT", "nlist": "128"}) and not ivf.matches({"index_type": "FLAT"})

@@ -16,12 +16,17 @@ own embeddings so that both backends score a row identically.
 
 The same code runs against milvus-lite (a local `.db` file: tests, one
 machine) and a Milvus standalone or cluster server (`http://host:19530`).
+The vector index is the config's (`IndexSpec`: exact FLAT, IVF_FLAT or
+HNSW); a collection opened with another index has it rebuilt by Milvus
+from the rows it holds.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +35,43 @@ from pipeline.config import MilvusConfig
 
 _BATCH = 5000
 _MARGIN = 16
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The collection's vector index (`search.milvus` settings): its kind and the parameters it reads."""
+
+    kind: str = "FLAT"  # FLAT, IVF_FLAT or HNSW
+    lists: int = 1024  # IVF_FLAT nlist
+    probes: int = 256  # IVF_FLAT nprobe
+    hnsw_m: int = 16
+    hnsw_ef: int = 256
+
+    @classmethod
+    def of(cls, config: MilvusConfig) -> "IndexSpec":
+        return cls(config.index, config.lists, config.probes, config.hnsw_m, config.hnsw_ef)
+
+    def build_params(self) -> dict[str, int]:
+        """What Milvus builds the index with."""
+        if self.kind == "IVF_FLAT":
+            return {"nlist": self.lists}
+        if self.kind == "HNSW":
+            return {"M": self.hnsw_m, "efConstruction": self.hnsw_ef}
+        return {}
+
+    def search_params(self, limit: int) -> dict[str, Any]:
+        """What a search of `limit` rows asks of the index (HNSW's ef may not be below the rows asked for)."""
+        if self.kind == "IVF_FLAT":
+            return {"params": {"nprobe": min(self.probes, self.lists)}}
+        if self.kind == "HNSW":
+            return {"params": {"ef": max(self.hnsw_ef, limit)}}
+        return {}
+
+    def matches(self, described: dict[str, Any]) -> bool:
+        """Whether Milvus's description of an existing index is this one (the parameters it reports, as strings)."""
+        if str(described.get("index_type", "")).upper() != self.kind:
+            return False
+        return all(str(described[key]) == str(value) for key, value in self.build_params().items() if key in described)
 
 
 def _slot_of(hit: dict) -> int:
@@ -56,9 +98,11 @@ class MilvusEmbeddings:
     collection : str
     token : str
         Credentials ("" = none).
+    index : IndexSpec
+        The vector index the collection is built, or rebuilt, with.
     """
 
-    def __init__(self, uri: str, collection: str, token: str = "") -> None:
+    def __init__(self, uri: str, collection: str, token: str = "", index: IndexSpec = IndexSpec()) -> None:
         from pymilvus import MilvusClient  # imported here: only this backend needs it
 
         if "://" not in uri:
@@ -66,6 +110,7 @@ class MilvusEmbeddings:
         self.client = MilvusClient(uri, token=token) if token else MilvusClient(uri)
         self.collection = collection
         self.meta = f"{collection}_meta"
+        self.index = index
         self._lock = threading.Lock()
         self._catalog_id: str | None = None
         self._covered = 0
@@ -135,7 +180,7 @@ class MilvusEmbeddings:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         limit = min(k + _MARGIN + int(n - np.count_nonzero(snap.alive)), 16_384)
         hits = self.client.search(self.collection, [np.asarray(query, np.float32).tolist()], limit=limit,
-                                  filter=f"slot < {n}", output_fields=["slot"])[0]
+                                  filter=f"slot < {n}", output_fields=["slot"], search_params=self.index.search_params(limit))[0]
         rows = np.array([_slot_of(h) for h in hits], np.int64)
         rows = rows[snap.alive[rows]] if rows.size else rows
         sims = (snap.embeddings[rows] @ query).astype(np.float32) if rows.size else np.zeros(0, np.float32)
@@ -150,6 +195,7 @@ class MilvusEmbeddings:
         dim = int(snap.embeddings.shape[1]) if snap.embeddings.ndim == 2 else 0
         if meta is not None and meta["catalog_id"] == (snap.catalog_id or "") and meta["dim"] == dim \
                 and meta["covered"] <= snap.alive.size and self.client.has_collection(self.collection):
+            self._index_as_configured()
             self.client.load_collection(self.collection)
             self._catalog_id, self._covered = snap.catalog_id, int(meta["covered"])
             self._alive_seen = np.ones(self._covered, bool)  # whatever died before now is deleted by `follow`
@@ -167,9 +213,7 @@ class MilvusEmbeddings:
         schema = self.client.create_schema(auto_id=False)
         schema.add_field("slot", DataType.INT64, is_primary=True)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=max(dim, 1))
-        index = self.client.prepare_index_params()
-        index.add_index("embedding", index_type="FLAT", metric_type="IP")
-        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+        self.client.create_collection(self.collection, schema=schema, index_params=self._index_params(), consistency_level="Strong")
         meta = self.client.create_schema(auto_id=False)
         meta.add_field("key", DataType.INT64, is_primary=True)
         meta.add_field("catalog_id", DataType.VARCHAR, max_length=64)
@@ -179,6 +223,21 @@ class MilvusEmbeddings:
         mi = self.client.prepare_index_params()
         mi.add_index("unused", index_type="FLAT", metric_type="L2")
         self.client.create_collection(self.meta, schema=meta, index_params=mi, consistency_level="Strong")
+
+    def _index_params(self) -> Any:
+        params = self.client.prepare_index_params()
+        params.add_index("embedding", index_type=self.index.kind, metric_type="IP", params=self.index.build_params())
+        return params
+
+    def _index_as_configured(self) -> None:
+        """Rebuild the collection's vector index when it is not the configured one (Milvus rebuilds it from the stored rows)."""
+        names = self.client.list_indexes(self.collection, field_name="embedding")
+        if names and self.index.matches(self.client.describe_index(self.collection, names[0])):
+            return
+        self.client.release_collection(self.collection)
+        for name in names:
+            self.client.drop_index(self.collection, name)
+        self.client.create_index(self.collection, self._index_params())
 
     def _read_meta(self) -> dict | None:
         if not self.client.has_collection(self.meta):
