@@ -568,7 +568,7 @@ class Engine:
 
 def _milvus(config: Config, index_dir: Path) -> MilvusEmbeddings:
     m = config.search.milvus
-    return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, m.token, IndexSpec.of(m))
+    return MilvusEmbeddings(resolve_uri(m, index_dir), m.collection, IndexSpec.of(m), m.token)
 
 
 def _ann(config: Config, index_dir: Path, column: str = "embeddings") -> AnnIndex:

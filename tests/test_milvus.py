@@ -132,7 +132,7 @@ def test_the_collection_takes_the_configured_vector_index_and_answers_as_the_exa
 def test_index_settings_reach_milvus_as_its_parameters() -> None:
     from pipeline.search.milvus import IndexSpec
 
-    ivf, hnsw, flat = IndexSpec("IVF_FLAT", lists=64, probes=300), IndexSpec("HNSW", hnsw_m=8, hnsw_ef=32), IndexSpec()
+    ivf, hnsw, flat = IndexSpec("IVF_FLAT", 64, 300, 16, 256), IndexSpec("HNSW", 1024, 256, 8, 32), IndexSpec("FLAT", 1024, 256, 16, 256)
     assert ivf.build_params() == {"nlist": 64} and ivf.search_params(10) == {"params": {"nprobe": 64}}  # no more probes than lists
     assert hnsw.build_params() == {"M": 8, "efConstruction": 32}
     assert hnsw.search_params(10) == {"params": {"ef": 32}} and hnsw.search_params(100) == {"params": {"ef": 100}}

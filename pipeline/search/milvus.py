@@ -41,11 +41,11 @@ _MARGIN = 16
 class IndexSpec:
     """The collection's vector index (`search.milvus` settings): its kind and the parameters it reads."""
 
-    kind: str = "FLAT"  # FLAT, IVF_FLAT or HNSW
-    lists: int = 1024  # IVF_FLAT nlist
-    probes: int = 256  # IVF_FLAT nprobe
-    hnsw_m: int = 16
-    hnsw_ef: int = 256
+    kind: str  # FLAT, IVF_FLAT or HNSW
+    lists: int  # IVF_FLAT nlist
+    probes: int  # IVF_FLAT nprobe
+    hnsw_m: int  # HNSW M
+    hnsw_ef: int  # HNSW efConstruction, and ef at search
 
     @classmethod
     def of(cls, config: MilvusConfig) -> "IndexSpec":
@@ -96,13 +96,13 @@ class MilvusEmbeddings:
     uri : str
         Milvus server URL, or a milvus-lite `.db` file path.
     collection : str
-    token : str
-        Credentials ("" = none).
     index : IndexSpec
         The vector index the collection is built, or rebuilt, with.
+    token : str
+        Credentials ("" = none).
     """
 
-    def __init__(self, uri: str, collection: str, token: str = "", index: IndexSpec = IndexSpec()) -> None:
+    def __init__(self, uri: str, collection: str, index: IndexSpec, token: str = "") -> None:
         from pymilvus import MilvusClient  # imported here: only this backend needs it
 
         if "://" not in uri:
