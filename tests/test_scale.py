@@ -265,6 +265,11 @@ def test_words_over_the_stop_word_bound_are_skipped_and_the_gather_budget_takes_
     assert row["cake0"] in voted["defaults"] and row["cake6"] in voted["defaults"]
     assert voted["stop words"] == [row["cake6"]]
     assert voted["budget"] == [row["cake6"]]
+    # A vote with half the budget (the photo's, or its negative's: they share one) reads half as many postings.
+    store = VoteStore(directory, VOCAB, per_entry=150, max_gathered=2 * len(own))
+    store.follow(snap)
+    assert row["cake0"] in store.vote(query, snap, 7)
+    assert store.vote(query, snap, 7, share=0.5).tolist() == [row["cake6"]]
 
 
 def test_vote_store_saves_runs_that_merge_geometrically_and_a_restart_chains_them(tmp_path: Path) -> None:

@@ -274,7 +274,7 @@ class VoteStore:
         with self._lock:
             self._runs, self._delta_postings, self._delta, self._delta_entries = runs, Postings.empty(self.vocabulary.size), [], 0
 
-    def vote(self, query: LocalFeatures | None, snap: CatalogSnapshot, top_k: int) -> np.ndarray:
+    def vote(self, query: LocalFeatures | None, snap: CatalogSnapshot, top_k: int, share: float = 1.0) -> np.ndarray:
         """Live rows of `snap` with the most (idf-weighted) keypoint matches to the query, best first.
 
         Each query descriptor is matched, like a nearest-neighbour search, to
@@ -287,6 +287,10 @@ class VoteStore:
         Letting a descriptor vote for every entry within the radius instead
         lost the right cake among 10k distractors far more often (in the top
         5 for 0.64-0.73 of hard re-shots, against 0.82-0.87; bench/README.md).
+
+        `share` (0-1] of the `max_gathered` budget is this vote's: a query that
+        asks twice (the photo and its negative, `pipeline.matcher.run`) gathers
+        no more postings than one vote.
 
         Returns
         -------
@@ -304,7 +308,7 @@ class VoteStore:
         # query reads ~40k postings and the budget never binds; at 1M it bounds the cost.
         order = np.argsort(held, kind="stable")
         within = np.zeros(words.size, bool)
-        within[order[np.cumsum(held[order]) <= self.max_gathered]] = True
+        within[order[np.cumsum(held[order]) <= self.max_gathered * share]] = True
         keep = within & (held <= self.max_postings)
         owners, words, signatures = owners[keep], words[keep], signatures[keep]
         # Document frequency over this snapshot's live postings only (`counts`): the same whatever dead slots
