@@ -62,16 +62,12 @@ def query_evidence(result: MatchResult, truth: str) -> QueryEvidence:
     return _evidence_of(result.matches, truth, result.stages)
 
 
-def _decided(stages: dict[str, Any] | None) -> dict[str, Any]:
-    return (stages or {}).get("decide") or {}
-
-
 def _evidence_of(m: Sequence[MatchEvidence], truth: str, stages: dict[str, Any] | None) -> QueryEvidence:
     """The answer's evidence, with how it was decided: whether the texture expert counted (answers from before the
     flag: yes) and by how much the geometric odds were divided (`stages.decide.tested`; before it was reported: 1)."""
     evidence = gather_answer(m)
     geometric, appearance = label_features(evidence)
-    decided = _decided(stages)
+    decided = (stages or {}).get("decide") or {}
     return QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, truth,
                          bool(decided.get("texture_counts", True)), float(decided.get("tested", 1.0)))
 
