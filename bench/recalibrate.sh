@@ -62,4 +62,4 @@ results+=("$RESULTS/cal-tex-sizes/cal-tex10.jsonl" "$RESULTS/cal-tex-sizes/cal-t
 # fit refitted the embedding expert alone (README "Accuracy", "Calibration": REFIT=embedding), then the
 # geometric expert alone when it gained the inlier share (REFIT=geometric), then (stop 36) the texture
 # expert alone on cal-tex (REFIT=texture); the appearance expert is still the fit of 2026-12-04.
-"$PY" -m pipeline --config "$CONFIG" calibrate "${results[@]}" --refit "${REFIT:-geometric,appearance,texture,embedding}" --write "$CONFIG"
+"$PY" -m pipeline --config "$CONFIG" calibrate "${results[@]}" --refit "${REFIT:-geometric,appearance,texture,embedding,surface}" --write "$CONFIG"

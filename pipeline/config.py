@@ -66,6 +66,7 @@ class LocalConfig:
     max_keypoints: int
     side: int
     contrast_threshold: float
+    surface: bool
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,21 @@ class EmbeddingWeights:
 
 
 @dataclass(frozen=True)
+class SurfaceWeights:
+    """Logistic weights of the relief correlation, the geometric expert's second kind of evidence (`pipeline.matcher.fuse`)."""
+
+    bias: float
+    surface_peak: float
+    surface_margin: float
+
+
+@dataclass(frozen=True)
 class FusionConfig:
     geometric: GeometricWeights
     appearance: AppearanceWeights
     texture: TextureWeights
     embedding: EmbeddingWeights
+    surface: SurfaceWeights
 
 
 @dataclass(frozen=True)

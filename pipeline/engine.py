@@ -597,6 +597,7 @@ def _evidence(entry: CatalogEntry, ranked: Ranked) -> MatchEvidence:
         rotation_deg=round(ranked.rotation_deg, 2) if ranked.rotation_deg is not None else None,
         scale=round(ranked.scale, 4) if ranked.scale is not None else None,
         score=round(ranked.score, 6) if ranked.score is not None else None,
+        surface_peak=round(ranked.surface_peak, 3) if ranked.surface_peak is not None else None,
     )
 
 

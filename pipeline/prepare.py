@@ -13,6 +13,7 @@ described, and the result says so (`Cake.fallback`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
 from pipeline.features.local import LocalFeatures, extract_configured
 from pipeline.features.locate import LOCATOR_VERSION, MIN_SIDE, CakeOutline, Rectified, canonical_view, locate
+from pipeline.features.surface import surface_patch
 from pipeline.intake import IntakeError, Photo, read_photo
 from pipeline.results import Cake, Outline, Rectification
 
@@ -56,9 +58,11 @@ class Prepared:
     encoder_input : ndarray, shape (S, S, C), dtype float32, values 0-255
     local : LocalFeatures or None
         Keypoints for verification, on the described image (the canonical
-        cake, or the whole photo on fallback); None when `local.enabled` is off.
+        cake, or the whole photo on fallback), with the photo's relief
+        (`LocalFeatures.surface`) when no cake was found and `local.surface`
+        is on; None when `local.enabled` is off.
     timings_ms : dict
-        `decode`, `locate`, `lbp`, `prepare` and `local` stage times.
+        `decode`, `locate`, `lbp`, `prepare`, `local` and `surface` stage times.
     cake : Cake or None
         What the locator found and the rectification applied; None when
         `locate.enabled` is off.
@@ -147,6 +151,10 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
         cake_found: bool | None = (not view.outline.fallback) if view is not None else None
         if looked is not None:
             cake_found, timings["locate"] = looked.result()
+    if local is not None and config.local.surface and mask is None and cake_found is not True:
+        t6 = time.perf_counter()
+        local = dataclasses.replace(local, surface=surface_patch(image))
+        timings["surface"] = (time.perf_counter() - t6) * 1e3
     timings.update(side_ms)
     if local is not None:
         timings["local"] = (t5 - t4) * 1e3

@@ -39,6 +39,7 @@ class MatchEvidence:
     rotation_deg: float | None = None
     scale: float | None = None
     score: float | None = None
+    surface_peak: float | None = None
 
 
 @dataclass(frozen=True)

@@ -114,9 +114,12 @@ def test_gather_takes_ratio_matches_from_the_labels_most_inliers() -> None:
 def test_label_features_compare_each_label_with_the_best_other() -> None:
     from pipeline.matcher.fuse import LabelEvidence, label_features
 
-    ev = [LabelEvidence("a", 0, 0.9, 1.0, 40, 0.1, 44), LabelEvidence("b", 1, 0.6, 0.0, 3, 0.2, 30), LabelEvidence("c", 2, 0.5, 0.0, 0, 0.3)]
+    ev = [LabelEvidence("a", 0, 0.9, 1.0, 40, 0.1, 44), LabelEvidence("b", 1, 0.6, 0.0, 3, 0.2, 30, 12.5),
+          LabelEvidence("c", 2, 0.5, 0.0, 0, 0.3)]
     geometric, appearance = label_features(ev)
-    assert geometric.shape == (3, 3) and appearance.shape == (3, 5)
+    assert geometric.shape == (3, 5) and appearance.shape == (3, 5)
+    # the relief correlation's peak (0: not measured) and its margin over the best other label's
+    assert list(geometric[:, 3]) == [0.0, 12.5, 0.0] and list(geometric[:, 4]) == [-12.5, 12.5, -12.5]
     # the share of ratio-test matches explained: 40 of 44 near 0, 3 of 30 far below, none of none 0
     assert np.isclose(geometric[0, 2], np.log1p(40) - np.log1p(44)) and np.isclose(geometric[1, 2], np.log1p(3) - np.log1p(30))
     assert geometric[2, 2] == 0.0
@@ -129,11 +132,11 @@ def test_label_features_compare_each_label_with_the_best_other() -> None:
 
 
 def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
-    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
     decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})
@@ -201,12 +204,12 @@ def test_gather_prefers_more_inliers_then_higher_similarity_for_a_labels_positio
 
 
 def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_of_its_own() -> None:
-    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     # The texture expert alone: accepts a label 20x closer in LBP than the next one.
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
     # A relit texture: no inliers, the embedding's first choice is right but unsure; its LBP match is clear.
     relit = [LabelEvidence("t1", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("t2", 1, 0.88, 0.0, 0, 0.2)]
     decision, scores = fuse(relit, ["t1", "t2"], weights, 0.5, {})
@@ -221,11 +224,11 @@ def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_o
 
 
 def test_on_a_photo_with_a_cake_the_texture_expert_neither_ranks_nor_gives_confidence() -> None:
-    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
     # A stranger's cake: no inliers, a close LBP match to one registered cake that the appearance expert prefers.
     stranger = [LabelEvidence("near", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("far", 1, 0.88, 0.0, 0, 0.2)]
     bare, bare_scores = fuse(stranger, ["near", "far"], weights, 0.5, {})
@@ -245,12 +248,12 @@ def test_on_a_photo_with_a_cake_the_texture_expert_neither_ranks_nor_gives_confi
 
 
 def test_on_a_photo_with_a_cake_the_embedding_expert_not_the_lbp_evidence_gives_the_confidence() -> None:
-    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     # The appearance expert trusts the LBP margin; the embedding expert reads the same cosine terms without it.
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 1.0),
-                           TextureWeights(-50.0, 0.0, 0.0, 0.0), EmbeddingWeights(-8.0, 6.0, 10.0))
+                           TextureWeights(-50.0, 0.0, 0.0, 0.0), EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
     # A re-shot under a glare spot: no inlier, a clear cosine lead, but another cake's LBP histogram is 7x closer.
     glare = [LabelEvidence("cake", 0, 0.9, 0.0, 0, 0.28), LabelEvidence("other", 1, 0.6, 1.0, 0, 0.04)]
     on_cake, scores = fuse(glare, ["cake", "other"], weights, 0.5, {}, texture_counts=False)
@@ -265,11 +268,11 @@ def test_on_a_photo_with_a_cake_the_embedding_expert_not_the_lbp_evidence_gives_
 
 
 def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_threshold() -> None:
-    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+    from pipeline.config import AppearanceWeights, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights, TextureWeights
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
     labels = ["b", "a", "b", "a"]
     evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]
     decision, scores = fuse(evidence, labels, weights, 0.0, {"shortlist": "b", "verify": "a", "refine": "a"})
@@ -313,7 +316,7 @@ def test_run_is_the_stage_sequence_each_stage_reporting_its_own_evidence() -> No
                                    "vote_top_k": 0, "best_rejected_similarity": outcome.candidates.embedding.best_rejected}
     assert stages["refine"]["mode"] == "single_label" and stages["refine"]["svc_label"] == "a"
     assert stages["verify"] == {"enabled": True, "query_keypoints": 0, "verified": 0, "deepened": 0, "light_inverted": 0,
-                                 "tries_per_candidate": 1, "max_inliers": 0}
+                                 "tries_per_candidate": 1, "max_inliers": 0, "surfaces": 0}
     assert stages["decide"]["method"] == "fusion" and set(stages["decide"]) >= {"agreed", "geometric", "appearance"}
     assert [r.label for r in outcome.ranked] == ["a", "a"] and [r.row for r in outcome.ranked] == [0, 1]
     assert all(r.score == outcome.decided.scores["a"].confidence for r in outcome.ranked)

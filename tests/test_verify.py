@@ -149,8 +149,8 @@ def lit(height: np.ndarray, azimuth: float, elevation: float) -> np.ndarray:
 
 
 def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Bare textures under another light: verification finds no geometry, and with
-    the shipped model and calibrated decision the texture (LBP) expert decides:
+    """Bare textures under another light, the relief correlation off (`local.surface`): verification finds no
+    geometry, and with the shipped model and calibrated decision the texture (LBP) expert decides:
     the embedding finds every relit texture alike, the LBP match tells them apart.
     In a catalog of three the calibration asks a decisive LBP match (stop 37: among
     few relit surfaces a stranger's nearest one stands out too): the finest and the
@@ -160,7 +160,9 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.Capt
     catalog = tmp_path / "catalog"
     for name, height in surfaces.items():
         write_rgb(catalog / f"{name}-1.png", lit(height, azimuth=0, elevation=45))
-    base = ["--root", str(tmp_path / "root")]
+    no_relief = tmp_path / "no_relief.yaml"
+    no_relief.write_text("local:\n  surface: false\n")
+    base = ["--config", str(no_relief), "--root", str(tmp_path / "root")]
     assert main([*base, "index", str(catalog)]) == 0
     capsys.readouterr()
     for name, height in surfaces.items():
@@ -168,6 +170,7 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.Capt
         assert main([*base, "match", "--json", str(query)]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["stages"]["verify"]["max_inliers"] == 0, "precondition: no geometry to verify"
+        assert result["stages"]["verify"]["surfaces"] == 0 and result["matches"][0]["surface_peak"] is None
         assert result["matches"][0]["label"] == name
         decide = result["stages"]["decide"]
         assert result["confidence"] == pytest.approx(max(decide["texture"], decide["appearance"]), abs=1e-6)
@@ -177,6 +180,37 @@ def test_texture_only_no_inliers_lbp_decides(tmp_path: Path, capsys: pytest.Capt
         else:
             assert result["status"] == "matched" and result["label"] == name
             assert decide["texture"] >= decide["accept_confidence"] > decide["geometric"]
+
+
+def test_shipped_pipeline_matches_relit_bare_surfaces_by_their_relief(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same relit surfaces with the shipped config: no keypoint survives the light, but each photo's relief
+    correlates with its own registration's once aligned (turned a quarter and zoomed here), so all three are
+    matched, the medium grain that the LBP match alone could not accept too; a stranger of the same grain as a
+    registered surface (its LBP near twin) correlates with none and is refused."""
+    surfaces = {"fine": relief(1, 1.2), "medium": relief(2, 2.5), "coarse": relief(3, 5.0)}
+    catalog = tmp_path / "catalog"
+    for name, height in surfaces.items():
+        write_rgb(catalog / f"{name}-1.png", lit(height, azimuth=0, elevation=45))
+    base = ["--root", str(tmp_path / "root")]
+    assert main([*base, "index", str(catalog)]) == 0
+    capsys.readouterr()
+    schema = load_schema()
+    for name, height in {**surfaces, "stranger": relief(9, 2.5)}.items():
+        shot = np.ascontiguousarray(np.rot90(lit(height, azimuth=120, elevation=35)))
+        zoomed = cv2.resize(shot, None, fx=1.2, fy=1.2, interpolation=cv2.INTER_LINEAR)[38:422, 38:422]
+        query = write_rgb(tmp_path / f"{name}_q.png", zoomed)
+        assert main([*base, "match", "--json", str(query)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        jsonschema.validate(result, schema)
+        assert result["stages"]["verify"]["max_inliers"] == 0, "precondition: no geometry to verify"
+        assert result["stages"]["verify"]["surfaces"] == 3
+        peaks = {m["label"]: m["surface_peak"] for m in result["matches"]}
+        if name == "stranger":
+            assert result["status"] == "no_match" and max(peaks.values()) < 9, peaks
+            continue
+        assert (result["status"], result["label"]) == ("matched", name), peaks
+        assert peaks[name] > 12 and all(p < 9 for label, p in peaks.items() if label != name), peaks
+        assert result["stages"]["decide"]["geometric"] == pytest.approx(result["confidence"], abs=1e-6)
 
 
 def test_shipped_pipeline_confirms_the_cake_and_refuses_its_sibling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

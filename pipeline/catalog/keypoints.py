@@ -27,6 +27,8 @@ KEYPOINT_COMPRESSION: str | None = None
 against 0.026 ms stored plain (a 10k segment, /work/exp/kpread.py): at 10k entries a query read ~17 candidates'
 keypoints, 14 ms. Plain: 10k-distractor query p50 161 -> 142 ms, a full merge of 10k entries 11.6 -> 3.6 s,
 disk +27 % (44 KB per entry at 400 keypoints). Segments written with gzip are still read."""
+SURFACE_COMPRESSION: str | None = "gzip"
+"""HDF5 filter of the stored reliefs (one chunk per patch): int8 relief quantised to 1/32 of a local standard deviation."""
 
 
 def write_keypoints(f: h5py.File, chunks: Iterable[Sequence[LocalFeatures | None]]) -> None:
@@ -37,16 +39,25 @@ def write_keypoints(f: h5py.File, chunks: Iterable[Sequence[LocalFeatures | None
     side -1; one with zero keypoints, side >= 0. Nothing is written when no
     entry has keypoints. Each chunk is appended as it comes, so a compaction
     of 65k entries holds one chunk's keypoints at a time (it held all of
-    them: 1.4 GB more at 10k entries, issue 14).
+    them: 1.4 GB more at 10k entries, issue 14). Entries with a relief
+    (`LocalFeatures.surface`, photos with no cake found) store it in
+    `surface` (M, S, S) int8, with `surface_of` (N,) int32 its row per entry
+    (-1: none); a segment without any stores neither.
     """
     counts: list[int] = []
     sides: list[int] = []
+    surface_of: list[int] = []
     g = None
-    total = 0
+    total = stored = 0
     for feats in chunks:
         present = [x for x in feats if x is not None]
         counts += [len(x) if x is not None else 0 for x in feats]
         sides += [x.side if x is not None else -1 for x in feats]
+        reliefs = [x.surface for x in feats if x is not None and x.surface is not None]
+        for x in feats:
+            has = x is not None and x.surface is not None
+            surface_of.append(stored if has else -1)
+            stored += has
         if not present:
             continue
         if g is None:
@@ -61,10 +72,26 @@ def write_keypoints(f: h5py.File, chunks: Iterable[Sequence[LocalFeatures | None
             g[name].resize(total + len(data), axis=0)
             g[name][total:] = data
         total += len(points)
+        if reliefs:
+            _append_surfaces(g, np.stack(reliefs).astype(np.int8))
     if g is None:
         return
     g.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     g.create_dataset("side", data=np.array(sides, dtype=np.int32))
+    if "surface" in g:
+        g.create_dataset("surface_of", data=np.array(surface_of, dtype=np.int32))
+
+
+def _append_surfaces(g: h5py.Group, reliefs: np.ndarray) -> None:
+    """Append (M, S, S) int8 reliefs to `g`'s `surface` dataset, created on the first."""
+    if "surface" not in g:
+        side = reliefs.shape[1:]
+        g.create_dataset("surface", shape=(0, *side), maxshape=(None, *side), dtype=np.int8, chunks=(1, *side),
+                         compression=SURFACE_COMPRESSION)
+    data = g["surface"]
+    start = data.shape[0]
+    data.resize(start + len(reliefs), axis=0)
+    data[start:] = reliefs
 
 
 class SegmentKeypoints:
@@ -86,6 +113,8 @@ class SegmentKeypoints:
         self._sides: np.ndarray = g["side"][()]
         self._points = g["points"]
         self._descriptors = g["descriptors"]
+        self._surface_of: np.ndarray | None = g["surface_of"][()] if "surface_of" in g else None
+        self._surfaces = g["surface"] if "surface" in g else None
         self._lock = threading.Lock()
 
     @classmethod
@@ -105,7 +134,13 @@ class SegmentKeypoints:
         with self._lock:  # h5py serialises anyway; the lock keeps one dataset read whole
             points = self._points[start:stop]
             descriptors = self._descriptors[start:stop]
-        return LocalFeatures(points, descriptors, side)
+            surface = self._surface(index)
+        return LocalFeatures(points, descriptors, side, surface)
+
+    def _surface(self, index: int) -> np.ndarray | None:
+        """Entry `index`'s relief (None: stored without one); read under the lock."""
+        row = int(self._surface_of[index]) if self._surface_of is not None else -1
+        return self._surfaces[row] if row >= 0 and self._surfaces is not None else None
 
     def read_all(self) -> list[LocalFeatures | None]:
         """Keypoints of every entry of the segment, in one read per dataset."""
@@ -117,5 +152,18 @@ class SegmentKeypoints:
         lo, hi = int(o[start]), int(o[stop])
         with self._lock:
             points, descriptors = self._points[lo:hi], self._descriptors[lo:hi]
-        return [LocalFeatures(points[o[i] - lo:o[i + 1] - lo], descriptors[o[i] - lo:o[i + 1] - lo], int(self._sides[i]))
-                if self._sides[i] >= 0 else None for i in range(start, stop)]
+            reliefs = self._surfaces_of(start, stop)
+        return [LocalFeatures(points[o[i] - lo:o[i + 1] - lo], descriptors[o[i] - lo:o[i + 1] - lo], int(self._sides[i]),
+                              reliefs.get(i)) if self._sides[i] >= 0 else None for i in range(start, stop)]
+
+    def _surfaces_of(self, start: int, stop: int) -> dict[int, np.ndarray]:
+        """The reliefs of entries [start, stop) that have one, by entry index, in one read; under the lock."""
+        if self._surface_of is None or self._surfaces is None:
+            return {}
+        rows = self._surface_of[start:stop]
+        have = np.flatnonzero(rows >= 0)
+        if not have.size:
+            return {}
+        lo, hi = int(rows[have].min()), int(rows[have].max()) + 1
+        block = self._surfaces[lo:hi]
+        return {start + int(i): block[int(rows[i]) - lo] for i in have}

@@ -27,10 +27,12 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
-from pipeline.config import AppearanceWeights, Config, EmbeddingWeights, FusionConfig, GeometricWeights, TextureWeights
+from pipeline.config import (AppearanceWeights, Config, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights,
+                             TextureWeights)
 from pipeline.matcher.fuse import (APPEARANCE_FEATURES, APPEARANCE_SIGNS, EMBEDDING_COLUMNS, EMBEDDING_FEATURES, EMBEDDING_SIGNS,
-                                   GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, TEXTURE_COLUMNS, TEXTURE_FEATURES, TEXTURE_SIGNS, combine,
-                                   expert_probabilities, gather_answer, label_features, rank_scores)
+                                   GEOMETRIC_COLUMNS, GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, SURFACE_COLUMNS, SURFACE_FEATURES,
+                                   SURFACE_SIGNS, TEXTURE_COLUMNS, TEXTURE_FEATURES, TEXTURE_SIGNS, combine, expert_probabilities,
+                                   gather_answer, inlier_probability, label_features, rank_scores, surface_probability)
 from pipeline.results import MatchEvidence, MatchResult
 
 
@@ -39,7 +41,7 @@ class QueryEvidence:
     """All candidate labels of one query: the experts' features and the right label ('' = none)."""
 
     labels: tuple[str, ...]
-    geometric: np.ndarray  # (L, len(GEOMETRIC_FEATURES))
+    geometric: np.ndarray  # (L, 5): GEOMETRIC_FEATURES then SURFACE_FEATURES (`label_features`)
     appearance: np.ndarray  # (L, len(APPEARANCE_FEATURES))
     truth: str
     texture_counts: bool = True  # False: a cake was found in the query, the LBP evidence only ranks (`fuse.LabelScore`)
@@ -97,7 +99,7 @@ def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[flo
     return round(float(found.x[0]), 4), np.round(found.x[1:], 4) + 0.0  # + 0.0: no -0.0 in the YAML
 
 
-EXPERTS = ("geometric", "appearance", "texture", "embedding")
+EXPERTS = ("geometric", "appearance", "texture", "embedding", "surface")
 
 
 def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
@@ -134,8 +136,13 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     # The weights are fitted on each pair's own evidence; the division of the odds by the tests a query took
     # (`QueryEvidence.tested`) is no evidence but the matcher's correction for them, applied where the
     # accept point and the alignment are chosen (`decisions`, `align_experts`), as `fuse` applies it.
-    gb, gw = _fit_expert(geometric[speaks], y[speaks], GEOMETRIC_SIGNS)
+    gb, gw = _fit_expert(geometric[speaks][:, GEOMETRIC_COLUMNS], y[speaks], GEOMETRIC_SIGNS)
     geo = kept("geometric", GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}))
+    # The relief correlation speaks where it was measured (photos with no cake found, the first pass's candidates).
+    measured = geometric[:, SURFACE_COLUMNS[0]] > 0
+    sb, sw = _fit_expert(geometric[measured][:, SURFACE_COLUMNS], y[measured], SURFACE_SIGNS) if (measured & y).any() \
+        else (-50.0, np.zeros(len(SURFACE_FEATURES)))
+    surf = kept("surface", SurfaceWeights(sb, **{n: float(w) for n, w in zip(SURFACE_FEATURES, sw)}))
     appearance = np.concatenate([e.appearance for e in used])
     # Likewise the appearance expert is fitted for the photos geometry does not
     # already confirm: a blurred, tilted re-shot whose embedding is lost would
@@ -143,7 +150,7 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     unused = AppearanceWeights(**dict.fromkeys(("bias", *APPEARANCE_FEATURES), 0.0))  # only the geometric column is read
     unread = TextureWeights(**dict.fromkeys(("bias", *TEXTURE_FEATURES), 0.0))
     unseen = EmbeddingWeights(**dict.fromkeys(("bias", *EMBEDDING_FEATURES), 0.0))
-    pg = expert_probabilities(geometric, appearance, FusionConfig(geo, unused, unread, unseen))[0]
+    pg = expert_probabilities(geometric, appearance, FusionConfig(geo, unused, unread, unseen, surf))[0]
     residual = ~y | (pg < 0.5)
     ab, aw = _fit_expert(appearance[residual], y[residual], APPEARANCE_SIGNS)
     app = kept("appearance", AppearanceWeights(ab, **{n: float(w) for n, w in zip(APPEARANCE_FEATURES, aw)}))
@@ -159,11 +166,11 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     # cosine that every relit texture shares would only drown it. It is fitted
     # on every such label and then speaks only for the appearance expert's
     # first choice (`texture_speaks`); its bias is set by `align_experts`.
-    pa = expert_probabilities(geometric, appearance, FusionConfig(geo, app, unread, emb))[1]
+    pa = expert_probabilities(geometric, appearance, FusionConfig(geo, app, unread, emb, surf))[1]
     left = ~y | ((pg < 0.5) & (pa < 0.5))
     tb, tw = _fit_expert(appearance[left][:, TEXTURE_COLUMNS], y[left], TEXTURE_SIGNS)
     tex = kept("texture", TextureWeights(tb, **{n: float(w) for n, w in zip(TEXTURE_FEATURES, tw)}))
-    fusion = align_experts(used, FusionConfig(geo, app, tex, emb), target_far, refit, groups)
+    fusion = align_experts(used, FusionConfig(geo, app, tex, emb, surf), target_far, refit, groups)
     # The config stores 4 decimals: round the threshold UP, never below an
     # impostor it was chosen to refuse, and state the rates at the stored value.
     threshold = max([choose_threshold(evidence, fusion, target_far)[0]] + [choose_threshold(g, fusion, target_far)[0] for g in groups])
@@ -180,7 +187,9 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     Each expert's probabilities are honest on the data it was fitted for, but
     they see different impostors: a relit texture's right answer rarely
     reaches the confidence of forty inliers. The geometric expert's own
-    false-accept point (`far / 3` alone) is put at 0.5 on every impostor, the
+    false-accept point (`far / 3` alone) is put at 0.5 on every impostor (its
+    inlier model and its relief correlation each so, the latter on the
+    impostors it was measured on), the
     embedding expert's on those of photos with a cake (only there is it a
     confidence, `fuse.combine`): the union of the two that count on a cake
     stays within `far`. The texture side (appearance and texture experts,
@@ -201,10 +210,13 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     bare-photo false-accept rate against catalog size").
     """
     registered = np.array([bool(e.truth) for e in evidence])
-    best = np.array([[p.max() for p in expert_probabilities(e.geometric, e.appearance, fusion, e.tested)] for e in evidence])
-    counts = np.array([[True, e.texture_counts, e.texture_counts, not e.texture_counts] for e in evidence])
+    best = np.array([[p.max(initial=0.0) for p in (inlier_probability(e.geometric, fusion, e.tested),
+                                                    *expert_probabilities(e.geometric, e.appearance, fusion, e.tested)[1:],
+                                                    surface_probability(e.geometric, fusion.surface))] for e in evidence])
+    measured = np.array([bool((e.geometric[:, SURFACE_COLUMNS[0]] > 0).any()) for e in evidence])
+    counts = np.array([[True, e.texture_counts, e.texture_counts, not e.texture_counts, m] for e, m in zip(evidence, measured)])
     shifts = {}
-    for column, name in ((0, "geometric"), (3, "embedding")):
+    for column, name in ((0, "geometric"), (3, "embedding"), (4, "surface")):
         impostors = np.sort(best[~registered & counts[:, column], column])
         if name not in experts or not impostors.size:
             continue
@@ -300,6 +312,7 @@ def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
         "appearance": {n: getattr(fusion.appearance, n) for n in ("bias", *APPEARANCE_FEATURES)},
         "texture": {n: getattr(fusion.texture, n) for n in ("bias", *TEXTURE_FEATURES)},
         "embedding": {n: getattr(fusion.embedding, n) for n in ("bias", *EMBEDDING_FEATURES)},
+        "surface": {n: getattr(fusion.surface, n) for n in ("bias", *SURFACE_FEATURES)},
     }
 
 
@@ -337,7 +350,7 @@ def format_yaml(cal: Calibration, benches: Sequence[Path], target_far: float) ->
         f"# {summary(cal, benches, target_far)}\n"
         f"accept_confidence: {cal.accept_confidence:.4f}\n"
         f"fusion:\n  geometric: {flow(w['geometric'])}\n  appearance: {flow(w['appearance'])}\n  texture: {flow(w['texture'])}\n"
-        f"  embedding: {flow(w['embedding'])}\n"
+        f"  embedding: {flow(w['embedding'])}\n  surface: {flow(w['surface'])}\n"
     )
 
 

@@ -46,11 +46,15 @@ class LocalFeatures:
     descriptors : ndarray, shape (K, 128) for SIFT or (K, 32) for ORB, dtype uint8
     side : int
         Longer side of the working image, in pixels.
+    surface : ndarray, shape (128, 128), dtype int8, or None
+        The photo's relief for dense correlation (`pipeline.features.surface.surface_patch`): kept for photos in
+        which no cake was found, where it is read with the keypoints for the few candidates verified.
     """
 
     points: np.ndarray
     descriptors: np.ndarray
     side: int
+    surface: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
@@ -73,6 +77,9 @@ class Verification:
     homography : ndarray, shape (3, 3), or None
     inlier_pairs : ndarray, shape (M, 4), dtype float32
         (xq, yq, xc, yc) of each inlier, for drawing.
+    surface_peak : float or None
+        Sharpness of the two photos' relief correlation (`pipeline.features.surface.correlate`), when both
+        kept a relief and verification correlated them; None otherwise.
     """
 
     inliers: int
@@ -81,6 +88,7 @@ class Verification:
     scale: float | None
     homography: np.ndarray | None
     inlier_pairs: np.ndarray
+    surface_peak: float | None = None
 
 
 def empty_features(method: Method, side: int = 0) -> LocalFeatures:

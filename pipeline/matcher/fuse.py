@@ -93,11 +93,17 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import EmbeddingWeights, FusionConfig, TextureWeights
+from pipeline.config import EmbeddingWeights, FusionConfig, SurfaceWeights, TextureWeights
 from pipeline.matcher.decide import Decision
 from pipeline.results import MatchEvidence
 
 GEOMETRIC_FEATURES = ("inliers", "inlier_margin", "inlier_share")
+# The geometric evidence array also carries the relief correlation (`label_features`); these columns are read by
+# the geometric expert's inlier model and its surface model.
+GEOMETRIC_COLUMNS = (0, 1, 2)
+SURFACE_FEATURES = ("surface_peak", "surface_margin")
+SURFACE_COLUMNS = (3, 4)
+SURFACE_SIGNS = (1, 1)
 APPEARANCE_FEATURES = ("similarity", "similarity_margin", "svc_vote", "lbp_distance", "lbp_margin")
 # Which way each feature may move its expert (+1 for the label, -1 against it),
 # enforced when calibrating: fitted freely on a mix of cakes and bare textures,
@@ -125,6 +131,7 @@ class LabelEvidence:
     inliers: int
     lbp_distance: float
     ratio_matches: int = 0
+    surface_peak: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,26 +187,29 @@ def gather(
     inliers: Sequence[int],
     svc_label: str | None,
     ratio_matches: Sequence[int] | None = None,
+    surface_peaks: Sequence[float] | None = None,
 ) -> list[LabelEvidence]:
     """Per-label evidence from per-candidate evidence (all in candidate order).
 
     A label's inliers and ratio-test matches are those of its candidate with
     the most inliers; `ratio_matches` None (answers saved before it was
-    reported) counts every inlier as a match.
+    reported) counts every inlier as a match. Its relief correlation is its
+    sharpest candidate's (`surface_peaks`, 0 where none was measured).
     """
     out: dict[str, LabelEvidence] = {}
     for i, label in enumerate(labels):
         current = out.get(label)
         sim, dist, inl = float(similarities[i]), float(lbp_distances[i]), int(inliers[i])
         found = max(int(ratio_matches[i]), inl) if ratio_matches is not None else inl
+        peak = float(surface_peaks[i]) if surface_peaks is not None else 0.0
         if current is None:
-            out[label] = LabelEvidence(label, i, sim, float(label == svc_label), inl, dist, found)
+            out[label] = LabelEvidence(label, i, sim, float(label == svc_label), inl, dist, found, peak)
             continue
         more = inl > current.inliers
         best_position = i if more or (inl == current.inliers and sim > current.similarity) else current.position
         out[label] = LabelEvidence(label, best_position, max(sim, current.similarity), current.svc_vote,
                                    max(inl, current.inliers), min(dist, current.lbp_distance),
-                                   found if more else current.ratio_matches)
+                                   found if more else current.ratio_matches, max(peak, current.surface_peak))
     return list(out.values())
 
 
@@ -210,7 +220,7 @@ def gather_answer(matches: Sequence[MatchEvidence]) -> list[LabelEvidence]:
     similarities = np.array([m.similarity for m in matches])
     lbp_distances = np.array([m.lbp_distance for m in matches])
     return gather([m.label for m in matches], similarities, lbp_distances, [m.inliers or 0 for m in matches],
-                  matches[0].svc_label if matches else None, ratio)
+                  matches[0].svc_label if matches else None, ratio, [m.surface_peak or 0.0 for m in matches])
 
 
 def tested_ratio(verified: int, deepened: int, tries: int = 1) -> float:
@@ -246,16 +256,19 @@ def label_features(evidence: Sequence[LabelEvidence]) -> tuple[np.ndarray, np.nd
 
     Returns
     -------
-    geometric : ndarray, shape (L, 3), dtype float64, in `GEOMETRIC_FEATURES` order
+    geometric : ndarray, shape (L, 5), dtype float64
+        `GEOMETRIC_FEATURES` then `SURFACE_FEATURES` (the relief correlation's peak, 0 where none was measured, and
+        its margin over the best other label's).
     appearance : ndarray, shape (L, 5), dtype float64, in `APPEARANCE_FEATURES` order
     """
     if not evidence:
-        return np.zeros((0, len(GEOMETRIC_FEATURES))), np.zeros((0, len(APPEARANCE_FEATURES)))
+        return np.zeros((0, len(GEOMETRIC_FEATURES) + len(SURFACE_FEATURES))), np.zeros((0, len(APPEARANCE_FEATURES)))
     inl = np.log1p(np.array([e.inliers for e in evidence], dtype=np.float64))
     sim = np.array([e.similarity for e in evidence], dtype=np.float64)
     # log((1 + inliers) / (1 + ratio-test matches)), <= 0: guided matching can add inliers past the matches.
     found = np.log1p(np.array([max(e.ratio_matches, e.inliers) for e in evidence], dtype=np.float64))
-    geometric = np.stack([inl, inl - _runner_up(inl, 0.0), inl - found], axis=1)
+    peak = np.array([e.surface_peak for e in evidence], dtype=np.float64)
+    geometric = np.stack([inl, inl - _runner_up(inl, 0.0), inl - found, peak, peak - _runner_up(peak, 0.0)], axis=1)
     sim_margin = sim - _runner_up(sim, 0.0) if len(evidence) > 1 else np.zeros(1)
     svc = np.array([e.svc_vote for e in evidence], dtype=np.float64)
     lbp = np.array([e.lbp_distance for e in evidence], dtype=np.float64)
@@ -276,6 +289,18 @@ def texture_probability(appearance: np.ndarray, weights: TextureWeights) -> np.n
     return _logistic(appearance[:, TEXTURE_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in TEXTURE_FEATURES]))
 
 
+def surface_probability(geometric: np.ndarray, weights: SurfaceWeights) -> np.ndarray:
+    """The relief correlation's probabilities, shape (L,), from `label_features`' geometric array; 0 where none was measured."""
+    p = _logistic(geometric[:, SURFACE_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in SURFACE_FEATURES]))
+    return np.where(geometric[:, SURFACE_COLUMNS[0]] > 0, p, 0.0)
+
+
+def inlier_probability(geometric: np.ndarray, weights: FusionConfig, tested: float | np.ndarray = 1.0) -> np.ndarray:
+    """The geometric expert's inlier model, shape (L,): its odds divided by `tested` (`expert_probabilities`)."""
+    g = weights.geometric
+    return _logistic(geometric[:, GEOMETRIC_COLUMNS], g.bias - np.log(tested), np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
+
+
 def embedding_probability(appearance: np.ndarray, weights: EmbeddingWeights) -> np.ndarray:
     """The embedding expert's probabilities, shape (L,), from `label_features`' appearance array."""
     return _logistic(appearance[:, EMBEDDING_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in EMBEDDING_FEATURES]))
@@ -293,12 +318,15 @@ def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights:
                          tested: float | np.ndarray = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(geometric, appearance, texture, embedding) probabilities, shape (L,) each, from ONE query's `label_features` arrays.
 
-    The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
+    The geometric probability is the larger of the inlier model's and the
+    relief correlation's (`surface_probability`): two measurements of one
+    thing, the photo's arrangement. The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
     `tested` (>= 1; a scalar, or one per row): how many times more candidates
-    were verified than in the first pass; the geometric odds are divided by it.
+    were verified than in the first pass; the inlier model's odds are divided by it (the relief is correlated in
+    the first pass only).
     """
-    g, a = weights.geometric, weights.appearance
-    pg = _logistic(geometric, g.bias - np.log(tested), np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
+    a = weights.appearance
+    pg = np.maximum(inlier_probability(geometric, weights, tested), surface_probability(geometric, weights.surface))
     pa = _logistic(appearance, a.bias, np.array([getattr(a, n) for n in APPEARANCE_FEATURES]))
     pt = np.where(texture_speaks(pa), texture_probability(appearance, weights.texture), 0.0)
     return pg, pa, pt, embedding_probability(appearance, weights.embedding)

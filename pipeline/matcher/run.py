@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.config import MatcherConfig
 from pipeline.features.local import LocalFeatures, light_inverted
+from pipeline.features.surface import SurfaceSpectrum, spectrum
 from pipeline.matcher.decide import Decision, decide
 from pipeline.matcher.fuse import LabelScore, fuse, gather, tested_ratio
 from pipeline.matcher.refine import Refinement, refine
@@ -137,7 +138,8 @@ class Ranked:
     `row` is its catalog row, `position` its place in the widened shortlist;
     `inliers`, `ratio_matches` (the verification's ratio-test matches),
     `rotation_deg` and `scale` are None when it was not verified
-    (rotation and scale also when it got no inlier); `score` is its label's
+    (rotation and scale also when it got no inlier), `surface_peak` when its
+    relief was not correlated with the query's; `score` is its label's
     fused confidence (None without fusion).
     """
 
@@ -153,6 +155,7 @@ class Ranked:
     rotation_deg: float | None
     scale: float | None
     score: float | None
+    surface_peak: float | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,7 @@ def run(
         v = settings.verify
         rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
         verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio,
-                          inverted=inverted)
+                          inverted=inverted, surface=_surface(query))
         lap("verify")
     decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
     if verified is not None and settings.verify.deepen > 0 and decided.decision.status != "matched" and verified.query_keypoints:
@@ -232,6 +235,19 @@ def run(
     lap("decide")
     ranked = tuple(_ranked(i, candidates.widened, labels, refined, verified, decided) for i in decided.decision.order)
     return Outcome(candidates, refined, verified, decided, ranked)
+
+
+def _surface(query: Query) -> SurfaceSpectrum | None:
+    """The query's relief ready to correlate, when it kept one (a photo with no cake found, `local.surface`).
+
+    Only the first pass correlates: the second pass's candidates are the
+    embedding's ranks past the shortlist, where a relit bare surface's own
+    entry is not (its embedding finds every relit texture alike), and each
+    correlation costs ~3 ms.
+    """
+    if query.local is None or query.local.surface is None or query.cake_found:
+        return None
+    return spectrum(query.local.surface)
 
 
 def _light_inverted(query: Query, settings: MatcherConfig) -> LocalFeatures | None:
@@ -335,7 +351,8 @@ def _decide(candidates: Shortlist, refined: Refinement, labels: list[str], verif
     checks = [verified.result_at(i) for i in range(len(labels))]
     inliers = [c.inliers if c is not None else 0 for c in checks]
     ratio_matches = [c.matches if c is not None else 0 for c in checks]
-    evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label, ratio_matches)
+    peaks = [(c.surface_peak or 0.0) if c is not None else 0.0 for c in checks]
+    evidence = gather(labels, candidates.similarities, refined.lbp_distances, inliers, refined.label, ratio_matches, peaks)
     embedding_first = labels[0] if labels and candidates.sources and candidates.sources[0] in ("embedding", "both") else None
     best_verified = max(range(len(labels)), key=lambda i: inliers[i], default=None)
     first_choices = {
@@ -372,4 +389,5 @@ def _ranked(position: int, candidates: Shortlist, labels: list[str], refined: Re
         rotation_deg=check.rotation_deg if moved and check.rotation_deg is not None else None,
         scale=check.scale if moved and check.scale is not None else None,
         score=decided.scores[label].confidence if label in decided.scores else None,
+        surface_peak=check.surface_peak if check is not None else None,
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pipeline.features.local import LocalFeatures, Verification, verify_pair
+from pipeline.features.surface import SurfaceSpectrum, correlate, spectrum
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Verified:
         How many results are the light-inverted query's (`verify`'s `inverted`).
     tries : int
         Homographies fitted per candidate: 2 when the light-inverted keypoints were verified too.
+    surfaces : int
+        How many candidates' reliefs were correlated with the query's (`Verification.surface_peak`).
     """
 
     positions: tuple[int, ...]
@@ -33,6 +37,7 @@ class Verified:
     deepened: int = 0
     inverted: int = 0
     tries: int = 1
+    surfaces: int = 0
 
     def result_at(self, position: int) -> Verification | None:
         for p, r in zip(self.positions, self.results):
@@ -44,16 +49,17 @@ class Verified:
         """The stage's evidence for `stages.verify` of the result."""
         return {"enabled": True, "query_keypoints": self.query_keypoints, "verified": len(self.positions),
                 "deepened": self.deepened, "light_inverted": self.inverted, "tries_per_candidate": self.tries,
-                "max_inliers": max((r.inliers for r in self.results), default=0)}
+                "max_inliers": max((r.inliers for r in self.results), default=0), "surfaces": self.surfaces}
 
     def extended(self, more: "Verified") -> "Verified":
         """These results and `more`'s (verified in a second pass, positions already past these)."""
         return Verified(self.positions + more.positions, self.results + more.results, self.query_keypoints,
-                        self.deepened + len(more.positions), self.inverted + more.inverted, max(self.tries, more.tries))
+                        self.deepened + len(more.positions), self.inverted + more.inverted, max(self.tries, more.tries),
+                        self.surfaces + more.surfaces)
 
 
 VERIFY_OFF = {"enabled": False, "query_keypoints": 0, "verified": 0, "deepened": 0, "light_inverted": 0, "tries_per_candidate": 0,
-              "max_inliers": 0}
+              "max_inliers": 0, "surfaces": 0}
 """`stages.verify` when verification is switched off."""
 
 
@@ -67,6 +73,7 @@ def verify(
     guided_ratio: float = 0.0,
     first_position: int = 0,
     inverted: LocalFeatures | None = None,
+    surface: SurfaceSpectrum | None = None,
 ) -> Verified:
     """Verify the first `max_candidates` candidates against the query.
 
@@ -77,11 +84,12 @@ def verify(
     candidate order (a second pass over later candidates). `inverted`: the
     query's light-inverted keypoints (`pipeline.features.local.light_inverted`),
     verified against each candidate too; the candidate keeps the result with
-    more inliers.
+    more inliers. `surface`: the query's relief (`pipeline.features.surface.spectrum`),
+    correlated with each candidate's that kept one (`Verification.surface_peak`).
     """
     if query is None or len(query) == 0:
         return Verified((), (), 0 if query is None else len(query))
-    positions, results, flipped = [], [], 0
+    positions, results, flipped, correlated = [], [], 0, 0
     for position, candidate in enumerate(candidates[:max_candidates]):
         if candidate is None:
             continue
@@ -91,5 +99,9 @@ def verify(
             other = verify_pair(inverted, candidate, ratio=ratio, ransac_px=ransac_px, min_matches=min_matches, guided_ratio=guided_ratio)
             if other.inliers > found.inliers:
                 found, flipped = other, flipped + 1
+        if surface is not None and candidate.surface is not None:
+            found = dataclasses.replace(found, surface_peak=correlate(surface, spectrum(candidate.surface)).peak)
+            correlated += 1
         results.append(found)
-    return Verified(tuple(positions), tuple(results), len(query), inverted=flipped, tries=1 if inverted is None else 2)
+    return Verified(tuple(positions), tuple(results), len(query), inverted=flipped, tries=1 if inverted is None else 2,
+                    surfaces=correlated)

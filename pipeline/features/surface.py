@@ -1,0 +1,167 @@
+"""Dense correlation of a bare surface's relief: identity evidence where no keypoint survives the light.
+
+A bare pressed surface lit from another side keeps few keypoints (the
+shading moves with the light), and its texture statistics are shared by
+every surface of its kind. What a re-shot keeps is the relief itself: once
+the photo is turned and scaled to the registration's frame, its high-passed
+shading still correlates with the registration's at one shift, where another
+surface of the same kind correlates nowhere. The rotation and scale come from
+the magnitude spectra (Fourier-Mellin: a turn and a zoom of the image are a
+shift of its log-polar magnitude spectrum, which ignores where the surface
+lies); the evidence is the sharpness of the phase-correlation peak at the
+alignment found (peak-to-sidelobe ratio): two unrelated surfaces leave it at
+6-9, a relit re-shot of the same one mostly above 9 (bench/README.md, "The
+surface's own relief").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline.features.lbp import to_grey
+
+SIDE = 128
+"""Side of the stored patch, px: a 16 KB int8 patch per bare entry (256 px separated no better, bench/README.md)."""
+QUANT = 32.0
+"""int8 steps per unit of the locally normalised relief (values beyond +-4 are clipped)."""
+HIGH_PASS_SIGMA = 3.0
+CONTRAST_SIGMA = 8.0
+POSE_PEAKS = 4
+"""Log-polar correlation peaks tried as (rotation, scale) hypotheses, each at 0 and 180 degrees."""
+EXCLUDED = 5
+"""Half-width (px) of the square around the peak left out of the sidelobe statistics."""
+
+_HANN = np.outer(np.hanning(SIDE), np.hanning(SIDE)).astype(np.float32)
+_Y, _X = np.mgrid[-SIDE // 2:SIDE // 2, -SIDE // 2:SIDE // 2]
+# The lowest frequencies carry the light's gradient and the window's shape, not the relief.
+_SPECTRUM_WEIGHT = (1.0 - np.exp(-(np.hypot(_X, _Y) / 4.0) ** 2)).astype(np.float32)
+_LOG_RADIUS = np.log(SIDE / 2.0) / SIDE  # log-polar columns per unit of log scale: scale = exp(shift * _LOG_RADIUS)
+
+
+@dataclass(frozen=True)
+class SurfaceSpectrum:
+    """A patch ready to correlate: its relief (float32, (SIDE, SIDE)) and log-polar magnitude spectrum (same shape)."""
+
+    relief: np.ndarray
+    polar: np.ndarray
+
+
+@dataclass(frozen=True)
+class SurfaceMatch:
+    """The best alignment of a query's relief to an entry's.
+
+    Attributes
+    ----------
+    peak : float
+        Peak-to-sidelobe ratio of the phase correlation at that alignment (unitless; unrelated surfaces 6-9).
+    rotation_deg : float
+        Rotation applied to the query, degrees.
+    scale : float
+        Scale applied to the query.
+    """
+
+    peak: float
+    rotation_deg: float
+    scale: float
+
+
+def surface_patch(image: np.ndarray) -> np.ndarray:
+    """The relief of a photo's centre square: high-passed, locally contrast-normalised, quantised.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, 3), dtype uint8
+        The described photo (RGB when colour).
+
+    Returns
+    -------
+    ndarray, shape (SIDE, SIDE), dtype int8
+        The relief in steps of 1 / `QUANT` local standard deviations.
+    """
+    if image.ndim not in (2, 3) or image.dtype != np.uint8 or min(image.shape[:2]) < 16:
+        raise ValueError(f"surface_patch needs a uint8 image of at least 16 px a side, got {image.dtype} {image.shape}")
+    grey = to_grey(image)
+    h, w = grey.shape
+    s = min(h, w)
+    square = grey[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].astype(np.float32)
+    square = cv2.resize(square, (SIDE, SIDE), interpolation=cv2.INTER_AREA if s > SIDE else cv2.INTER_LINEAR)
+    relief = square - cv2.GaussianBlur(square, (0, 0), HIGH_PASS_SIGMA)
+    relief /= np.sqrt(cv2.GaussianBlur(relief * relief, (0, 0), CONTRAST_SIGMA)) + 1e-3
+    return np.clip(np.round(relief * QUANT), -127, 127).astype(np.int8)
+
+
+def spectrum(patch: np.ndarray) -> SurfaceSpectrum:
+    """`patch` (from `surface_patch`) ready to correlate: done once per photo."""
+    if patch.shape != (SIDE, SIDE):
+        raise ValueError(f"a surface patch is {SIDE} x {SIDE}, got {patch.shape}")
+    relief = patch.astype(np.float32) / QUANT
+    magnitude = np.abs(np.fft.fftshift(np.fft.fft2(relief * _HANN)))
+    weighted = (np.log1p(magnitude) * _SPECTRUM_WEIGHT).astype(np.float32)
+    polar = cv2.warpPolar(weighted, (SIDE, SIDE), (SIDE / 2, SIDE / 2), SIDE / 2, cv2.WARP_POLAR_LOG + cv2.INTER_LINEAR)
+    return SurfaceSpectrum(relief, polar)
+
+
+def correlate(query: SurfaceSpectrum, entry: SurfaceSpectrum, max_scale: float = 2.2) -> SurfaceMatch:
+    """Align `query`'s relief to `entry`'s and measure how sharply they correlate.
+
+    The log-polar spectra's `POSE_PEAKS` strongest correlation peaks within
+    `max_scale` give (rotation, scale) hypotheses, each tried as found and
+    turned by 180 degrees (a magnitude spectrum cannot tell them apart); the
+    query's relief is warped by each and phase-correlated with the entry's.
+
+    Returns
+    -------
+    SurfaceMatch
+        The hypothesis with the sharpest peak (peak 0 when no hypothesis lies within `max_scale`).
+    """
+    poses = _phase_correlation(query.polar, entry.polar)
+    best = SurfaceMatch(0.0, 0.0, 1.0)
+    target = np.fft.rfft2(entry.relief * _HANN)
+    ones = np.ones((SIDE, SIDE), np.float32)
+    for dy, dx in _strongest(poses, POSE_PEAKS):
+        angle = (dy if dy < SIDE // 2 else dy - SIDE) * 360.0 / SIDE
+        scale = float(np.exp((dx if dx < SIDE // 2 else dx - SIDE) * _LOG_RADIUS))
+        if not 1.0 / max_scale <= scale <= max_scale:
+            continue
+        for turn in (0.0, 180.0):
+            m = cv2.getRotationMatrix2D((SIDE / 2, SIDE / 2), angle + turn, scale)
+            warped = cv2.warpAffine(query.relief, m, (SIDE, SIDE), borderMode=cv2.BORDER_CONSTANT)
+            inside = cv2.warpAffine(ones, m, (SIDE, SIDE))
+            peak = _sidelobe_ratio(_phase_correlation_with(warped * inside * _HANN, target))
+            if peak > best.peak:
+                best = SurfaceMatch(peak, float(((angle + turn + 180.0) % 360.0) - 180.0), scale)
+    return best
+
+
+def _phase_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _phase_correlation_with(a, np.fft.rfft2(b))
+
+
+def _phase_correlation_with(a: np.ndarray, b_spectrum: np.ndarray) -> np.ndarray:
+    cross = np.fft.rfft2(a) * np.conj(b_spectrum)
+    cross /= np.abs(cross) + 1e-9
+    return np.fft.irfft2(cross, s=a.shape)
+
+
+def _strongest(surface: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """The `count` highest local peaks of a (circular) correlation surface, at least 4 px apart."""
+    work = surface.copy()
+    out = []
+    for _ in range(count):
+        y, x = np.unravel_index(int(np.argmax(work)), work.shape)
+        out.append((int(y), int(x)))
+        work[np.ix_(np.arange(y - 4, y + 5) % work.shape[0], np.arange(x - 4, x + 5) % work.shape[1])] = -np.inf
+    return out
+
+
+def _sidelobe_ratio(surface: np.ndarray) -> float:
+    """(peak - mean) / std of a correlation surface, the square of `EXCLUDED` px around the peak left out."""
+    y, x = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    keep = np.ones(surface.shape, bool)
+    keep[np.ix_(np.arange(y - EXCLUDED, y + EXCLUDED + 1) % surface.shape[0],
+                np.arange(x - EXCLUDED, x + EXCLUDED + 1) % surface.shape[1])] = False
+    rest = surface[keep]
+    return float((surface[y, x] - rest.mean()) / (rest.std() + 1e-12))
