@@ -115,6 +115,7 @@ def _caption(canvas: np.ndarray, k: int, match: MatchEvidence, x: int, y0: int, 
         f"#{k + 1} {match.label}",
         f"similarity {match.similarity:.3f}",
         f"inliers {match.inliers if match.inliers is not None else '-'}",
+        f"relief {match.surface_peak:.1f}" if match.surface_peak is not None else "",
         f"lbp {match.lbp_distance:.3f}",
         f"score {match.score:.2f}" if match.score is not None else "",
     ]

@@ -28,7 +28,7 @@ from pipeline.features.embedding import prepare_input
 from pipeline.features.lbp import lbp_histogram
 from pipeline.features.local import LocalFeatures, extract_configured
 from pipeline.features.locate import LOCATOR_VERSION, MIN_SIDE, CakeOutline, Rectified, canonical_view, locate
-from pipeline.features.surface import surface_patch
+from pipeline.features.surface import MIN_SIDE as SURFACE_MIN_SIDE, surface_patch
 from pipeline.intake import IntakeError, Photo, read_photo
 from pipeline.results import Cake, Outline, Rectification
 
@@ -151,7 +151,8 @@ def prepare(path: Path, config: Config, shape: EncoderInput, root: Path | None =
         cake_found: bool | None = (not view.outline.fallback) if view is not None else None
         if looked is not None:
             cake_found, timings["locate"] = looked.result()
-    if local is not None and config.local.surface and mask is None and cake_found is not True:
+    bare = mask is None and cake_found is not True  # the whole photo described: no cake in it
+    if local is not None and config.local.surface and bare and min(image.shape[:2]) >= SURFACE_MIN_SIDE:
         t6 = time.perf_counter()
         local = dataclasses.replace(local, surface=surface_patch(image))
         timings["surface"] = (time.perf_counter() - t6) * 1e3

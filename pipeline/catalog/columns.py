@@ -429,10 +429,11 @@ class Columns:
         self._capacity = capacity
 
 
-def gather_keypoints(columns: Columns, slots: np.ndarray) -> list[LocalFeatures | None]:
+def gather_keypoints(columns: Columns, slots: np.ndarray, surfaces: bool = True) -> list[LocalFeatures | None]:
     """Keypoints of `slots` (compaction, index builds), neighbouring entries of a segment read together.
 
-    The caller bounds memory by the number of slots it asks for at once.
+    The caller bounds memory by the number of slots it asks for at once. `surfaces` False leaves the reliefs
+    (`LocalFeatures.surface`) unread: an index of the keypoints needs none.
     """
     out: list[LocalFeatures | None] = [None] * int(slots.size)
     by_file: dict[int, tuple[SegmentKeypoints, list[tuple[int, int]]]] = {}
@@ -450,7 +451,7 @@ def gather_keypoints(columns: Columns, slots: np.ndarray) -> list[LocalFeatures 
             while stop < len(wanted) and wanted[stop][1] - wanted[start][1] < SPAN and wanted[stop][1] - wanted[stop - 1][1] <= 4:
                 stop += 1
             first, last = wanted[start][1], wanted[stop - 1][1]
-            feats = file.read_span(first, last + 1) if stop - start > 1 else [file.read(first)]
+            feats = file.read_span(first, last + 1, surfaces) if stop - start > 1 else [file.read(first, surfaces)]
             for i, index in wanted[start:stop]:
                 out[i] = feats[index - first]
             start = stop

@@ -125,8 +125,8 @@ class SegmentKeypoints:
     def __len__(self) -> int:
         return int(self._sides.size)
 
-    def read(self, index: int) -> LocalFeatures | None:
-        """Keypoints of the segment's entry `index` (None: stored without them)."""
+    def read(self, index: int, surfaces: bool = True) -> LocalFeatures | None:
+        """Keypoints of the segment's entry `index` (None: stored without them), with its relief unless `surfaces` is False."""
         side = int(self._sides[index])
         if side < 0:
             return None
@@ -134,7 +134,7 @@ class SegmentKeypoints:
         with self._lock:  # h5py serialises anyway; the lock keeps one dataset read whole
             points = self._points[start:stop]
             descriptors = self._descriptors[start:stop]
-            surface = self._surface(index)
+            surface = self._surface(index) if surfaces else None
         return LocalFeatures(points, descriptors, side, surface)
 
     def _surface(self, index: int) -> np.ndarray | None:
@@ -146,13 +146,14 @@ class SegmentKeypoints:
         """Keypoints of every entry of the segment, in one read per dataset."""
         return self.read_span(0, len(self))
 
-    def read_span(self, start: int, stop: int) -> list[LocalFeatures | None]:
-        """Keypoints of entries [start, stop), in one read per dataset (compaction, index builds)."""
+    def read_span(self, start: int, stop: int, surfaces: bool = True) -> list[LocalFeatures | None]:
+        """Keypoints of entries [start, stop), in one read per dataset (compaction, index builds); their reliefs
+        unless `surfaces` is False."""
         o = self._offsets
         lo, hi = int(o[start]), int(o[stop])
         with self._lock:
             points, descriptors = self._points[lo:hi], self._descriptors[lo:hi]
-            reliefs = self._surfaces_of(start, stop)
+            reliefs = self._surfaces_of(start, stop) if surfaces else {}
         return [LocalFeatures(points[o[i] - lo:o[i + 1] - lo], descriptors[o[i] - lo:o[i + 1] - lo], int(self._sides[i]),
                               reliefs.get(i)) if self._sides[i] >= 0 else None for i in range(start, stop)]
 

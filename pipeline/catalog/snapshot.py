@@ -159,9 +159,10 @@ class CatalogSnapshot:
             out.append(file.read(int(c.keypoint_index[int(r)])) if file is not None else None)
         return out
 
-    def keypoints_bulk(self, rows: np.ndarray) -> list[LocalFeatures | None]:
-        """`keypoints(rows)` for many rows: one read per segment holding a large share of them."""
-        return gather_keypoints(self._columns, np.asarray(rows, dtype=np.int64))
+    def keypoints_bulk(self, rows: np.ndarray, surfaces: bool = True) -> list[LocalFeatures | None]:
+        """`keypoints(rows)` for many rows: one read per segment holding a large share of them (`surfaces` False:
+        without the reliefs, `gather_keypoints`)."""
+        return gather_keypoints(self._columns, np.asarray(rows, dtype=np.int64), surfaces)
 
     def derived(self, key: Any, build: Callable[["CatalogSnapshot"], Any]) -> Any:
         """`build(self)`, computed once per snapshot and `key` (thread-safe)."""

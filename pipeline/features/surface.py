@@ -25,6 +25,8 @@ from pipeline.features.lbp import to_grey
 
 SIDE = 128
 """Side of the stored patch, px: a 16 KB int8 patch per bare entry (256 px separated no better, bench/README.md)."""
+MIN_SIDE = 32
+"""Photos narrower than this (px) keep no relief: too few pixels to say anything about a surface."""
 QUANT = 32.0
 """int8 steps per unit of the locally normalised relief (values beyond +-4 are clipped)."""
 HIGH_PASS_SIGMA = 3.0
@@ -81,8 +83,8 @@ def surface_patch(image: np.ndarray) -> np.ndarray:
     ndarray, shape (SIDE, SIDE), dtype int8
         The relief in steps of 1 / `QUANT` local standard deviations.
     """
-    if image.ndim not in (2, 3) or image.dtype != np.uint8 or min(image.shape[:2]) < 16:
-        raise ValueError(f"surface_patch needs a uint8 image of at least 16 px a side, got {image.dtype} {image.shape}")
+    if image.ndim not in (2, 3) or image.dtype != np.uint8 or min(image.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"surface_patch needs a uint8 image of at least {MIN_SIDE} px a side, got {image.dtype} {image.shape}")
     grey = to_grey(image)
     h, w = grey.shape
     s = min(h, w)

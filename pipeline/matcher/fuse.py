@@ -10,7 +10,12 @@ embedding, is described below the first three):
   share of the ratio-test matches the fit explains (a re-shot's few matches
   are nearly all inliers; a stranger whose print or grid repeats the
   registered cake's gets its inliers out of many more matches, e.g. 10 of 32
-  where the hardest right cakes had 8 of 11);
+  where the hardest right cakes had 8 of 11); and, on a photo with no cake
+  found, the relief correlation (`pipeline.features.surface`: the label's
+  sharpest peak and its margin over the best other label's), its own logistic
+  model: a relit bare surface keeps no keypoint but its relief, which a
+  stranger of the same kind does not share. The expert's probability is the
+  larger of the two models' (two measurements of one thing, the arrangement);
 * **appearance**: the label's best embedding cosine and its margin over the
   best other label's, whether the LBP/SVC stage chose it, and its smallest
   LBP chi-square distance;

@@ -250,7 +250,7 @@ class VoteStore:
             delta, entries = list(self._delta), self._delta_entries
             for start in range(0, new.size, _READ_AT_ONCE):  # bounded RAM when a whole catalog is read (rebuild)
                 part = new[start:start + _READ_AT_ONCE]
-                delta.append(self._words_of(part, snap.keypoints_bulk(part)))
+                delta.append(self._words_of(part, snap.keypoints_bulk(part, surfaces=False)))
                 entries += int(part.size)
             postings = Postings.of(self.vocabulary.size, *map(np.concatenate, zip(*delta)))
             with self._lock:
