@@ -36,6 +36,14 @@ def test_a_relit_turned_zoomed_reshot_correlates_with_its_registration_and_a_sam
     assert correlate(stranger, registered).peak < 9
 
 
+def test_a_reshot_lit_from_the_opposite_side_correlates_through_its_trough() -> None:
+    """Lit from the other side a relief shades as its own negative: the correlation has a trough, not a peak, and the
+    trough counts (without it this re-shot scored as a stranger)."""
+    registered = spectrum(surface_patch(reshot(relief(4, 4.0), azimuth=0, angle=0, zoom=1.0)))
+    opposite = spectrum(surface_patch(reshot(relief(4, 4.0), azimuth=180, angle=-20, zoom=0.9)))
+    assert correlate(opposite, registered).peak > 12  # its peak alone: 7.1
+
+
 def test_surface_patch_checks_its_input_and_quantises_the_relief() -> None:
     patch = surface_patch(lit(relief(6, 3.0), azimuth=30, elevation=40))
     assert patch.shape == (SIDE, SIDE) and patch.dtype == np.int8

@@ -9,9 +9,10 @@ surface of the same kind correlates nowhere. The rotation and scale come from
 the magnitude spectra (Fourier-Mellin: a turn and a zoom of the image are a
 shift of its log-polar magnitude spectrum, which ignores where the surface
 lies); the evidence is the sharpness of the phase-correlation peak at the
-alignment found (peak-to-sidelobe ratio): two unrelated surfaces leave it at
-6-9, a relit re-shot of the same one mostly above 9 (bench/README.md, "The
-surface's own relief").
+alignment found (peak-to-sidelobe ratio, of the peak or of the trough: lit
+from the opposite side a relief shades as its own negative): two unrelated
+surfaces leave it at 6-9, a relit re-shot of the same one mostly above 9
+(bench/README.md, "The relief correlation").
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class SurfaceMatch:
     Attributes
     ----------
     peak : float
-        Peak-to-sidelobe ratio of the phase correlation at that alignment (unitless; unrelated surfaces 6-9).
+        Peak-to-sidelobe ratio of the phase correlation's sharpest extremum at that alignment, a peak or a trough
+        (unitless; unrelated surfaces 6-9).
     rotation_deg : float
         Rotation applied to the query, degrees.
     scale : float
@@ -132,7 +134,9 @@ def correlate(query: SurfaceSpectrum, entry: SurfaceSpectrum, max_scale: float =
             m = cv2.getRotationMatrix2D((SIDE / 2, SIDE / 2), angle + turn, scale)
             warped = cv2.warpAffine(query.relief, m, (SIDE, SIDE), borderMode=cv2.BORDER_CONSTANT)
             inside = cv2.warpAffine(ones, m, (SIDE, SIDE))
-            peak = _sidelobe_ratio(_phase_correlation_with(warped * inside * _HANN, target))
+            shifts = _phase_correlation_with(warped * inside * _HANN, target)
+            # Lit from the opposite side a relief shades as its own negative: its peak is a trough.
+            peak = max(_sidelobe_ratio(shifts), _sidelobe_ratio(-shifts))
             if peak > best.peak:
                 best = SurfaceMatch(peak, float(((angle + turn + 180.0) % 360.0) - 180.0), scale)
     return best
