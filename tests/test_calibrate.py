@@ -146,6 +146,44 @@ def test_the_bare_photo_experts_are_shifted_together_to_the_one_percent_point_of
     assert on_cake.max() < 0.01
 
 
+def relief_textures(n: int = 1000, seed: int = 0) -> list[QueryEvidence]:
+    """Relit bare textures with the relief correlation measured on each candidate: the right label's peak mostly
+    far above the 6-9 of unrelated surfaces, a stranger's candidates all in that range; the LBP as in
+    `bare_textures`."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        registered = i % 5 != 0
+        evidence = []
+        for k in range(5):
+            right = registered and k == 0
+            peak = float(rng.normal(16.0, 5.0) if right and rng.random() < 0.8 else rng.normal(7.0, 0.6))
+            dist = float(np.exp(rng.normal(-3.0 if right else -2.0, 0.45)))
+            evidence.append(LabelEvidence(f"T{i}" if right else f"U{i}-{k}", k, float(rng.normal(0.8, 0.05)), 0.0, 0, dist, 0,
+                                          max(peak, 0.1)))
+        geometric, appearance = label_features(evidence)
+        out.append(QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, f"T{i}" if registered else ""))
+    return out
+
+
+def test_the_relief_correlation_is_fitted_and_aligned_on_the_strangers_it_was_measured_on() -> None:
+    """Refitting `surface` alone: positive weights; 0.5 sits at a third of the target on the strangers' own peaks
+    (here 200 strangers: none above); the right labels with a sharp peak are accepted through the geometric
+    expert, the other experts' weights untouched; photos without a measured peak get nothing from it."""
+    current = load_config(None).matcher.decide.fusion
+    textures = relief_textures()
+    cal = fit(textures, target_far=0.01, groups=[textures], refit=("surface",), current=current)
+    s = cal.fusion.surface
+    assert s.surface_peak > 0 and s.surface_margin >= 0
+    assert (cal.fusion.geometric, cal.fusion.appearance, cal.fusion.texture) == (current.geometric, current.appearance, current.texture)
+    best, right, registered = decisions(textures, cal.fusion)
+    assert cal.false_accept_rate <= 0.01 and (best[~registered] >= 0.5).sum() <= 1
+    assert (right & (best >= cal.accept_confidence))[registered].mean() > 0.7  # 0.8 of them have a sharp peak
+    unmeasured = [dataclasses.replace(q, geometric=np.concatenate([q.geometric[:, :3], np.zeros((len(q.labels), 2))], axis=1))
+                  for q in textures]
+    assert (decisions(unmeasured, cal.fusion)[0] >= cal.accept_confidence)[registered].mean() < 0.3
+
+
 def test_the_bare_photo_shift_keeps_the_target_on_each_calibration_group() -> None:
     """Relit surfaces in a small catalog: a stranger's nearest label stands farther out from the rest (a wider LBP
     margin) than among 300 alike. Pooled with 400 strangers of a large catalog, 100 such strangers could pass at 5 %
