@@ -153,11 +153,15 @@ class EmbeddingWeights:
 
 @dataclass(frozen=True)
 class SurfaceWeights:
-    """Logistic weights of the relief correlation, the geometric expert's second kind of evidence (`pipeline.matcher.fuse`)."""
+    """Logistic weights of the relief correlation, the geometric expert's second kind of evidence (`pipeline.matcher.fuse`).
+
+    `floor` is no weight: a peak at or below it is no evidence (probability 0), whatever the logistic says.
+    """
 
     bias: float
     surface_peak: float
     surface_margin: float
+    floor: float
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def test_fuse_takes_the_stronger_expert_so_neither_sinks_the_other() -> None:
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0, 10.0))
     # A hard re-shot: the embedding is lost (cosine 0.05) but 60 inliers against 2.
     hard = [LabelEvidence("cake", 0, 0.05, 0.0, 60, 0.3), LabelEvidence("sibling", 1, 0.5, 1.0, 2, 0.1)]
     decision, scores = fuse(hard, ["cake", "sibling"], weights, 0.9, {})
@@ -209,7 +209,7 @@ def test_texture_expert_confirms_the_appearance_choice_and_never_picks_a_label_o
 
     # The texture expert alone: accepts a label 20x closer in LBP than the next one.
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0, 10.0))
     # A relit texture: no inliers, the embedding's first choice is right but unsure; its LBP match is clear.
     relit = [LabelEvidence("t1", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("t2", 1, 0.88, 0.0, 0, 0.2)]
     decision, scores = fuse(relit, ["t1", "t2"], weights, 0.5, {})
@@ -228,7 +228,7 @@ def test_on_a_photo_with_a_cake_the_texture_expert_neither_ranks_nor_gives_confi
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 0.0), TextureWeights(-2.0, 0.5, 0.0, 1.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0, 10.0))
     # A stranger's cake: no inliers, a close LBP match to one registered cake that the appearance expert prefers.
     stranger = [LabelEvidence("near", 0, 0.9, 1.0, 0, 0.01), LabelEvidence("far", 1, 0.88, 0.0, 0, 0.2)]
     bare, bare_scores = fuse(stranger, ["near", "far"], weights, 0.5, {})
@@ -253,7 +253,7 @@ def test_on_a_photo_with_a_cake_the_embedding_expert_not_the_lbp_evidence_gives_
 
     # The appearance expert trusts the LBP margin; the embedding expert reads the same cosine terms without it.
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.0, 0.0, 1.0),
-                           TextureWeights(-50.0, 0.0, 0.0, 0.0), EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
+                           TextureWeights(-50.0, 0.0, 0.0, 0.0), EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0, 10.0))
     # A re-shot under a glare spot: no inlier, a clear cosine lead, but another cake's LBP histogram is 7x closer.
     glare = [LabelEvidence("cake", 0, 0.9, 0.0, 0, 0.28), LabelEvidence("other", 1, 0.6, 1.0, 0, 0.04)]
     on_cake, scores = fuse(glare, ["cake", "other"], weights, 0.5, {}, texture_counts=False)
@@ -272,7 +272,7 @@ def test_fuse_orders_the_chosen_labels_best_candidate_first_and_accepts_at_the_t
     from pipeline.matcher.fuse import LabelEvidence, fuse
 
     weights = FusionConfig(GeometricWeights(-6.0, 1.5, 1.5, 0.0), AppearanceWeights(-8.0, 6.0, 10.0, 0.5, -2.0, 0.0), TextureWeights(-50.0, 0.0, 0.0, 0.0),
-                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0))
+                           EmbeddingWeights(-8.0, 6.0, 10.0), SurfaceWeights(-50.0, 0.0, 0.0, 10.0))
     labels = ["b", "a", "b", "a"]
     evidence = [LabelEvidence("b", 0, 0.6, 0.0, 2, 0.2), LabelEvidence("a", 3, 0.5, 1.0, 40, 0.1)]
     decision, scores = fuse(evidence, labels, weights, 0.0, {"shortlist": "b", "verify": "a", "refine": "a"})

@@ -28,7 +28,7 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from pipeline.config import (AppearanceWeights, Config, EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights,
-                             TextureWeights)
+                             TextureWeights, default_config)
 from pipeline.matcher.fuse import (APPEARANCE_FEATURES, APPEARANCE_SIGNS, EMBEDDING_COLUMNS, EMBEDDING_FEATURES, EMBEDDING_SIGNS,
                                    GEOMETRIC_COLUMNS, GEOMETRIC_FEATURES, GEOMETRIC_SIGNS, SURFACE_COLUMNS, SURFACE_FEATURES,
                                    SURFACE_SIGNS, TEXTURE_COLUMNS, TEXTURE_FEATURES, TEXTURE_SIGNS, combine, expert_probabilities,
@@ -138,11 +138,14 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     # accept point and the alignment are chosen (`decisions`, `align_experts`), as `fuse` applies it.
     gb, gw = _fit_expert(geometric[speaks][:, GEOMETRIC_COLUMNS], y[speaks], GEOMETRIC_SIGNS)
     geo = kept("geometric", GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}))
-    # The relief correlation speaks where it was measured (photos with no cake found, the first pass's candidates).
+    # The relief correlation is fitted where it was measured (photos with no cake found, the first pass's
+    # candidates), right and unrelated peaks overlapping; its floor (no evidence at or below) is no fit but the
+    # config's (`SurfaceWeights`), and its alignment counts the impostors over that floor.
     measured = geometric[:, SURFACE_COLUMNS[0]] > 0
     sb, sw = _fit_expert(geometric[measured][:, SURFACE_COLUMNS], y[measured], SURFACE_SIGNS) if (measured & y).any() \
         else (-50.0, np.zeros(len(SURFACE_FEATURES)))
-    surf = kept("surface", SurfaceWeights(sb, **{n: float(w) for n, w in zip(SURFACE_FEATURES, sw)}))
+    floor = (current if current is not None else default_config().matcher.decide.fusion).surface.floor
+    surf = kept("surface", SurfaceWeights(sb, **{n: float(w) for n, w in zip(SURFACE_FEATURES, sw)}, floor=floor))
     appearance = np.concatenate([e.appearance for e in used])
     # Likewise the appearance expert is fitted for the photos geometry does not
     # already confirm: a blurred, tilted re-shot whose embedding is lost would
@@ -221,6 +224,8 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
         if name not in experts or not impostors.size:
             continue
         point = float(impostors[len(impostors) - 1 - int(np.floor(far / 3 * len(impostors)))])
+        if point == 0.0:  # every impostor scored nothing (the relief's floor): no point to align on, left as fitted
+            continue
         point = min(max(point, 1e-6), 1 - 1e-6)
         shifts[name] = -float(np.log(point / (1 - point)))
     fusion = _shifted(fusion, shifts)
@@ -312,7 +317,7 @@ def _weights_dict(fusion: FusionConfig) -> dict[str, dict[str, float]]:
         "appearance": {n: getattr(fusion.appearance, n) for n in ("bias", *APPEARANCE_FEATURES)},
         "texture": {n: getattr(fusion.texture, n) for n in ("bias", *TEXTURE_FEATURES)},
         "embedding": {n: getattr(fusion.embedding, n) for n in ("bias", *EMBEDDING_FEATURES)},
-        "surface": {n: getattr(fusion.surface, n) for n in ("bias", *SURFACE_FEATURES)},
+        "surface": {n: getattr(fusion.surface, n) for n in ("bias", *SURFACE_FEATURES, "floor")},
     }
 
 

@@ -102,7 +102,8 @@ def spectrum(patch: np.ndarray) -> SurfaceSpectrum:
     if patch.shape != (SIDE, SIDE):
         raise ValueError(f"a surface patch is {SIDE} x {SIDE}, got {patch.shape}")
     relief = patch.astype(np.float32) / QUANT
-    magnitude = np.abs(np.fft.fftshift(np.fft.fft2(relief * _HANN)))
+    planes = cv2.dft(relief * _HANN, flags=cv2.DFT_COMPLEX_OUTPUT)
+    magnitude = np.fft.fftshift(cv2.magnitude(planes[..., 0], planes[..., 1]))
     weighted = (np.log1p(magnitude) * _SPECTRUM_WEIGHT).astype(np.float32)
     polar = cv2.warpPolar(weighted, (SIDE, SIDE), (SIDE / 2, SIDE / 2), SIDE / 2, cv2.WARP_POLAR_LOG + cv2.INTER_LINEAR)
     return SurfaceSpectrum(relief, polar)
@@ -123,31 +124,31 @@ def correlate(query: SurfaceSpectrum, entry: SurfaceSpectrum, max_scale: float =
     """
     poses = _phase_correlation(query.polar, entry.polar)
     best = SurfaceMatch(0.0, 0.0, 1.0)
-    target = np.fft.rfft2(entry.relief * _HANN)
+    target = np.conj(np.fft.rfft2(entry.relief * _HANN))
     ones = np.ones((SIDE, SIDE), np.float32)
     for dy, dx in _strongest(poses, POSE_PEAKS):
         angle = (dy if dy < SIDE // 2 else dy - SIDE) * 360.0 / SIDE
         scale = float(np.exp((dx if dx < SIDE // 2 else dx - SIDE) * _LOG_RADIUS))
         if not 1.0 / max_scale <= scale <= max_scale:
             continue
-        for turn in (0.0, 180.0):
-            m = cv2.getRotationMatrix2D((SIDE / 2, SIDE / 2), angle + turn, scale)
-            warped = cv2.warpAffine(query.relief, m, (SIDE, SIDE), borderMode=cv2.BORDER_CONSTANT)
-            inside = cv2.warpAffine(ones, m, (SIDE, SIDE))
-            shifts = _phase_correlation_with(warped * inside * _HANN, target)
-            # Lit from the opposite side a relief shades as its own negative: its peak is a trough.
-            peak = max(_sidelobe_ratio(shifts), _sidelobe_ratio(-shifts))
+        m = cv2.getRotationMatrix2D((SIDE / 2, SIDE / 2), angle, scale)
+        warped = cv2.warpAffine(query.relief, m, (SIDE, SIDE), borderMode=cv2.BORDER_CONSTANT)
+        inside = cv2.warpAffine(ones, m, (SIDE, SIDE))
+        moved = np.fft.rfft2(warped * inside * _HANN)
+        # Turned 180 degrees about the centre, a real image's spectrum is its conjugate: the second hypothesis
+        # costs one inverse transform, not a warp and two.
+        for turn, turned in ((0.0, moved), (180.0, np.conj(moved))):
+            cross = turned * target
+            cross /= np.abs(cross) + 1e-9
+            peak = _extreme_ratio(np.fft.irfft2(cross, s=(SIDE, SIDE)))
             if peak > best.peak:
                 best = SurfaceMatch(peak, float(((angle + turn + 180.0) % 360.0) - 180.0), scale)
     return best
 
 
 def _phase_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return _phase_correlation_with(a, np.fft.rfft2(b))
-
-
-def _phase_correlation_with(a: np.ndarray, b_spectrum: np.ndarray) -> np.ndarray:
-    cross = np.fft.rfft2(a) * np.conj(b_spectrum)
+    """The phase correlation of two same-sized real images (circular): a peak at the shift that carries b onto a."""
+    cross = np.fft.rfft2(a) * np.conj(np.fft.rfft2(b))
     cross /= np.abs(cross) + 1e-9
     return np.fft.irfft2(cross, s=a.shape)
 
@@ -163,11 +164,18 @@ def _strongest(surface: np.ndarray, count: int) -> list[tuple[int, int]]:
     return out
 
 
-def _sidelobe_ratio(surface: np.ndarray) -> float:
-    """(peak - mean) / std of a correlation surface, the square of `EXCLUDED` px around the peak left out."""
-    y, x = np.unravel_index(int(np.argmax(surface)), surface.shape)
-    keep = np.ones(surface.shape, bool)
-    keep[np.ix_(np.arange(y - EXCLUDED, y + EXCLUDED + 1) % surface.shape[0],
-                np.arange(x - EXCLUDED, x + EXCLUDED + 1) % surface.shape[1])] = False
-    rest = surface[keep]
-    return float((surface[y, x] - rest.mean()) / (rest.std() + 1e-12))
+def _extreme_ratio(surface: np.ndarray) -> float:
+    """The larger of the peak's and the trough's (peak - mean) / std of the rest of `surface`, the square of
+    `EXCLUDED` px around it left out; from one pass of sums. A re-shot lit from the other side has a trough."""
+    n = surface.size
+    total, squares = float(surface.sum()), float(np.square(surface, dtype=np.float64).sum())
+    best = 0.0
+    for sign, at in ((1.0, int(np.argmax(surface))), (-1.0, int(np.argmin(surface)))):
+        y, x = divmod(at, surface.shape[1])
+        window = surface[np.ix_(np.arange(y - EXCLUDED, y + EXCLUDED + 1) % surface.shape[0],
+                                np.arange(x - EXCLUDED, x + EXCLUDED + 1) % surface.shape[1])]
+        m = n - window.size
+        mean = (total - float(window.sum())) / m
+        std = np.sqrt(max((squares - float(np.square(window, dtype=np.float64).sum())) / m - mean * mean, 0.0))
+        best = max(best, sign * (float(surface[y, x]) - mean) / (std + 1e-12))
+    return best

@@ -295,9 +295,14 @@ def texture_probability(appearance: np.ndarray, weights: TextureWeights) -> np.n
 
 
 def surface_probability(geometric: np.ndarray, weights: SurfaceWeights) -> np.ndarray:
-    """The relief correlation's probabilities, shape (L,), from `label_features`' geometric array; 0 where none was measured."""
+    """The relief correlation's probabilities, shape (L,), from `label_features`' geometric array.
+
+    0 where none was measured or the peak is no higher than `weights.floor`: unrelated surfaces reach peaks up
+    to about 9.5, and the logistic, fitted where right and unrelated peaks overlap, gave such a stranger 0.3-0.6
+    (kth1's R@FAR1 fell from 0.414 to 0.330; bench/README.md, "The relief correlation").
+    """
     p = _logistic(geometric[:, SURFACE_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in SURFACE_FEATURES]))
-    return np.where(geometric[:, SURFACE_COLUMNS[0]] > 0, p, 0.0)
+    return np.where(geometric[:, SURFACE_COLUMNS[0]] > weights.floor, p, 0.0)
 
 
 def inlier_probability(geometric: np.ndarray, weights: FusionConfig, tested: float | np.ndarray = 1.0) -> np.ndarray:
