@@ -112,9 +112,11 @@ def test_refit_fits_only_the_named_experts_and_the_embedding_expert_on_photos_wi
         fit(evidence, refit=("bogus",), current=current)
 
 
-def bare_textures(n: int = 2000, seed: int = 0, others: float = -2.0) -> list[QueryEvidence]:
+def bare_textures(n: int = 2000, seed: int = 0, others: float = -2.0, relief: bool = False) -> list[QueryEvidence]:
     """Relit bare textures: no inliers, every cosine alike, the right label's LBP histogram a little closer
-    than the others (log distance around -3 against `others`); a fifth of the photos unregistered."""
+    than the others (log distance around -3 against `others`); a fifth of the photos unregistered. With
+    `relief`, the relief correlation measured on each candidate: the right label's peak mostly far above the 6-9
+    of unrelated surfaces, a stranger's candidates all in that range."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -123,7 +125,9 @@ def bare_textures(n: int = 2000, seed: int = 0, others: float = -2.0) -> list[Qu
         for k in range(5):
             right = registered and k == 0
             dist = float(np.exp(rng.normal(-3.0 if right else others, 0.45)))
-            evidence.append(LabelEvidence(f"T{i}" if right else f"U{i}-{k}", k, float(rng.normal(0.8, 0.05)), 0.0, 0, dist))
+            peak = float(rng.normal(16.0, 5.0) if right and rng.random() < 0.8 else rng.normal(7.0, 0.6)) if relief else 0.0
+            evidence.append(LabelEvidence(f"T{i}" if right else f"U{i}-{k}", k, float(rng.normal(0.8, 0.05)), 0.0, 0, dist, 0,
+                                          max(peak, 0.1) if relief else 0.0))
         geometric, appearance = label_features(evidence)
         out.append(QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, f"T{i}" if registered else ""))
     return out
@@ -146,32 +150,12 @@ def test_the_bare_photo_experts_are_shifted_together_to_the_one_percent_point_of
     assert on_cake.max() < 0.01
 
 
-def relief_textures(n: int = 1000, seed: int = 0) -> list[QueryEvidence]:
-    """Relit bare textures with the relief correlation measured on each candidate: the right label's peak mostly
-    far above the 6-9 of unrelated surfaces, a stranger's candidates all in that range; the LBP as in
-    `bare_textures`."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        registered = i % 5 != 0
-        evidence = []
-        for k in range(5):
-            right = registered and k == 0
-            peak = float(rng.normal(16.0, 5.0) if right and rng.random() < 0.8 else rng.normal(7.0, 0.6))
-            dist = float(np.exp(rng.normal(-3.0 if right else -2.0, 0.45)))
-            evidence.append(LabelEvidence(f"T{i}" if right else f"U{i}-{k}", k, float(rng.normal(0.8, 0.05)), 0.0, 0, dist, 0,
-                                          max(peak, 0.1)))
-        geometric, appearance = label_features(evidence)
-        out.append(QueryEvidence(tuple(e.label for e in evidence), geometric, appearance, f"T{i}" if registered else ""))
-    return out
-
-
 def test_the_relief_correlation_is_fitted_and_aligned_on_the_strangers_it_was_measured_on() -> None:
     """Refitting `surface` alone: positive weights; 0.5 sits at a third of the target on the strangers' own peaks
     (here 200 strangers: none above); the right labels with a sharp peak are accepted through the geometric
     expert, the other experts' weights untouched; photos without a measured peak get nothing from it."""
     current = load_config(None).matcher.decide.fusion
-    textures = relief_textures()
+    textures = bare_textures(1000, relief=True)
     cal = fit(textures, target_far=0.01, groups=[textures], refit=("surface",), current=current)
     s = cal.fusion.surface
     assert s.surface_peak > 0 and s.surface_margin >= 0
