@@ -134,13 +134,8 @@ class SegmentKeypoints:
         with self._lock:  # h5py serialises anyway; the lock keeps one dataset read whole
             points = self._points[start:stop]
             descriptors = self._descriptors[start:stop]
-            surface = self._surface(index) if surfaces else None
+            surface = self._surfaces_of(index, index + 1).get(index) if surfaces else None
         return LocalFeatures(points, descriptors, side, surface)
-
-    def _surface(self, index: int) -> np.ndarray | None:
-        """Entry `index`'s relief (None: stored without one); read under the lock."""
-        row = int(self._surface_of[index]) if self._surface_of is not None else -1
-        return self._surfaces[row] if row >= 0 and self._surfaces is not None else None
 
     def read_all(self) -> list[LocalFeatures | None]:
         """Keypoints of every entry of the segment, in one read per dataset."""

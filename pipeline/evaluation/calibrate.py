@@ -213,7 +213,7 @@ def align_experts(evidence: Sequence[QueryEvidence], fusion: FusionConfig, far: 
     bare-photo false-accept rate against catalog size").
     """
     registered = np.array([bool(e.truth) for e in evidence])
-    best = np.array([[p.max(initial=0.0) for p in (inlier_probability(e.geometric, fusion, e.tested),
+    best = np.array([[p.max(initial=0.0) for p in (inlier_probability(e.geometric, fusion.geometric, e.tested),
                                                     *expert_probabilities(e.geometric, e.appearance, fusion, e.tested)[1:],
                                                     surface_probability(e.geometric, fusion.surface))] for e in evidence])
     measured = np.array([bool((e.geometric[:, SURFACE_COLUMNS[0]] > 0).any()) for e in evidence])

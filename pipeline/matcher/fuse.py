@@ -98,7 +98,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import EmbeddingWeights, FusionConfig, SurfaceWeights, TextureWeights
+from pipeline.config import EmbeddingWeights, FusionConfig, GeometricWeights, SurfaceWeights, TextureWeights
 from pipeline.matcher.decide import Decision
 from pipeline.results import MatchEvidence
 
@@ -305,10 +305,10 @@ def surface_probability(geometric: np.ndarray, weights: SurfaceWeights) -> np.nd
     return np.where(geometric[:, SURFACE_COLUMNS[0]] > weights.floor, p, 0.0)
 
 
-def inlier_probability(geometric: np.ndarray, weights: FusionConfig, tested: float | np.ndarray = 1.0) -> np.ndarray:
+def inlier_probability(geometric: np.ndarray, weights: GeometricWeights, tested: float | np.ndarray = 1.0) -> np.ndarray:
     """The geometric expert's inlier model, shape (L,): its odds divided by `tested` (`expert_probabilities`)."""
-    g = weights.geometric
-    return _logistic(geometric[:, GEOMETRIC_COLUMNS], g.bias - np.log(tested), np.array([getattr(g, n) for n in GEOMETRIC_FEATURES]))
+    return _logistic(geometric[:, GEOMETRIC_COLUMNS], weights.bias - np.log(tested),
+                     np.array([getattr(weights, n) for n in GEOMETRIC_FEATURES]))
 
 
 def embedding_probability(appearance: np.ndarray, weights: EmbeddingWeights) -> np.ndarray:
@@ -336,7 +336,7 @@ def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights:
     the first pass only).
     """
     a = weights.appearance
-    pg = np.maximum(inlier_probability(geometric, weights, tested), surface_probability(geometric, weights.surface))
+    pg = np.maximum(inlier_probability(geometric, weights.geometric, tested), surface_probability(geometric, weights.surface))
     pa = _logistic(appearance, a.bias, np.array([getattr(a, n) for n in APPEARANCE_FEATURES]))
     pt = np.where(texture_speaks(pa), texture_probability(appearance, weights.texture), 0.0)
     return pg, pa, pt, embedding_probability(appearance, weights.embedding)
