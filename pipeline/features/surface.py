@@ -87,10 +87,9 @@ def surface_patch(image: np.ndarray) -> np.ndarray:
     """
     if image.ndim not in (2, 3) or image.dtype != np.uint8 or min(image.shape[:2]) < MIN_SIDE:
         raise ValueError(f"surface_patch needs a uint8 image of at least {MIN_SIDE} px a side, got {image.dtype} {image.shape}")
-    grey = to_grey(image)
-    h, w = grey.shape
+    h, w = image.shape[:2]
     s = min(h, w)
-    square = grey[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].astype(np.float32)
+    square = to_grey(image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]).astype(np.float32)
     square = cv2.resize(square, (SIDE, SIDE), interpolation=cv2.INTER_AREA if s > SIDE else cv2.INTER_LINEAR)
     relief = square - cv2.GaussianBlur(square, (0, 0), HIGH_PASS_SIGMA)
     relief /= np.sqrt(cv2.GaussianBlur(relief * relief, (0, 0), CONTRAST_SIGMA)) + 1e-3
