@@ -403,6 +403,45 @@ def test_deepened_verification_finds_the_cake_the_embedding_ranked_past_the_shor
     assert (easy.decision.status, easy.decision.label, easy.stages()["verify"]["deepened"]) == ("matched", "cake0", 0)
 
 
+def test_the_second_pass_correlates_the_reliefs_of_the_candidates_it_verifies(tmp_path: Path) -> None:
+    """A relit bare surface keeps no keypoint the light did not move; when the embedding ranks its registration
+    past the first pass's candidates, the second pass's relief correlation is what finds it (no inliers anywhere)."""
+    import dataclasses
+    import hashlib
+
+    from pipeline.catalog import CatalogIndex, NewEntry
+    from pipeline.config import default_config
+    from pipeline.features.surface import surface_patch
+    from pipeline.matcher import Query, run
+
+    heights = [relief(20 + i, s) for i, s in enumerate((1.2, 2.5, 5.0, 2.0, 3.5))]
+    photos = [lit(h, azimuth=0, elevation=45) for h in heights]
+
+    def bare(image: np.ndarray) -> LocalFeatures:
+        return dataclasses.replace(extract_local(image, max_keypoints=400, side=384, contrast_threshold=0.01),
+                                   surface=surface_patch(image))
+
+    cosines = [0.95, 0.9, 0.8, 0.6, 0.5]  # the right surface, row 3, fourth by the embedding
+    record = CatalogIndex(tmp_path / "idx", model_id="m1")
+    record.commit([NewEntry(hashlib.sha256(bytes([i])).hexdigest(), f"/c/{i}.png", f"surface{i}",
+                            np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(p))
+                   for i, (c, p) in enumerate(zip(cosines, photos))])
+    shot = np.ascontiguousarray(np.rot90(lit(heights[3], azimuth=120, elevation=35)))
+    query = Query(np.array([1, 0, 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(shot), cake_found=False)
+    base = default_config().matcher
+    shallow = dataclasses.replace(base, shortlist=dataclasses.replace(base.shortlist, top_k=2, min_candidates=2, lbp_top_k=0, vote_top_k=0),
+                                  verify=dataclasses.replace(base.verify, max_candidates=2, deepen=0))
+    first = run(query, record.snapshot(), shallow, threshold=0.99)
+    assert first.decision.status == "no_match" and first.stages()["verify"]["surfaces"] == 2
+
+    deep = run(query, record.snapshot(), dataclasses.replace(shallow, verify=dataclasses.replace(shallow.verify, deepen=2)), threshold=0.99)
+    stages = deep.stages()["verify"]
+    assert (stages["max_inliers"], stages["deepened"], stages["surfaces"]) == (0, 2, 4)
+    assert (deep.decision.status, deep.decision.label) == ("matched", "surface3")
+    assert deep.ranked[0].source == "deepened" and deep.ranked[0].surface_peak > 12
+    assert all(r.surface_peak < 9 for r in deep.ranked[1:] if r.surface_peak is not None)
+
+
 def test_light_inverted_keypoints_are_those_of_the_negative_photo() -> None:
     """SIFT on the photo's negative finds the same keypoints turned 180 degrees: their descriptors are the
     original's with the spatial cells turned (`light_inverted`), not recomputed."""

@@ -220,15 +220,16 @@ def run(
     refined, labels = _refine(query, catalog, candidates.widened, settings)
     lap("refine")
     verified = None
+    surface = _surface(query)
     if settings.verify.enabled:
         v = settings.verify
         rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
         verified = verify(query.local, catalog.keypoints(rows), v.max_candidates, v.ratio, v.ransac_px, v.min_matches, v.guided_ratio,
-                          inverted=inverted, surface=_surface(query))
+                          inverted=inverted, surface=surface)
         lap("verify")
     decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
     if verified is not None and settings.verify.deepen > 0 and decided.decision.status != "matched" and verified.query_keypoints:
-        candidates, verified = _deepen(query, catalog, settings, candidates, reserve, verified, inverted)
+        candidates, verified = _deepen(query, catalog, settings, candidates, reserve, verified, inverted, surface)
         refined, labels = _refine(query, catalog, candidates.widened, settings)
         lap("deepen")
         decided = _decide(candidates.widened, refined, labels, verified, settings, query.cake_found)
@@ -240,10 +241,11 @@ def run(
 def _surface(query: Query) -> SurfaceSpectrum | None:
     """The query's relief ready to correlate, when it kept one (a photo with no cake found, `local.surface`).
 
-    Only the first pass correlates (each correlation costs ~4 ms, a second
-    pass verifies up to `verify.deepen` more): among 400 relit surfaces the
-    right one is among the first pass's candidates for 34 % of the queries,
-    the second pass's for 29 % (bench/README.md, "The relief correlation").
+    Both passes correlate it with their candidates' reliefs (~4 ms each):
+    among 400 relit surfaces the right one is among the first pass's
+    candidates for 34 % of the queries, the second pass's for 29 %
+    (bench/README.md, "The relief correlation"); a query accepted at once
+    never pays the second pass's.
     """
     if query.local is None or query.local.surface is None or query.cake_found:
         return None
@@ -315,7 +317,8 @@ def _refine(query: Query, catalog: Searchable, candidates: Shortlist, settings: 
 
 
 def _deepen(query: Query, catalog: Searchable, settings: MatcherConfig, candidates: Candidates, reserve: np.ndarray,
-            verified: Verified, inverted: LocalFeatures | None = None) -> tuple[Candidates, Verified]:
+            verified: Verified, inverted: LocalFeatures | None = None,
+            surface: SurfaceSpectrum | None = None) -> tuple[Candidates, Verified]:
     """A second verification pass when the first did not accept: up to `verify.deepen` more candidates.
 
     First the shortlist's candidates past `max_candidates` (the sources take
@@ -337,7 +340,7 @@ def _deepen(query: Query, catalog: Searchable, settings: MatcherConfig, candidat
     start = min(v.max_candidates, len(widened))
     stop = min(start + v.deepen, len(widened))
     more = verify(query.local, catalog.keypoints(widened.indices[start:stop]), stop - start, v.ratio, v.ransac_px, v.min_matches,
-                  v.guided_ratio, first_position=start, inverted=inverted)
+                  v.guided_ratio, first_position=start, inverted=inverted, surface=surface)
     return dataclasses.replace(candidates, widened=widened), verified.extended(more)
 
 
