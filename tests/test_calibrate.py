@@ -159,6 +159,9 @@ def test_the_relief_correlation_is_fitted_and_aligned_on_the_strangers_it_was_me
     cal = fit(textures, target_far=0.01, groups=[textures], refit=("surface",), current=current)
     s = cal.fusion.surface
     assert s.surface_peak > 0 and s.surface_margin >= 0
+    unrelated = max(float(q.geometric[i, 3]) for q in textures for i, label in enumerate(q.labels) if label != q.truth)
+    assert unrelated < s.floor <= unrelated + 0.5 and s.floor % 0.5 == 0  # no unrelated peak seen counts
+    assert fit(textures, target_far=0.01, groups=[textures], refit=("texture",), current=current).fusion.surface == current.surface
     assert (cal.fusion.geometric, cal.fusion.appearance, cal.fusion.texture) == (current.geometric, current.appearance, current.texture)
     best, right, registered = decisions(textures, cal.fusion)
     assert cal.false_accept_rate <= 0.01 and (best[~registered] >= 0.5).sum() <= 1

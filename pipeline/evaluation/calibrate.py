@@ -102,6 +102,28 @@ def _fit_expert(x: np.ndarray, y: np.ndarray, signs: Sequence[int]) -> tuple[flo
 EXPERTS = ("geometric", "appearance", "texture", "embedding", "surface")
 
 
+def surface_floor(unrelated_peaks: np.ndarray, default: float) -> float:
+    """The relief's floor: the next half step above the sharpest peak an unrelated label reached (`default` when none).
+
+    A peak at or below the floor is no evidence (`SurfaceWeights.floor`).
+    The logistic alone gave unrelated peaks of 8.7-9.0 probabilities of
+    0.27-0.36 on KTH-TIPS, strangers of another population than the
+    calibration's (kth1 R@FAR1 0.414 -> 0.330 without a floor, bench/README.md,
+    "The relief correlation"); no peak that calibration saw an unrelated pair
+    reach counts.
+
+    Parameters
+    ----------
+    unrelated_peaks : ndarray, shape (N,), dtype float
+        Each measured unrelated label's sharpest peak (peak-to-sidelobe ratio, > 0).
+    default : float
+        The floor kept when nothing unrelated was measured.
+    """
+    if unrelated_peaks.size == 0:
+        return float(default)
+    return math.floor(float(unrelated_peaks.max()) * 2.0) / 2.0 + 0.5
+
+
 def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
         groups: Sequence[Sequence[QueryEvidence]] = (), refit: Collection[str] = EXPERTS,
         current: FusionConfig | None = None) -> Calibration:
@@ -138,13 +160,13 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     # accept point and the alignment are chosen (`decisions`, `align_experts`), as `fuse` applies it.
     gb, gw = _fit_expert(geometric[speaks][:, GEOMETRIC_COLUMNS], y[speaks], GEOMETRIC_SIGNS)
     geo = kept("geometric", GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}))
-    # The relief correlation is fitted where it was measured (photos with no cake found, the first pass's
-    # candidates), right and unrelated peaks overlapping; its floor (no evidence at or below) is no fit but the
-    # config's (`SurfaceWeights`), and its alignment counts the impostors over that floor.
+    # The relief correlation is fitted where it was measured (photos with no cake found, the verified
+    # candidates), right and unrelated peaks overlapping; its alignment counts the impostors over the floor.
     measured = geometric[:, SURFACE_COLUMNS[0]] > 0
     sb, sw = _fit_expert(geometric[measured][:, SURFACE_COLUMNS], y[measured], SURFACE_SIGNS) if (measured & y).any() \
         else (-50.0, np.zeros(len(SURFACE_FEATURES)))
-    floor = (current if current is not None else default_config().matcher.decide.fusion).surface.floor
+    floor = surface_floor(geometric[measured & ~y, SURFACE_COLUMNS[0]],
+                          (current if current is not None else default_config().matcher.decide.fusion).surface.floor)
     surf = kept("surface", SurfaceWeights(sb, **{n: float(w) for n, w in zip(SURFACE_FEATURES, sw)}, floor=floor))
     appearance = np.concatenate([e.appearance for e in used])
     # Likewise the appearance expert is fitted for the photos geometry does not
