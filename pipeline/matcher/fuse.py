@@ -332,8 +332,9 @@ def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights:
     relief correlation's (`surface_probability`): two measurements of one
     thing, the photo's arrangement. The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
     `tested` (>= 1; a scalar, or one per row): how many times more candidates
-    were verified than in the first pass; the inlier model's odds are divided by it (the relief is correlated in
-    the first pass only).
+    were verified than in the first pass; the inlier model's odds are divided by it. The relief's are not: its
+    weights and floor were fitted on answers whose strangers had both passes' correlations, their extra chances
+    already in them (`pipeline.evaluation.calibrate`).
     """
     a = weights.appearance
     pg = np.maximum(inlier_probability(geometric, weights.geometric, tested), surface_probability(geometric, weights.surface))
