@@ -220,7 +220,7 @@ def run(
     refined, labels = _refine(query, catalog, candidates.widened, settings)
     lap("refine")
     verified = None
-    surface = _surface(query)
+    surface = _surface(query) if settings.verify.enabled else None  # both passes correlate it; built once
     if settings.verify.enabled:
         v = settings.verify
         rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
