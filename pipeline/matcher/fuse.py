@@ -297,8 +297,8 @@ def texture_probability(appearance: np.ndarray, weights: TextureWeights) -> np.n
 def surface_probability(geometric: np.ndarray, weights: SurfaceWeights) -> np.ndarray:
     """The relief correlation's probabilities, shape (L,), from `label_features`' geometric array.
 
-    0 where none was measured or the peak is no higher than `weights.floor`: unrelated surfaces reach peaks up
-    to about 9.5, and the logistic, fitted where right and unrelated peaks overlap, gave such a stranger 0.3-0.6
+    0 where none was measured or the peak is no higher than `weights.floor` (fitted above every unrelated peak
+    calibration saw: they reach 9-10), and the logistic, fitted where right and unrelated peaks overlap, gave such a stranger 0.3-0.6
     (kth1's R@FAR1 fell from 0.414 to 0.330; bench/README.md, "The relief correlation").
     """
     p = _logistic(geometric[:, SURFACE_COLUMNS], weights.bias, np.array([getattr(weights, n) for n in SURFACE_FEATURES]))
