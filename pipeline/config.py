@@ -108,6 +108,7 @@ class VerifyConfig:
     guided_ratio: float
     deepen: int
     invert_light: bool
+    correlate_rest: int
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("matcher.verify.min_matches", lambda v: v >= 4, ">= 4 (a homography needs 4 points)"),
     ("matcher.verify.guided_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1] (0 = no guided matching)"),
     ("matcher.verify.deepen", lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("matcher.verify.correlate_rest", lambda v: v >= 0, ">= 0 (0 = off)"),
     ("matcher.decide.accept_confidence", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("matcher.decide.similarity_accept", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("daemon.watch.poll_interval_s", lambda v: v > 0, "> 0"),

@@ -442,6 +442,56 @@ def test_the_second_pass_correlates_the_reliefs_of_the_candidates_it_verifies(tm
     assert all(r.surface_peak < 9 for r in deep.ranked[1:] if r.surface_peak is not None)
 
 
+def test_a_third_pass_correlates_the_reliefs_of_offered_candidates_no_pass_verified(tmp_path: Path) -> None:
+    """`verify.correlate_rest`: offered past every verified position, a relit bare surface is found by its relief
+    alone; the geometric odds are not divided by those candidates, and a photo of a found cake never pays it."""
+    import dataclasses
+    import hashlib
+
+    from pipeline.catalog import CatalogIndex, NewEntry
+    from pipeline.config import default_config
+    from pipeline.features.surface import surface_patch
+    from pipeline.matcher import Query, run
+
+    heights = [relief(20 + i, s) for i, s in enumerate((1.2, 2.5, 5.0, 2.0, 3.5))]
+
+    def bare(image: np.ndarray) -> LocalFeatures:
+        return dataclasses.replace(extract_local(image, max_keypoints=400, side=384, contrast_threshold=0.01),
+                                   surface=surface_patch(image))
+
+    cosines = [0.95, 0.9, 0.8, 0.6, 0.5]  # the right surface, row 3, offered fourth
+    record = CatalogIndex(tmp_path / "idx", model_id="m1")
+    record.commit([NewEntry(hashlib.sha256(bytes([i])).hexdigest(), f"/c/{i}.png", f"surface{i}",
+                            np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32), np.full(3, 1 / 3, np.float32),
+                            bare(lit(h, azimuth=0, elevation=45)))
+                   for i, (c, h) in enumerate(zip(cosines, heights))])
+    shot = np.ascontiguousarray(np.rot90(lit(heights[3], azimuth=120, elevation=35)))
+    query = Query(np.array([1, 0, 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(shot), cake_found=False)
+    base = default_config().matcher
+    offered = dataclasses.replace(base, shortlist=dataclasses.replace(base.shortlist, top_k=5, min_candidates=5, lbp_top_k=0, vote_top_k=0),
+                                  verify=dataclasses.replace(base.verify, max_candidates=2, deepen=0, correlate_rest=0))
+    alone = run(query, record.snapshot(), offered, threshold=0.99)
+    assert alone.decision.status == "no_match" and alone.stages()["verify"]["surfaces"] == 2
+    assert all(r.surface_peak is None for r in alone.ranked if r.position >= 2)
+
+    laps: list[str] = []
+    third = run(query, record.snapshot(), dataclasses.replace(offered, verify=dataclasses.replace(offered.verify, correlate_rest=2)),
+                threshold=0.99, lap=laps.append)
+    assert laps == ["shortlist", "refine", "verify", "correlate", "decide"]
+    stages = third.stages()
+    assert (stages["verify"]["verified"], stages["verify"]["surfaces"], stages["verify"]["correlated_only"]) == (2, 4, 2)
+    assert stages["decide"]["tested"] == alone.stages()["decide"]["tested"]
+    assert (third.decision.status, third.decision.label) == ("matched", "surface3")
+    assert third.ranked[0].position == 3 and third.ranked[0].inliers is None and third.ranked[0].surface_peak > 12
+    assert [r.surface_peak is None for r in sorted(third.ranked, key=lambda r: r.position)] == [False] * 4 + [True]  # row 4: past the cap
+
+    laps.clear()
+    cake = dataclasses.replace(query, cake_found=True)
+    run(cake, record.snapshot(), dataclasses.replace(offered, verify=dataclasses.replace(offered.verify, correlate_rest=2)),
+        threshold=0.99, lap=laps.append)
+    assert "correlate" not in laps
+
+
 def test_light_inverted_keypoints_are_those_of_the_negative_photo() -> None:
     """SIFT on the photo's negative finds the same keypoints turned 180 degrees: their descriptors are the
     original's with the spatial cells turned (`light_inverted`), not recomputed."""
