@@ -316,7 +316,7 @@ def test_run_is_the_stage_sequence_each_stage_reporting_its_own_evidence() -> No
                                    "vote_top_k": 0, "best_rejected_similarity": outcome.candidates.embedding.best_rejected}
     assert stages["refine"]["mode"] == "single_label" and stages["refine"]["svc_label"] == "a"
     assert stages["verify"] == {"enabled": True, "query_keypoints": 0, "verified": 0, "deepened": 0, "light_inverted": 0,
-                                 "tries_per_candidate": 1, "max_inliers": 0, "surfaces": 0}
+                                 "tries_per_candidate": 1, "max_inliers": 0, "surfaces": 0, "correlated_only": 0}
     assert stages["decide"]["method"] == "fusion" and set(stages["decide"]) >= {"agreed", "geometric", "appearance"}
     assert [r.label for r in outcome.ranked] == ["a", "a"] and [r.row for r in outcome.ranked] == [0, 1]
     assert all(r.score == outcome.decided.scores["a"].confidence for r in outcome.ranked)
