@@ -12,7 +12,7 @@ import pytest
 from test_verify import lit, relief
 from pipeline.catalog import CatalogIndex, NewEntry
 from pipeline.features.local import LocalFeatures
-from pipeline.features.surface import SIDE, correlate, spectrum, surface_patch
+from pipeline.features.surface import SIDE, _screen, correlate, spectrum, surface_patch
 
 
 def reshot(height: np.ndarray, azimuth: float, angle: float, zoom: float) -> np.ndarray:
@@ -42,6 +42,24 @@ def test_a_reshot_lit_from_the_opposite_side_correlates_through_its_trough() -> 
     registered = spectrum(surface_patch(reshot(relief(4, 4.0), azimuth=0, angle=0, zoom=1.0)))
     opposite = spectrum(surface_patch(reshot(relief(4, 4.0), azimuth=180, angle=-20, zoom=0.9)))
     assert correlate(opposite, registered).peak > 12  # its peak alone: 7.1
+
+
+def test_the_pose_hypotheses_are_ranked_on_the_half_size_reliefs() -> None:
+    """`_screen` picks the (rotation, scale, half turn) under which the reliefs correlate, wherever it lies among the
+    log-polar spectrum's hypotheses: with two hypotheses measured in their order, a right pose found third was lost
+    (tex2-400, kth1: peaks of 11-28 fell to 6-8)."""
+    registered = spectrum(surface_patch(reshot(relief(4, 2.5), azimuth=0, angle=0, zoom=1.0)))
+    again = spectrum(surface_patch(reshot(relief(4, 2.5), azimuth=100, angle=37, zoom=1.2)))
+    right = correlate(again, registered)
+    truth = (right.rotation_deg, right.scale)
+    decoys = [(truth[0] + 61.0, 1.0), (truth[0] - 23.0, 0.7), (truth[0] + 90.0, 1.3)]
+    for at in range(4):
+        poses = decoys[:at] + [truth] + decoys[at:]
+        angle, scale, turned = _screen(again.small, registered.small, poses)
+        assert (angle, scale, turned) == (*truth, False), (at, angle, scale, turned)
+    # the same relief turned half a turn is told by the conjugate spectrum, not by another warp
+    upside = spectrum(surface_patch(np.ascontiguousarray(np.rot90(reshot(relief(4, 2.5), azimuth=100, angle=37, zoom=1.2), 2))))
+    assert _screen(upside.small, registered.small, decoys + [truth])[2] is True
 
 
 def test_surface_patch_checks_its_input_and_quantises_the_relief() -> None:
