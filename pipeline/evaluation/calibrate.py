@@ -160,8 +160,8 @@ def fit(evidence: Sequence[QueryEvidence], target_far: float = 0.01,
     # accept point and the alignment are chosen (`decisions`, `align_experts`), as `fuse` applies it.
     gb, gw = _fit_expert(geometric[speaks][:, GEOMETRIC_COLUMNS], y[speaks], GEOMETRIC_SIGNS)
     geo = kept("geometric", GeometricWeights(gb, **{n: float(w) for n, w in zip(GEOMETRIC_FEATURES, gw)}))
-    # The relief correlation is fitted where it was measured (photos with no cake found, the verified
-    # candidates), right and unrelated peaks overlapping; its alignment counts the impostors over the floor.
+    # The relief correlation is fitted where it was measured (photos with no cake found, the candidates whose
+    # reliefs were correlated), right and unrelated peaks overlapping; its alignment counts the impostors over the floor.
     measured = geometric[:, SURFACE_COLUMNS[0]] > 0
     sb, sw = _fit_expert(geometric[measured][:, SURFACE_COLUMNS], y[measured], SURFACE_SIGNS) if (measured & y).any() \
         else (-50.0, np.zeros(len(SURFACE_FEATURES)))

@@ -44,6 +44,7 @@ EXCLUDED = 5
 
 _HANN = np.outer(np.hanning(SIDE), np.hanning(SIDE)).astype(np.float32)
 _SCREEN_HANN = np.outer(np.hanning(SCREEN_SIDE), np.hanning(SCREEN_SIDE)).astype(np.float32)
+_ONES = np.ones((SIDE, SIDE), np.float32)  # warped like the relief: where the turned query covers the entry
 _Y, _X = np.mgrid[-SIDE // 2:SIDE // 2, -SIDE // 2:SIDE // 2]
 # The lowest frequencies carry the light's gradient and the window's shape, not the relief.
 _SPECTRUM_WEIGHT = (1.0 - np.exp(-(np.hypot(_X, _Y) / 4.0) ** 2)).astype(np.float32)
@@ -142,7 +143,7 @@ def correlate(query: SurfaceSpectrum, entry: SurfaceSpectrum, max_scale: float =
     angle, scale, turned = _screen(query.small, entry.small, poses)
     m = cv2.getRotationMatrix2D((SIDE / 2, SIDE / 2), angle, scale)
     warped = cv2.warpAffine(query.relief, m, (SIDE, SIDE), borderMode=cv2.BORDER_CONSTANT)
-    inside = cv2.warpAffine(np.ones((SIDE, SIDE), np.float32), m, (SIDE, SIDE))
+    inside = cv2.warpAffine(_ONES, m, (SIDE, SIDE))
     moved = np.fft.rfft2(warped * inside * _HANN)
     # Turned 180 degrees about the centre, a real image's spectrum is its conjugate.
     cross = (np.conj(moved) if turned else moved) * np.conj(np.fft.rfft2(entry.relief * _HANN))
@@ -162,8 +163,8 @@ def _screen(query: np.ndarray, entry: np.ndarray, poses: list[tuple[float, float
     moved = []
     for angle, scale in poses:
         m = cv2.getRotationMatrix2D((side / 2, side / 2), angle, scale)
-        spectrum_ = np.fft.rfft2(cv2.warpAffine(query, m, (side, side), borderMode=cv2.BORDER_CONSTANT) * _SCREEN_HANN)
-        moved += [spectrum_, np.conj(spectrum_)]
+        turned = np.fft.rfft2(cv2.warpAffine(query, m, (side, side), borderMode=cv2.BORDER_CONSTANT) * _SCREEN_HANN)
+        moved += [turned, np.conj(turned)]  # as found, and half a turn more
     cross = np.stack(moved) * np.conj(np.fft.rfft2(entry * _SCREEN_HANN))
     cross /= np.abs(cross) + 1e-9
     flat = np.fft.irfft2(cross, s=(side, side)).reshape(len(moved), -1)

@@ -333,8 +333,8 @@ def expert_probabilities(geometric: np.ndarray, appearance: np.ndarray, weights:
     thing, the photo's arrangement. The texture probability is 0 except for the appearance expert's first choice (`texture_speaks`).
     `tested` (>= 1; a scalar, or one per row): how many times more candidates
     were verified than in the first pass; the inlier model's odds are divided by it. The relief's are not: its
-    weights and floor were fitted on answers whose strangers had both passes' correlations, their extra chances
-    already in them (`pipeline.evaluation.calibrate`).
+    weights and floor were fitted on answers whose strangers had every pass's correlations (the third pass's,
+    `verify.correlate_rest`, too), their extra chances already in them (`pipeline.evaluation.calibrate`).
     """
     a = weights.appearance
     pg = np.maximum(inlier_probability(geometric, weights.geometric, tested), surface_probability(geometric, weights.surface))
