@@ -147,8 +147,7 @@ def correlate(query: SurfaceSpectrum, entry: SurfaceSpectrum, max_scale: float =
     moved = np.fft.rfft2(warped * inside * _HANN)
     # Turned 180 degrees about the centre, a real image's spectrum is its conjugate.
     cross = (np.conj(moved) if turned else moved) * np.conj(np.fft.rfft2(entry.relief * _HANN))
-    cross /= np.abs(cross) + 1e-9
-    peak = _extreme_ratio(np.fft.irfft2(cross, s=(SIDE, SIDE)))
+    peak = _extreme_ratio(_whitened_inverse(cross, SIDE))
     return SurfaceMatch(peak, float(((angle + (180.0 if turned else 0.0) + 180.0) % 360.0) - 180.0), scale)
 
 
@@ -165,18 +164,20 @@ def _screen(query: np.ndarray, entry: np.ndarray, poses: list[tuple[float, float
         m = cv2.getRotationMatrix2D((side / 2, side / 2), angle, scale)
         turned = np.fft.rfft2(cv2.warpAffine(query, m, (side, side), borderMode=cv2.BORDER_CONSTANT) * _SCREEN_HANN)
         moved += [turned, np.conj(turned)]  # as found, and half a turn more
-    cross = np.stack(moved) * np.conj(np.fft.rfft2(entry * _SCREEN_HANN))
-    cross /= np.abs(cross) + 1e-9
-    flat = np.fft.irfft2(cross, s=(side, side)).reshape(len(moved), -1)
+    flat = _whitened_inverse(np.stack(moved) * np.conj(np.fft.rfft2(entry * _SCREEN_HANN)), side).reshape(len(moved), -1)
     best = int(np.argmax(np.abs(flat).max(axis=1) / (flat.std(axis=1) + 1e-12)))
     return poses[best // 2][0], poses[best // 2][1], bool(best % 2)
 
 
 def _phase_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The phase correlation of two same-sized real images (circular): a peak at the shift that carries b onto a."""
-    cross = np.fft.rfft2(a) * np.conj(np.fft.rfft2(b))
-    cross /= np.abs(cross) + 1e-9
-    return np.fft.irfft2(cross, s=a.shape)
+    return _whitened_inverse(np.fft.rfft2(a) * np.conj(np.fft.rfft2(b)), a.shape[0])
+
+
+def _whitened_inverse(cross: np.ndarray, side: int) -> np.ndarray:
+    """A cross-power spectrum, shape (..., side, side // 2 + 1), brought to unit magnitude and transformed back:
+    the phase correlation surface(s), shape (..., side, side)."""
+    return np.fft.irfft2(cross / (np.abs(cross) + 1e-9), s=(side, side))
 
 
 def _strongest(surface: np.ndarray, count: int) -> list[tuple[int, int]]:

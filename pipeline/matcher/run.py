@@ -221,7 +221,7 @@ def run(
     refined, labels = _refine(query, catalog, candidates.widened, settings)
     lap("refine")
     verified = None
-    surface = _surface(query) if settings.verify.enabled else None  # both passes correlate it; built once
+    surface = _surface(query) if settings.verify.enabled else None  # every pass correlates it; built once
     if settings.verify.enabled:
         v = settings.verify
         rows = candidates.widened.indices[:v.max_candidates]  # only these are verified: read no other keypoints
@@ -246,11 +246,11 @@ def run(
 def _surface(query: Query) -> SurfaceSpectrum | None:
     """The query's relief ready to correlate, when it kept one (a photo with no cake found, `local.surface`).
 
-    Both passes correlate it with their candidates' reliefs (~4 ms each):
-    among 400 relit surfaces the right one is among the first pass's
-    candidates for 34 % of the queries, the second pass's for 29 %
-    (bench/README.md, "The relief correlation"); a query accepted at once
-    never pays the second pass's.
+    Every pass correlates it with its candidates' reliefs (~2 ms each): among
+    400 relit surfaces the right one is among the first pass's candidates
+    for 34 % of the queries, the second pass's for 29 % (bench/README.md,
+    "The relief correlation"), and often offered past both (`_correlate_rest`);
+    a query accepted early never pays the later passes'.
     """
     if query.local is None or query.local.surface is None or query.cake_found:
         return None
