@@ -12,8 +12,10 @@ import pytest
 
 from conftest import source_photos, write_rgb
 from reference_stages import reference_verify
+from pipeline.catalog import CatalogIndex, NewEntry
 from pipeline.cli import main
 from pipeline.features.local import LocalFeatures, extract_local, light_inverted, verify_pair
+from pipeline.matcher import Query
 from pipeline.matcher.verify import verify
 from pipeline.results import load_schema
 
@@ -403,31 +405,38 @@ def test_deepened_verification_finds_the_cake_the_embedding_ranked_past_the_shor
     assert (easy.decision.status, easy.decision.label, easy.stages()["verify"]["deepened"]) == ("matched", "cake0", 0)
 
 
-def test_the_second_pass_correlates_the_reliefs_of_the_candidates_it_verifies(tmp_path: Path) -> None:
-    """A relit bare surface keeps no keypoint the light did not move; when the embedding ranks its registration
-    past the first pass's candidates, the second pass's relief correlation is what finds it (no inliers anywhere)."""
+def relit_surfaces(tmp_path: Path) -> tuple[CatalogIndex, Query]:
+    """A catalog of five bare relief surfaces lit from azimuth 0 (embedding cosines 0.95, 0.9, 0.8, 0.6, 0.5 to the
+    query: the right one, row 3, fourth), and the query: row 3's surface relit from 120 degrees and turned."""
     import dataclasses
     import hashlib
 
-    from pipeline.catalog import CatalogIndex, NewEntry
-    from pipeline.config import default_config
     from pipeline.features.surface import surface_patch
-    from pipeline.matcher import Query, run
 
     heights = [relief(20 + i, s) for i, s in enumerate((1.2, 2.5, 5.0, 2.0, 3.5))]
-    photos = [lit(h, azimuth=0, elevation=45) for h in heights]
 
     def bare(image: np.ndarray) -> LocalFeatures:
         return dataclasses.replace(extract_local(image, max_keypoints=400, side=384, contrast_threshold=0.01),
                                    surface=surface_patch(image))
 
-    cosines = [0.95, 0.9, 0.8, 0.6, 0.5]  # the right surface, row 3, fourth by the embedding
     record = CatalogIndex(tmp_path / "idx", model_id="m1")
     record.commit([NewEntry(hashlib.sha256(bytes([i])).hexdigest(), f"/c/{i}.png", f"surface{i}",
-                            np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(p))
-                   for i, (c, p) in enumerate(zip(cosines, photos))])
+                            np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32), np.full(3, 1 / 3, np.float32),
+                            bare(lit(h, azimuth=0, elevation=45)))
+                   for i, (c, h) in enumerate(zip([0.95, 0.9, 0.8, 0.6, 0.5], heights))])
     shot = np.ascontiguousarray(np.rot90(lit(heights[3], azimuth=120, elevation=35)))
-    query = Query(np.array([1, 0, 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(shot), cake_found=False)
+    return record, Query(np.array([1, 0, 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(shot), cake_found=False)
+
+
+def test_the_second_pass_correlates_the_reliefs_of_the_candidates_it_verifies(tmp_path: Path) -> None:
+    """A relit bare surface keeps no keypoint the light did not move; when the embedding ranks its registration
+    past the first pass's candidates, the second pass's relief correlation is what finds it (no inliers anywhere)."""
+    import dataclasses
+
+    from pipeline.config import default_config
+    from pipeline.matcher import run
+
+    record, query = relit_surfaces(tmp_path)
     base = default_config().matcher
     shallow = dataclasses.replace(base, shortlist=dataclasses.replace(base.shortlist, top_k=2, min_candidates=2, lbp_top_k=0, vote_top_k=0),
                                   verify=dataclasses.replace(base.verify, max_candidates=2, deepen=0))
@@ -446,27 +455,11 @@ def test_a_third_pass_correlates_the_reliefs_of_offered_candidates_no_pass_verif
     """`verify.correlate_rest`: offered past every verified position, a relit bare surface is found by its relief
     alone; the geometric odds are not divided by those candidates, and a photo of a found cake never pays it."""
     import dataclasses
-    import hashlib
 
-    from pipeline.catalog import CatalogIndex, NewEntry
     from pipeline.config import default_config
-    from pipeline.features.surface import surface_patch
-    from pipeline.matcher import Query, run
+    from pipeline.matcher import run
 
-    heights = [relief(20 + i, s) for i, s in enumerate((1.2, 2.5, 5.0, 2.0, 3.5))]
-
-    def bare(image: np.ndarray) -> LocalFeatures:
-        return dataclasses.replace(extract_local(image, max_keypoints=400, side=384, contrast_threshold=0.01),
-                                   surface=surface_patch(image))
-
-    cosines = [0.95, 0.9, 0.8, 0.6, 0.5]  # the right surface, row 3, offered fourth
-    record = CatalogIndex(tmp_path / "idx", model_id="m1")
-    record.commit([NewEntry(hashlib.sha256(bytes([i])).hexdigest(), f"/c/{i}.png", f"surface{i}",
-                            np.array([c, np.sqrt(1 - c * c), 0, 0], np.float32), np.full(3, 1 / 3, np.float32),
-                            bare(lit(h, azimuth=0, elevation=45)))
-                   for i, (c, h) in enumerate(zip(cosines, heights))])
-    shot = np.ascontiguousarray(np.rot90(lit(heights[3], azimuth=120, elevation=35)))
-    query = Query(np.array([1, 0, 0, 0], np.float32), np.full(3, 1 / 3, np.float32), bare(shot), cake_found=False)
+    record, query = relit_surfaces(tmp_path)  # the right surface, row 3, offered fourth
     base = default_config().matcher
     offered = dataclasses.replace(base, shortlist=dataclasses.replace(base.shortlist, top_k=5, min_candidates=5, lbp_top_k=0, vote_top_k=0),
                                   verify=dataclasses.replace(base.verify, max_candidates=2, deepen=0, correlate_rest=0))
